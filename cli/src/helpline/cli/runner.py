@@ -1,0 +1,148 @@
+"""Running services: all of them in one process (`up`) or one per process (`run`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import uvicorn
+
+from helpline.cli.settings import CliSettings
+from helpline.common.health import HealthServer
+from helpline.common.knowledge import Knowledge
+from helpline.common.natsserver import NatsServer
+from helpline.common.observability import setup_logging, setup_tracing
+from helpline.common.runtime import Component, Host
+from helpline.common.settings import StoreSettings
+from helpline.embedder.app import EmbedderComponent
+from helpline.embedder.settings import EmbedderSettings
+from helpline.gateway.app import GatewayComponent
+from helpline.gateway.settings import GatewaySettings
+from helpline.maintenance.app import MaintenanceComponent
+from helpline.maintenance.settings import MaintenanceSettings
+from helpline.rag.app import RagComponent
+from helpline.rag.settings import RagSettings
+from helpline.scraper.app import ScraperComponent
+from helpline.scraper.settings import ScraperSettings
+
+log = logging.getLogger("helpline.cli")
+
+SERVICES = ("gateway", "scraper", "embedder", "rag", "maintenance")
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handling: the runner owns shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_component(name: str, nats_url: str, knowledge: Knowledge | None = None) -> Component:
+    """One service's component, its settings read from the environment."""
+    match name:
+        case "gateway":
+            return GatewayComponent(GatewaySettings(nats_url=nats_url))
+        case "scraper":
+            return ScraperComponent(ScraperSettings(nats_url=nats_url))
+        case "embedder":
+            return EmbedderComponent(EmbedderSettings(nats_url=nats_url), knowledge=knowledge)
+        case "rag":
+            return RagComponent(RagSettings(nats_url=nats_url), knowledge=knowledge)
+        case "maintenance":
+            return MaintenanceComponent(MaintenanceSettings(nats_url=nats_url))
+    raise ValueError(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+
+
+async def serve(
+    settings: CliSettings, components: list[Component], *, name: str, stop: asyncio.Event
+) -> None:
+    """Host the components; serve the gateway's API or a worker's probes until `stop`."""
+    host = Host(settings.model_copy(), components, name=name)
+    await host.start()
+    gateway = next((c for c in components if isinstance(c, GatewayComponent)), None)
+    server: _Server | None = None
+    health: HealthServer | None = None
+    serving: asyncio.Task[None] | None = None
+    try:
+        if gateway is not None:
+            config = uvicorn.Config(
+                gateway.app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_config=None,
+                access_log=False,
+            )
+            server = _Server(config)
+            serving = asyncio.create_task(server.serve())
+            while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes a flag only
+                await asyncio.sleep(0.02)
+            if serving.done():
+                serving.result()
+                raise RuntimeError(
+                    f"the gateway could not listen on {settings.http_host}:{settings.http_port}"
+                )
+            log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
+        else:
+            health = HealthServer(settings.http_host, settings.http_port, host.bus.streams_present)
+            await health.start()
+        await stop.wait()
+    finally:
+        if server is not None and serving is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await serving
+        if health is not None:
+            await health.stop()
+        await host.stop()
+
+
+def _run(main: Callable[[asyncio.Event], object]) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)  # type: ignore[misc]
+
+    asyncio.run(runner())
+
+
+def up(settings: CliSettings) -> None:
+    """Every service in this process, our own nats-server unless a URL is set, Qdrant Edge unless one is."""
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_tracing("helpline", otlp_endpoint=settings.otlp_endpoint)
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    nats: NatsServer | None = None
+    knowledge: Knowledge | None = None
+    try:
+        nats_url = settings.nats_url
+        if not nats_url:
+            nats = NatsServer(data_dir / "nats", port=settings.nats_port or None).start()
+            nats_url = nats.url
+            log.info("nats-server (JetStream, data in %s) on %s", data_dir / "nats", nats_url)
+        knowledge = Knowledge.open(StoreSettings(), data_dir)
+        components = [build_component(n, nats_url, knowledge) for n in SERVICES]
+        run_settings = settings.model_copy(update={"nats_url": nats_url})
+        _run(lambda stop: serve(run_settings, components, name="helpline", stop=stop))
+    finally:
+        if knowledge is not None:
+            knowledge.close()
+        if nats is not None:
+            nats.stop()
+        log.info("stopped")
+
+
+def run(settings: CliSettings, service: str) -> None:
+    """One service in this process, against the NATS server in HELPLINE_NATS_URL."""
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_tracing(f"helpline-{service}", otlp_endpoint=settings.otlp_endpoint)
+    if not settings.nats_url:
+        raise SystemExit("helpline run needs HELPLINE_NATS_URL (or use `helpline up`)")
+    component = build_component(service, settings.nats_url)
+    _run(lambda stop: serve(settings, [component], name=service, stop=stop))

@@ -1,0 +1,21 @@
+"""CLI settings: the only module of the CLI that reads the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from helpline.common.settings import HelplineSettings
+
+
+class CliSettings(HelplineSettings):
+    api_url: str = Field(
+        default="",
+        description="Gateway base URL for `crawl` and `ask` (default: http://HTTP_HOST:HTTP_PORT).",
+    )
+    nats_port: int = Field(
+        default=0, description="Port of the nats-server `helpline up` starts (0: a free one)."
+    )
+
+    @property
+    def gateway_url(self) -> str:
+        return self.api_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"

@@ -1,0 +1,264 @@
+"""The bus: connecting, declaring streams/consumers/buckets, submitting tasks and emitting events.
+
+Everything here goes through a FastStream `NatsBroker` carrying the OpenTelemetry
+middleware, so W3C trace context rides in every message's headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.js import api
+from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NotFoundError
+
+from helpline.common import subjects
+from helpline.common.errors import Retryable
+from helpline.common.messages import TaskEvent, TaskMessage
+from helpline.common.subjects import Kind, Priority
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+    from helpline.common.settings import HelplineSettings
+
+log = logging.getLogger(__name__)
+
+TASKS_BUCKET = "tasks"
+CRAWLS_BUCKET = "crawls"
+DUPLICATE_WINDOW_S = 120.0
+EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+class Overloaded(Retryable):
+    """The bus refused a message (stream at its limit): try again later."""
+
+
+@dataclass(frozen=True)
+class BusLayout:
+    """The names and limits one deployment (or one test) uses."""
+
+    prefix: str = subjects.PREFIX
+    file_storage: bool = True
+    stream_max_msgs: int = 1_000_000
+    ack_wait_s: float = 60.0
+    max_deliver: int = 4
+    max_ack_pending: int = 1_000
+    task_record_ttl_s: float = 7 * 24 * 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: HelplineSettings) -> BusLayout:
+        """The layout the settings describe."""
+        return cls(
+            prefix=settings.bus_prefix,
+            file_storage=settings.file_storage,
+            stream_max_msgs=settings.stream_max_msgs,
+            ack_wait_s=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            task_record_ttl_s=settings.task_record_ttl_s,
+        )
+
+    @property
+    def storage(self) -> api.StorageType:
+        return api.StorageType.FILE if self.file_storage else api.StorageType.MEMORY
+
+    def task_subject(self, kind: Kind, priority: Priority) -> str:
+        return subjects.task(kind, priority, self.prefix)
+
+    def task_stream(self, kind: Kind) -> str:
+        return subjects.stream(kind, self.prefix)
+
+    def event_subject(self, kind: Kind) -> str:
+        return subjects.event(kind, self.prefix)
+
+    def bucket(self, name: str) -> str:
+        return subjects.bucket(name, self.prefix)
+
+    def consumer_config(self, kind: Kind, priority: Priority) -> api.ConsumerConfig:
+        """The durable pull consumer every replica working this kind and priority shares."""
+        return api.ConsumerConfig(
+            durable_name=subjects.consumer(kind, priority),
+            filter_subject=self.task_subject(kind, priority),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            # One more than ours: the worker terms the last attempt itself (dead letter), so
+            # the server never silently parks a message that reached its limit.
+            max_deliver=self.max_deliver + 1,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+    def tracker_config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            durable_name=subjects.TRACKER_CONSUMER,
+            filter_subject=subjects.events_wildcard(self.prefix),
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+def make_broker(url: str, *, name: str, connect: bool = True) -> NatsBroker:
+    """A broker with the tracing middleware; `connect` is passed to FastStream lazily."""
+    del connect
+    return NatsBroker(
+        url,
+        name=name,
+        middlewares=[NatsTelemetryMiddleware()],
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        logger=logging.getLogger(f"helpline.{name}.bus"),
+        log_level=logging.DEBUG,
+    )
+
+
+class Bus:
+    """One process's handle on the bus: declares the layout, submits tasks, emits events."""
+
+    def __init__(self, broker: NatsBroker, layout: BusLayout) -> None:
+        self.broker = broker
+        self.layout = layout
+        self._kv: dict[str, KeyValue] = {}
+
+    @property
+    def nc(self) -> Client:
+        conn = self.broker.config.connection_state.connection
+        assert conn is not None, "broker is not connected"
+        return conn
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.broker.config.connection_state.stream  # type: ignore[no-any-return]
+
+    async def bootstrap(self) -> None:
+        """Create streams, consumers and buckets if missing; safe to run from every replica."""
+        lay = self.layout
+        for kind in Kind:
+            await self._ensure_stream(
+                api.StreamConfig(
+                    name=lay.task_stream(kind),
+                    subjects=[subjects.tasks_wildcard(kind, lay.prefix)],
+                    retention=api.RetentionPolicy.WORK_QUEUE,
+                    storage=lay.storage,
+                    discard=api.DiscardPolicy.NEW,
+                    max_msgs=lay.stream_max_msgs,
+                    duplicate_window=DUPLICATE_WINDOW_S,
+                )
+            )
+            for priority in Priority:
+                await self._ensure_consumer(
+                    lay.task_stream(kind), lay.consumer_config(kind, priority)
+                )
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=subjects.events_stream(lay.prefix),
+                subjects=[subjects.events_wildcard(lay.prefix)],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=lay.storage,
+                max_age=EVENTS_MAX_AGE_S,
+                duplicate_window=DUPLICATE_WINDOW_S,
+            )
+        )
+        await self._ensure_consumer(subjects.events_stream(lay.prefix), lay.tracker_config())
+        await self._ensure_stream(
+            api.StreamConfig(
+                name=subjects.dlq_stream(lay.prefix),
+                subjects=[subjects.dlq_wildcard(lay.prefix)],
+                retention=api.RetentionPolicy.LIMITS,
+                storage=lay.storage,
+                max_age=30 * 24 * 3600.0,
+            )
+        )
+        await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
+        await self._ensure_bucket(CRAWLS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        try:
+            await self.js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await self.js.add_stream(config)
+            except BadRequestError:
+                # another replica created it between the two calls
+                await self.js.stream_info(config.name or "")
+            return
+        await self.js.update_stream(config)
+
+    async def _ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
+        try:
+            await self.js.consumer_info(stream, config.durable_name or "")
+        except NotFoundError:
+            await self.js.add_consumer(stream, config)
+
+    async def _ensure_bucket(self, name: str, *, ttl: float, history: int) -> None:
+        full = self.layout.bucket(name)
+        try:
+            kv = await self.js.key_value(full)
+        except (NotFoundError, BadRequestError):
+            kv = await self.js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=full, ttl=ttl, history=history, storage=self.layout.storage
+                )
+            )
+        self._kv[name] = kv
+
+    async def kv(self, name: str) -> KeyValue:
+        """A bucket (`tasks`, `crawls`), bound once per process."""
+        if name not in self._kv:
+            self._kv[name] = await self.js.key_value(self.layout.bucket(name))
+        return self._kv[name]
+
+    async def streams_present(self) -> bool:
+        """Readiness: connected and every stream declared."""
+        if not self.nc.is_connected:
+            return False
+        try:
+            for kind in Kind:
+                await self.js.stream_info(self.layout.task_stream(kind))
+            await self.js.stream_info(subjects.events_stream(self.layout.prefix))
+        except (APIError, TimeoutError):
+            return False
+        return True
+
+    async def submit(self, kind: Kind, task: TaskMessage, *, msg_id: str | None = None) -> None:
+        """Publish a task and wait for the stream's acknowledgement (the task id is the msg id)."""
+        subject = self.layout.task_subject(kind, task.priority)
+        try:
+            await self.broker.publish(
+                task,
+                subject,
+                stream=self.layout.task_stream(kind),
+                headers={"Nats-Msg-Id": msg_id or task.task_id},
+                timeout=5.0,
+            )
+        except APIError as exc:
+            raise Overloaded(f"the {kind} queue is full; try again later") from exc
+        except TimeoutError as exc:
+            raise Overloaded("the bus did not acknowledge in time; try again later") from exc
+
+    async def emit(self, event: TaskEvent) -> None:
+        """Report on a task; the gateway's tracker applies it to the task record."""
+        await self.broker.publish(
+            event,
+            self.layout.event_subject(event.kind),
+            stream=subjects.events_stream(self.layout.prefix),
+            headers={"Nats-Msg-Id": event.event_id},
+            timeout=5.0,
+        )
+
+
+async def kv_get(kv: KeyValue, key: str) -> tuple[bytes, int] | None:
+    """A key's value and revision, or None when absent or deleted."""
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None
+    if entry.value is None:
+        return None
+    return entry.value, entry.revision or 0

@@ -1,0 +1,55 @@
+"""The error hierarchy: what a failure means for the task that met it.
+
+```
+HelplineError
+  Retryable        -> nak with backoff (timeouts, 5xx, 429, breaker open)
+  Permanent        -> term, task failed (bad URL, blocked address, 404, parse failure)
+    InputRejected  -> HTTP 4xx at the gateway with a clear message
+```
+
+The bus decides ack, nak or term from the class, in one place
+(`helpline.common.worker.settle`). Any other exception a handler raises is an
+unexpected fault: it is retried like `Retryable`, and its message is not shown to
+clients (only its type), because it may carry internals.
+"""
+
+from __future__ import annotations
+
+
+class HelplineError(Exception):
+    """Base of every error Helpline raises on purpose; `str()` is safe to show a client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Retryable(HelplineError):
+    """A transient failure: try again later, with backoff."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Permanent(HelplineError):
+    """A failure that another attempt cannot fix: the task fails now."""
+
+
+class InputRejected(Permanent):
+    """The request itself is wrong; at the gateway this is a 4xx naming the field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BlockedAddress(InputRejected):
+    """A URL whose host is not a public address (SSRF guard)."""
+
+    def __init__(self, message: str = "blocked address", *, field: str | None = "url") -> None:
+        super().__init__(message, field=field)
+
+
+class DeadlineExpired(Permanent):
+    """The task's deadline passed before it could run."""

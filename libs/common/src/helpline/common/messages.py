@@ -1,0 +1,161 @@
+"""Every message on the bus, one pydantic model each; services import these, never redefine them."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from helpline.common.subjects import Kind, Priority
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock messages use."""
+    return datetime.now(UTC)
+
+
+def new_task_id() -> str:
+    """A fresh task id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+def derived_id(*parts: str) -> str:
+    """A deterministic id from parts: the same inputs always name the same task or point."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TaskMessage(Message):
+    """What every task carries: its id (also the Nats-Msg-Id), priority and deadline."""
+
+    task_id: str
+    priority: Priority = Priority.NORMAL
+    deadline: datetime | None = None
+    parent_id: str | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.deadline is not None and (now or utcnow()) >= self.deadline
+
+    def reported_as(self, kind: Kind) -> tuple[str, Kind]:
+        """Which task this message's events describe (itself, unless it is a step of another)."""
+        return self.task_id, kind
+
+
+class CrawlScope(Message):
+    """The limits a crawl's pages inherit from their parent."""
+
+    root_url: str
+    max_pages: int = 100
+    max_depth: int = 3
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class ScrapeTask(TaskMessage):
+    """Fetch one page, extract and chunk it, hand the chunks to the embedder."""
+
+    url: str
+    brand: str
+    depth: int = 0
+    crawl: CrawlScope | None = None
+
+
+class CrawlTask(TaskMessage):
+    """A crawl's parent task: it seeds the first page; pages discover the rest."""
+
+    url: str
+    brand: str
+    scope: CrawlScope
+
+
+class Chunk(Message):
+    text: str
+    position: int
+    heading: str = ""
+    content_hash: str
+
+
+class ChunkBatch(TaskMessage):
+    """Chunks of one document to embed and index; the embedder reports on `report_task_id`."""
+
+    url: str
+    title: str
+    brand: str
+    chunks: list[Chunk]
+    fetched_at: datetime
+    report_task_id: str
+    report_kind: Kind = Kind.SCRAPE
+
+    def reported_as(self, kind: Kind) -> tuple[str, Kind]:
+        return self.report_task_id, self.report_kind
+
+
+class QueryTask(TaskMessage):
+    question: str
+    brand: str | None = None
+    top_k: int = 5
+    reply_to: str | None = None
+
+
+class Source(Message):
+    url: str
+    title: str
+    snippet: str
+    score: float
+
+
+class Answer(Message):
+    task_id: str
+    answer: str
+    sources: list[Source]
+    duration_ms: float = 0.0
+    error: str | None = None
+
+
+class MaintenanceTask(TaskMessage):
+    job: str = "ping"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventType(StrEnum):
+    CREATED = "created"
+    STARTED = "started"
+    PROGRESSED = "progressed"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class TaskError(Message):
+    type: str
+    message: str
+
+
+class TaskEvent(Message):
+    """A worker's report on a task; the gateway's tracker folds these into the task record."""
+
+    event_id: str = Field(default_factory=new_task_id)
+    task_id: str
+    kind: Kind
+    type: EventType
+    at: datetime = Field(default_factory=utcnow)
+    attempt: int = 0
+    priority: Priority | None = None
+    parent_id: str | None = None
+    # For CREATED: what the new task is (e.g. a crawl's page); for SUCCEEDED: its result.
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+    progress_done: int | None = None
+    progress_total: int | None = None
+
+
+HttpUrl = AnyHttpUrl

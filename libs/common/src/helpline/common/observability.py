@@ -1,0 +1,75 @@
+"""Tracing and logging set-up, once for every service.
+
+Traces: an OpenTelemetry TracerProvider named after the service; spans are exported
+over OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
+variable) is set, and otherwise only kept for trace ids in logs. Logs: one JSON object
+per line carrying the current trace and span id, so a slow request found in the
+gateway's views or a log line leads straight to its trace in the tracing UI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_configured = False
+
+
+def setup_tracing(service_name: str, *, otlp_endpoint: str | None) -> TracerProvider:
+    """Install the global tracer provider (idempotent); export over OTLP when configured."""
+    global _configured
+    current = trace.get_tracer_provider()
+    if _configured and isinstance(current, TracerProvider):
+        return current
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _configured = True
+    return provider
+
+
+def current_trace_id() -> str | None:
+    """The active trace id as 32 hex digits, or None outside a span."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
+    """Root logging to stderr, JSON lines by default."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "trafilatura", "htmldate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

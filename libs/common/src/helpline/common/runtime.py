@@ -1,0 +1,88 @@
+"""Hosting services: one broker connection, the bus declared, every component's subscribers started.
+
+`helpline up` hosts every component in one process; `helpline run <service>` hosts one.
+Either way the bus is real: every message goes through the NATS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from faststream.nats import NatsRouter
+
+from helpline.common.bus import Bus, BusLayout, make_broker
+from helpline.common.settings import HelplineSettings
+from helpline.common.worker import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """A service's part in a process: its subscribers and what it opens and closes."""
+
+    name: str
+
+    def routers(self, bus: Bus) -> list[NatsRouter]: ...
+
+    async def start(self, bus: Bus) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def retry_policy(settings: HelplineSettings) -> RetryPolicy:
+    """The retry policy the settings describe."""
+    return RetryPolicy(
+        base_s=settings.backoff_base_s,
+        cap_s=settings.backoff_cap_s,
+        max_attempts=settings.max_deliver,
+    )
+
+
+class Host:
+    """Connects to NATS, declares the layout, runs the components until stopped."""
+
+    def __init__(self, settings: HelplineSettings, components: list[Component], *, name: str):
+        if not settings.nats_url:
+            raise ValueError("no NATS URL: set HELPLINE_NATS_URL or use `helpline up`")
+        self.settings = settings
+        self.components = components
+        self.broker = make_broker(settings.nats_url, name=name)
+        self.bus = Bus(self.broker, BusLayout.from_settings(settings))
+        self._started: list[Component] = []
+
+    async def start(self) -> None:
+        """Connect, bootstrap, start components, then start consuming."""
+        await self.broker.connect()
+        await self.bus.bootstrap()
+        for component in self.components:
+            for router in component.routers(self.bus):
+                self.broker.include_router(router)
+        for component in self.components:
+            await component.start(self.bus)
+            self._started.append(component)
+        await self.broker.start()
+        log.info("started %s", ", ".join(c.name for c in self.components))
+
+    async def stop(self) -> None:
+        """Stop consuming first, then close components in reverse order, then disconnect."""
+        try:
+            for sub in self.broker.subscribers:
+                await sub.stop()
+        except Exception:  # shutting down: report, keep closing the rest
+            log.exception("stopping subscribers")
+        for component in reversed(self._started):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s", component.name)
+        self._started.clear()
+        await self.broker.stop()
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

@@ -1,0 +1,75 @@
+"""Settings base: every setting is an environment variable prefixed `HELPLINE_`.
+
+Only the `settings.py` modules read the environment; everything below receives values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HelplineSettings(BaseSettings):
+    """What every process needs: where the bus is, where data lives, how to log."""
+
+    model_config = SettingsConfigDict(env_prefix="HELPLINE_", extra="ignore")
+
+    nats_url: str | None = Field(
+        default=None,
+        description="NATS server URL; unset, `helpline up` starts its own nats-server.",
+    )
+    bus_prefix: str = Field(
+        default="helpline", description="Prefix of every subject, stream and bucket name."
+    )
+    data_dir: Path = Field(default=Path(".helpline"), description="Where local state is kept.")
+    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING...).")
+    log_json: bool = Field(default=True, description="Structured JSON logs with trace ids.")
+    http_host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    http_port: int = Field(
+        default=8080, description="Port of the gateway, or a worker's health port."
+    )
+    ack_wait_s: float = Field(
+        default=60.0, description="Seconds before an unacknowledged task is redelivered."
+    )
+    max_deliver: int = Field(
+        default=4, description="Deliveries of a task before it is dead-lettered."
+    )
+    backoff_base_s: float = Field(
+        default=1.0, description="First retry delay; doubles each attempt."
+    )
+    backoff_cap_s: float = Field(default=30.0, description="Longest retry delay.")
+    stream_max_msgs: int = Field(
+        default=1_000_000, description="Per-kind stream limit; beyond it submits are refused."
+    )
+    file_storage: bool = Field(
+        default=True, description="Streams and KV on disk (false: in memory)."
+    )
+    task_record_ttl_s: float = Field(
+        default=7 * 24 * 3600.0, description="How long task records are kept."
+    )
+    service_name: str = Field(default="helpline", description="Name in traces, logs and metrics.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        ),
+        description="Standard OpenTelemetry variable; set, spans are exported over OTLP/HTTP.",
+    )
+
+
+class StoreSettings(BaseSettings):
+    """The vector store and the embedding model, shared by the embedder and rag."""
+
+    model_config = SettingsConfigDict(env_prefix="HELPLINE_", extra="ignore")
+
+    qdrant_url: str | None = Field(
+        default=None, description="Qdrant server URL; unset, Qdrant Edge runs in process."
+    )
+    qdrant_api_key: str | None = Field(default=None, description="Qdrant server API key.")
+    collection: str = Field(default="helpline", description="Qdrant collection name.")
+    embed_threads: int | None = Field(
+        default=None, description="onnxruntime threads (default: all cores)."
+    )
+    embed_batch_size: int = Field(default=32, description="Chunks per model call.")

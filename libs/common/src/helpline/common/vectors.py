@@ -1,0 +1,338 @@
+"""The vector store: one interface over Qdrant Edge (in process) and a Qdrant server.
+
+Points are chunks of documentation pages. Their payload carries at least `brand`,
+`url` and `content_hash`, the three fields with keyword indexes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import qdrant_edge as edge
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+__all__ = [
+    "INDEXED_FIELDS",
+    "EdgeStore",
+    "Hit",
+    "IndexedPoint",
+    "QdrantServerStore",
+    "VectorLike",
+    "VectorStore",
+    "open_store",
+    "point_id",
+]
+
+VectorLike = Sequence[float] | npt.NDArray[np.floating[Any]]
+
+#: Payload fields filtered on, indexed as keywords before any point is written.
+INDEXED_FIELDS = ("brand", "url", "content_hash")
+
+_SCROLL_PAGE = 256
+
+
+@dataclass(frozen=True)
+class IndexedPoint:
+    """A chunk's vector and payload, stored under a `point_id`."""
+
+    id: str
+    vector: VectorLike
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result: the point's id, its cosine similarity and its payload."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def point_id(url: str, position: int) -> str:
+    """The stable id of the chunk at `position` on `url`, so re-indexing overwrites it."""
+    # position is an integer, so the text after the last "#" is never ambiguous.
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{url}#{position}"))
+
+
+class VectorStore(Protocol):
+    """Dense cosine vectors with payload, filtered by brand."""
+
+    def ensure_collection(self) -> None:
+        """Create the collection and its payload indexes if they are missing."""
+        ...
+
+    def upsert(self, points: Sequence[IndexedPoint]) -> None:
+        """Insert points, replacing any stored under the same id."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove points by id; unknown ids are ignored."""
+        ...
+
+    def search(self, vector: VectorLike, limit: int, brand: str | None = None) -> list[Hit]:
+        """The `limit` nearest points, best first, only from `brand` when given."""
+        ...
+
+    def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
+        """Point id -> content_hash of every point stored for this page."""
+        ...
+
+    def count(self, brand: str | None = None) -> int:
+        """The exact number of points, only of `brand` when given."""
+        ...
+
+    def close(self) -> None:
+        """Persist what is pending and release the store."""
+        ...
+
+
+def _as_list(vector: VectorLike, dim: int) -> list[float]:
+    values: list[float] = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+    if len(values) != dim:
+        raise ValueError(f"vector has {len(values)} dimensions, the store expects {dim}")
+    return values
+
+
+class EdgeStore(VectorStore):
+    """A Qdrant Edge shard in a local folder, used in process.
+
+    Safe to share between threads without a lock of ours: the binding holds the GIL for
+    the whole of every call, so calls run one at a time (checked with concurrent
+    upserts, queries, scrolls and flushes).
+
+    Only one process may open a folder at a time: the WAL is locked while it is open.
+    """
+
+    def __init__(self, path: Path, dim: int, *, flush_interval: float = 5.0) -> None:
+        self.path = path
+        self.dim = dim
+        self._flush_interval = flush_interval
+        self._flush_lock = threading.Lock()
+        config = edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
+        )
+        if path.is_dir() and any(path.iterdir()):
+            # Passing the config makes load fail on a shard of another dimension.
+            self._shard = edge.EdgeShard.load(str(path), config)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self._shard = edge.EdgeShard.create(str(path), config)
+        self._flushed_at = time.monotonic()
+        self._closed = False
+
+    def ensure_collection(self) -> None:
+        """Create the keyword payload indexes the shard does not have yet."""
+        present = self._shard.info().payload_schema
+        for field in INDEXED_FIELDS:
+            if field not in present:
+                self._shard.update(
+                    edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword)
+                )
+        self._flush_now()
+
+    def upsert(self, points: Sequence[IndexedPoint]) -> None:
+        """Insert points, replacing any stored under the same id."""
+        if not points:
+            return
+        batch = [edge.Point(p.id, _as_list(p.vector, self.dim), p.payload) for p in points]
+        self._shard.update(edge.UpdateOperation.upsert_points(batch))
+        self._after_write()
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove points by id; unknown ids are ignored."""
+        if not ids:
+            return
+        self._shard.update(edge.UpdateOperation.delete_points(list(ids)))
+        self._after_write()
+
+    def search(self, vector: VectorLike, limit: int, brand: str | None = None) -> list[Hit]:
+        """The `limit` nearest points, best first, only from `brand` when given."""
+        request = edge.QueryRequest(
+            limit=limit,
+            query=edge.Query.Nearest(_as_list(vector, self.dim)),
+            filter=_edge_filter(brand=brand),
+            with_payload=True,
+        )
+        return [Hit(str(p.id), p.score, p.payload or {}) for p in self._shard.query(request)]
+
+    def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
+        """Point id -> content_hash of every point stored for this page."""
+        hashes: dict[str, str] = {}
+        offset: edge.PointId | None = None
+        while True:
+            records, offset = self._shard.scroll(
+                edge.ScrollRequest(
+                    offset=offset,
+                    limit=_SCROLL_PAGE,
+                    filter=_edge_filter(brand=brand, url=url),
+                    with_payload=["content_hash"],
+                )
+            )
+            for record in records:
+                hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
+            if offset is None:
+                return hashes
+
+    def count(self, brand: str | None = None) -> int:
+        """The exact number of points, only of `brand` when given."""
+        return self._shard.count(edge.CountRequest(exact=True, filter=_edge_filter(brand=brand)))
+
+    def close(self) -> None:
+        """Flush to disk (Edge's close does) and release the folder; closing twice is harmless."""
+        with self._flush_lock:
+            if self._closed:
+                return
+            self._shard.close()
+            self._closed = True
+
+    def _after_write(self) -> None:
+        # Every update is appended to the WAL (an mmap), so it survives the process
+        # being killed without any flush: load() replays it. flush() msyncs the WAL and
+        # the segments (30-45 ms at 20k points, holding the GIL), which only adds safety
+        # against an OS crash or power loss and keeps the WAL replay at startup short.
+        # Like a Qdrant server's flush_interval_sec, do it at most every few seconds.
+        if time.monotonic() - self._flushed_at >= self._flush_interval:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        with self._flush_lock:
+            self._shard.flush()
+            self._flushed_at = time.monotonic()
+
+
+def _edge_filter(*, brand: str | None = None, url: str | None = None) -> edge.Filter | None:
+    conditions: list[edge.ConditionType] = [
+        edge.FieldCondition(key, match=edge.MatchValue(value))
+        for key, value in (("brand", brand), ("url", url))
+        if value is not None
+    ]
+    return edge.Filter(must=conditions) if conditions else None
+
+
+class QdrantServerStore(VectorStore):
+    """A collection of a Qdrant server (or of qdrant_client's local mode, for tests)."""
+
+    def __init__(self, client: QdrantClient, collection: str, dim: int) -> None:
+        self.client = client
+        self.collection = collection
+        self.dim = dim
+
+    def ensure_collection(self) -> None:
+        """Create the collection (default dense vector, cosine) and its keyword indexes."""
+        if not self.client.collection_exists(self.collection):
+            try:
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config=qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE),
+                )
+            except Exception:
+                # Another replica may have created it between the check and the call.
+                if not self.client.collection_exists(self.collection):
+                    raise
+        for field in INDEXED_FIELDS:
+            # Idempotent on the server; local mode keeps no payload indexes and warns.
+            self.client.create_payload_index(
+                self.collection, field, field_schema=qm.PayloadSchemaType.KEYWORD, wait=True
+            )
+
+    def upsert(self, points: Sequence[IndexedPoint]) -> None:
+        """Insert points, replacing any stored under the same id."""
+        if not points:
+            return
+        self.client.upsert(
+            self.collection,
+            points=[
+                qm.PointStruct(id=p.id, vector=_as_list(p.vector, self.dim), payload=p.payload)
+                for p in points
+            ],
+            wait=True,
+        )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove points by id; unknown ids are ignored."""
+        if not ids:
+            return
+        points: list[qm.ExtendedPointId] = list(ids)
+        self.client.delete(
+            self.collection, points_selector=qm.PointIdsList(points=points), wait=True
+        )
+
+    def search(self, vector: VectorLike, limit: int, brand: str | None = None) -> list[Hit]:
+        """The `limit` nearest points, best first, only from `brand` when given."""
+        response = self.client.query_points(
+            self.collection,
+            query=_as_list(vector, self.dim),
+            query_filter=_server_filter(brand=brand),
+            limit=limit,
+            with_payload=True,
+        )
+        return [Hit(str(p.id), p.score, p.payload or {}) for p in response.points]
+
+    def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
+        """Point id -> content_hash of every point stored for this page."""
+        hashes: dict[str, str] = {}
+        offset: qm.ExtendedPointId | None = None
+        while True:
+            records, next_offset = self.client.scroll(
+                self.collection,
+                scroll_filter=_server_filter(brand=brand, url=url),
+                limit=_SCROLL_PAGE,
+                offset=offset,
+                with_payload=["content_hash"],
+            )
+            for record in records:
+                hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
+            if next_offset is None:
+                return hashes
+            offset = next_offset
+
+    def count(self, brand: str | None = None) -> int:
+        """The exact number of points, only of `brand` when given."""
+        result = self.client.count(
+            self.collection, count_filter=_server_filter(brand=brand), exact=True
+        )
+        return result.count
+
+    def close(self) -> None:
+        """Close the client (its connections, or local mode's storage)."""
+        self.client.close()
+
+
+def _server_filter(*, brand: str | None = None, url: str | None = None) -> qm.Filter | None:
+    conditions: list[qm.Condition] = [
+        qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+        for key, value in (("brand", brand), ("url", url))
+        if value is not None
+    ]
+    return qm.Filter(must=conditions) if conditions else None
+
+
+def open_store(
+    *, url: str | None, data_dir: Path, collection: str, dim: int, api_key: str | None = None
+) -> VectorStore:
+    """Open the store `url` names, ready to use.
+
+    None: Qdrant Edge under data_dir/qdrant/<collection>; ":memory:" or "path:<dir>":
+    qdrant_client's local mode (tests); anything else: a Qdrant server's URL.
+    """
+    store: VectorStore
+    if url is None:
+        store = EdgeStore(data_dir / "qdrant" / collection, dim)
+    elif url == ":memory:":
+        store = QdrantServerStore(QdrantClient(location=":memory:"), collection, dim)
+    elif url.startswith("path:"):
+        store = QdrantServerStore(QdrantClient(path=url.removeprefix("path:")), collection, dim)
+    else:
+        store = QdrantServerStore(QdrantClient(url=url, api_key=api_key), collection, dim)
+    store.ensure_collection()
+    return store

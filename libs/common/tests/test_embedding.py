@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from helpline.common.embedding import MAX_TOKENS, Embedder, tokenizer_path
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.load(threads=2)
+
+
+def _words(count: int, start: int = 0) -> str:
+    return " ".join(f"word{i}" for i in range(start, start + count))
+
+
+def test_model_shape(embedder: Embedder) -> None:
+    assert embedder.dim == 384
+    assert embedder.model_id == "all-MiniLM-L6-v2-onnx-int8"
+    assert embedder.providers[-1] == "CPUExecutionProvider"
+
+
+def test_similar_sentences_are_closer_than_unrelated(embedder: Embedder) -> None:
+    question, paraphrase, unrelated = embedder.embed(
+        [
+            "How do I reset my password?",
+            "Steps to recover account credentials",
+            "The weather in Paris is sunny",
+        ]
+    )
+    assert float(question @ paraphrase) > float(question @ unrelated) + 0.2
+
+
+def test_vectors_are_unit_float32(embedder: Embedder) -> None:
+    vectors = embedder.embed(["short", "a somewhat longer sentence about billing", ""])
+    assert vectors.shape == (3, 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_order_is_kept_when_lengths_differ(embedder: Embedder) -> None:
+    texts = [
+        _words(120),
+        "Cancel a subscription",
+        _words(40, start=500),
+        "Where can I download my invoice as a PDF file?",
+        "Hi",
+        _words(80, start=900),
+    ]
+    together = embedder.embed(texts, batch_size=2)
+    alone = np.vstack([embedder.embed([text]) for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-3)
+    # The texts differ enough that a shuffled row could not pass the comparison above.
+    similarity = together @ alone.T
+    assert list(similarity.argmax(axis=1)) == list(range(len(texts)))
+
+
+def test_empty_input(embedder: Embedder) -> None:
+    vectors = embedder.embed([])
+    assert vectors.shape == (0, 384)
+    assert vectors.dtype == np.float32
+
+
+def test_truncates_at_256_tokens_not_128(embedder: Embedder) -> None:
+    # "wordN" is two word pieces, so 80 words is over 128 tokens and under 256.
+    medium = _words(80)
+    long = _words(300)
+    medium_plus, long_plus = medium + " refund policy", long + " refund policy"
+    vectors = embedder.embed([medium, medium_plus, long, long_plus])
+    tokenizer = Tokenizer.from_file(str(tokenizer_path()))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    assert 128 < len(tokenizer.encode(medium_plus).ids) < MAX_TOKENS
+    assert len(tokenizer.encode(long).ids) > MAX_TOKENS
+    assert float(vectors[0] @ vectors[1]) < 0.9999
+    np.testing.assert_allclose(vectors[2], vectors[3], atol=1e-6)
+
+
+def test_concurrent_calls_match_serial(embedder: Embedder) -> None:
+    jobs = [
+        [f"question {i} about order {j} and its delivery" for j in range(i + 1)] for i in range(8)
+    ]
+    serial = [embedder.embed(texts) for texts in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(embedder.embed, jobs))
+    for expected, got in zip(serial, parallel, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_unavailable_provider_falls_back_to_cpu() -> None:
+    embedder = Embedder.load(threads=1, providers=["NoSuchExecutionProvider"])
+    assert embedder.providers == ["CPUExecutionProvider"]
+    assert embedder.embed(["hello"]).shape == (1, 384)
+
+
+def test_batch_size_must_be_positive(embedder: Embedder) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        embedder.embed(["hello"], batch_size=0)

@@ -1,0 +1,39 @@
+"""Embedder wiring: the model and the store are opened here unless the host shares its own."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from helpline.common.bus import Bus
+from helpline.common.knowledge import Knowledge
+from helpline.common.runtime import retry_policy
+from helpline.embedder.handlers import build_router
+from helpline.embedder.indexing import Indexer
+from helpline.embedder.settings import EmbedderSettings
+
+
+class EmbedderComponent:
+    name = "embedder"
+
+    def __init__(self, settings: EmbedderSettings, *, knowledge: Knowledge | None = None) -> None:
+        self.settings = settings
+        self._owns_knowledge = knowledge is None
+        self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
+
+    def routers(self, bus: Bus) -> list[NatsRouter]:
+        indexer = Indexer(
+            self.knowledge.store, self.knowledge.model, self.settings.embed_batch_size
+        )
+        policy = retry_policy(self.settings)
+        return [
+            build_router(
+                bus, indexer, concurrency=self.settings.embedder_concurrency, policy=policy
+            )
+        ]
+
+    async def start(self, bus: Bus) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._owns_knowledge:
+            self.knowledge.close()

@@ -1,0 +1,61 @@
+"""Indexing a page's chunks: embed what changed, upsert it, delete what vanished."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from helpline.common.embedding import Embedder
+from helpline.common.messages import ChunkBatch
+from helpline.common.vectors import IndexedPoint, VectorStore, point_id
+
+
+def page_key(brand: str, url: str) -> str:
+    """Point ids are per brand and page, so two brands indexing one URL never collide."""
+    return f"{brand}\x1f{url}"
+
+
+class Indexer:
+    def __init__(self, store: VectorStore, model: Embedder, batch_size: int = 32) -> None:
+        self.store = store
+        self.model = model
+        self.batch_size = batch_size
+
+    async def index(self, batch: ChunkBatch) -> dict[str, Any]:
+        """Make the index hold exactly this page's chunks; returns what changed."""
+        existing = await asyncio.to_thread(self.store.hashes_for_url, batch.url, batch.brand)
+        wanted = {point_id(page_key(batch.brand, batch.url), c.position): c for c in batch.chunks}
+        changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
+        if changed:
+            vectors = await asyncio.to_thread(
+                self.model.embed, [c.text for _, c in changed], self.batch_size
+            )
+            fetched_at = batch.fetched_at.isoformat()
+            points = [
+                IndexedPoint(
+                    id=pid,
+                    vector=vector,
+                    payload={
+                        "url": batch.url,
+                        "title": batch.title,
+                        "brand": batch.brand,
+                        "text": chunk.text,
+                        "heading": chunk.heading,
+                        "position": chunk.position,
+                        "content_hash": chunk.content_hash,
+                        "fetched_at": fetched_at,
+                    },
+                )
+                for (pid, chunk), vector in zip(changed, vectors, strict=True)
+            ]
+            await asyncio.to_thread(self.store.upsert, points)
+        stale = [pid for pid in existing if pid not in wanted]
+        if stale:
+            await asyncio.to_thread(self.store.delete, stale)
+        return {
+            "url": batch.url,
+            "chunks_indexed": len(wanted),
+            "embedded": len(changed),
+            "unchanged": len(wanted) - len(changed),
+            "removed": len(stale),
+        }

@@ -1,0 +1,78 @@
+"""Gateway wiring: the FastAPI app, the tracker and the reply inbox on one bus connection."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsRouter
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from helpline.common.bus import Bus
+from helpline.gateway.routes import api, probes
+from helpline.gateway.settings import GatewaySettings
+from helpline.gateway.tasks import Tasks
+from helpline.gateway.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The REST API; `GatewayComponent.start` attaches the bus to it."""
+    app = FastAPI(
+        title="Helpline",
+        version="0.1.0",
+        description="Crawl product documentation, keep it indexed, answer questions with cited sources.",
+    )
+    app.state.query_timeout_s = settings.query_timeout_s
+    app.state.tasks = None
+    app.include_router(api)
+    app.include_router(probes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the field and the reason; never echo internals.
+        errors = [
+            {
+                "field": ".".join(
+                    str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")
+                ),
+                "location": str(err.get("loc", ("",))[0]),
+                "message": str(err.get("msg", "invalid")),
+                "type": str(err.get("type", "value_error")),
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    return app
+
+
+class GatewayComponent:
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.tasks: Tasks | None = None
+
+    def routers(self, bus: Bus) -> list[NatsRouter]:
+        return [Tracker(bus).router(self.settings.tracker_concurrency)]
+
+    async def start(self, bus: Bus) -> None:
+        self.tasks = Tasks(bus)
+        await self.tasks.start()
+        self.app.state.tasks = self.tasks
+
+    async def stop(self) -> None:
+        self.app.state.tasks = None
+        if self.tasks is not None:
+            await self.tasks.stop()

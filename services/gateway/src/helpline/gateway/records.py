@@ -1,0 +1,115 @@
+"""Task records and the rules that move them: forward only, terminal is final."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from helpline.common.messages import EventType, TaskError, TaskEvent, utcnow
+from helpline.common.subjects import Kind, Priority
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED}
+
+_EVENT_STATUS = {
+    EventType.STARTED: Status.RUNNING,
+    EventType.RETRYING: Status.RETRYING,
+    EventType.SUCCEEDED: Status.SUCCEEDED,
+    EventType.FAILED: Status.FAILED,
+    EventType.EXPIRED: Status.EXPIRED,
+    EventType.CANCELLED: Status.CANCELLED,
+}
+
+
+class Progress(BaseModel):
+    done: int = 0
+    total: int = 0
+
+
+class TaskView(BaseModel):
+    """A task as clients see it."""
+
+    task_id: str
+    kind: Kind
+    status: Status = Status.QUEUED
+    priority: Priority = Priority.NORMAL
+    attempts: int = 0
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: TaskError | None = None
+    parent_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskRecord(TaskView):
+    """A task as stored in the `tasks` bucket."""
+
+    # A terminal child's outcome was added to its parent's progress.
+    counted_in_parent: bool = False
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> TaskRecord:
+        return cls.model_validate_json(raw)
+
+    def view(self) -> TaskView:
+        return TaskView.model_validate(self.model_dump(exclude={"counted_in_parent"}))
+
+
+def _phase(record_status: Status, attempts: int, retrying: bool) -> tuple[int, int, int]:
+    rank = 2 if record_status.terminal else (0 if record_status is Status.QUEUED else 1)
+    return rank, attempts, 1 if retrying else 0
+
+
+def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
+    """The record after `event`, or None when the event changes nothing (late or duplicate)."""
+    if record.status.terminal:
+        return None
+    if event.type is EventType.CREATED:
+        return None
+    if event.type is EventType.PROGRESSED:
+        progress = Progress(
+            done=event.progress_done if event.progress_done is not None else 0,
+            total=event.progress_total if event.progress_total is not None else 0,
+        )
+        if record.progress == progress:
+            return None
+        return record.model_copy(update={"progress": progress})
+    new_status = _EVENT_STATUS[event.type]
+    old = _phase(record.status, record.attempts, record.status is Status.RETRYING)
+    new = _phase(new_status, event.attempt, new_status is Status.RETRYING)
+    if new <= old and not new_status.terminal:
+        return None
+    update: dict[str, Any] = {"status": new_status, "attempts": max(record.attempts, event.attempt)}
+    if new_status is Status.RUNNING and record.started_at is None:
+        update["started_at"] = event.at
+    if new_status.terminal:
+        update["finished_at"] = event.at
+        if event.result is not None:
+            update["result"] = event.result
+    if event.error is not None:
+        update["error"] = event.error
+    elif new_status is Status.RUNNING:
+        update["error"] = record.error
+    return record.model_copy(update=update)

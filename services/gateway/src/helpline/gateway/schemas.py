@@ -1,0 +1,96 @@
+"""The REST contract: request and response bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from helpline.common.subjects import Priority
+
+Brand = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$"
+    ),
+]
+
+
+def check_http_url(value: str) -> str:
+    """Only absolute http(s) URLs with a host; the scraper checks the address itself."""
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http or https URL")
+    if not parts.hostname:
+        raise ValueError("must include a host name")
+    if len(value) > 2048:
+        raise ValueError("must be at most 2048 characters")
+    return value
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PageBody(Body):
+    url: str = Field(description="An absolute http(s) URL.")
+    brand: Brand
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return check_http_url(value)
+
+
+class CrawlRequest(PageBody):
+    max_pages: int = Field(default=100, ge=1, le=10_000)
+    max_depth: int = Field(default=3, ge=0, le=20)
+    include: list[str] | None = Field(
+        default=None, max_length=100, description="Path globs to follow."
+    )
+    exclude: list[str] | None = Field(
+        default=None, max_length=100, description="Path globs to skip."
+    )
+    priority: Priority = Priority.NORMAL
+
+
+class ScrapeRequest(PageBody):
+    priority: Priority = Priority.NORMAL
+
+
+class QueryRequest(Body):
+    question: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
+    ]
+    brand: Brand | None = None
+    top_k: int = Field(default=5, ge=1, le=20)
+
+
+class MaintenanceRequest(Body):
+    priority: Priority = Priority.NORMAL
+
+
+class Accepted(BaseModel):
+    task_id: str
+    status: str = "queued"
+    status_url: str
+
+
+class SourceOut(BaseModel):
+    url: str
+    title: str
+    snippet: str
+    score: float
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    sources: list[SourceOut]
+    task_id: str
+    duration_ms: float
+
+
+class ErrorBody(BaseModel):
+    detail: str

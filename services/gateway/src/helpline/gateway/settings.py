@@ -1,0 +1,17 @@
+"""Gateway settings: the only module of the gateway that reads the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from helpline.common.settings import HelplineSettings
+
+
+class GatewaySettings(HelplineSettings):
+    query_timeout_s: float = Field(
+        default=10.0, description="How long a query may take before 504."
+    )
+    tracker_concurrency: int = Field(default=16, description="Events the tracker applies at once.")
+    public_url: str | None = Field(
+        default=None, description="Base URL used in `status_url` (default: the request's own)."
+    )

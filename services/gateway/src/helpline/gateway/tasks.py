@@ -1,0 +1,135 @@
+"""Submitting tasks and reading their records: what the routes call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+
+from helpline.common.bus import TASKS_BUCKET, Bus, kv_get
+from helpline.common.messages import Answer, QueryTask, TaskMessage, derived_id, new_task_id, utcnow
+from helpline.common.subjects import Kind, Priority
+from helpline.gateway.records import Status, TaskRecord
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+
+class QueryTimeout(Exception):
+    """The query's deadline passed before an answer came back."""
+
+
+def task_id_for(kind: Kind, idempotency_key: str | None) -> str:
+    """A fresh id, or the one an Idempotency-Key always maps to."""
+    return derived_id("idem", str(kind), idempotency_key) if idempotency_key else new_task_id()
+
+
+class Tasks:
+    """The gateway's side of the bus: create records, publish, wait for answers."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._inbox = f"{bus.layout.prefix}.replies.{uuid.uuid4().hex}"
+        self._waiting: dict[str, asyncio.Future[Answer]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.bus.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        for fut in self._waiting.values():
+            fut.cancel()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        task_id = msg.subject.rsplit(".", 1)[-1]
+        fut = self._waiting.get(task_id)
+        if fut is None or fut.done():
+            return
+        try:
+            fut.set_result(Answer.model_validate_json(msg.data))
+        except ValueError as exc:
+            fut.set_exception(exc)
+
+    async def submit(self, kind: Kind, task: TaskMessage) -> tuple[TaskRecord, bool]:
+        """Create the queued record and publish; returns (record, created). Idempotent by id."""
+        kv = await self.bus.kv(TASKS_BUCKET)
+        record = TaskRecord(
+            task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
+        )
+        try:
+            await kv.create(task.task_id, record.to_bytes())
+        except KeyWrongLastSequenceError:
+            existing = await self.get(task.task_id)
+            if existing is not None:
+                return existing, False
+            raise
+        try:
+            await self.bus.submit(kind, task)
+        except BaseException:
+            # Nothing half-way: the bus refused, so the record goes too.
+            with contextlib.suppress(Exception):
+                await kv.purge(task.task_id)
+            raise
+        return record, True
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        kv = await self.bus.kv(TASKS_BUCKET)
+        current = await kv_get(kv, task_id)
+        return TaskRecord.from_bytes(current[0]) if current else None
+
+    async def list(
+        self, *, kind: Kind | None, status: Status | None, limit: int
+    ) -> list[TaskRecord]:
+        """Newest first; a scan of the bucket (fine at the sizes a records TTL keeps)."""
+        kv = await self.bus.kv(TASKS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        records: list[TaskRecord] = []
+        for key in keys:
+            current = await kv_get(kv, key)
+            if current is None:
+                continue
+            record = TaskRecord.from_bytes(current[0])
+            if (kind is None or record.kind is kind) and (
+                status is None or record.status is status
+            ):
+                records.append(record)
+        records.sort(key=lambda r: r.created_at, reverse=True)
+        return records[:limit]
+
+    async def ask(
+        self, question: str, brand: str | None, top_k: int, timeout_s: float, task_id: str
+    ) -> Answer:
+        """Publish a query at CRITICAL with our reply inbox and wait until its deadline."""
+        task = QueryTask(
+            task_id=task_id,
+            priority=Priority.CRITICAL,
+            deadline=utcnow() + timedelta(seconds=timeout_s),
+            question=question,
+            brand=brand,
+            top_k=top_k,
+            reply_to=f"{self._inbox}.{task_id}",
+        )
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = fut
+        try:
+            await self.submit(Kind.QUERY, task)
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError as exc:
+            raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
+        finally:
+            self._waiting.pop(task_id, None)

@@ -1,0 +1,37 @@
+"""Rag wiring: the model and the store are opened here unless the host shares its own."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from helpline.common.bus import Bus
+from helpline.common.knowledge import Knowledge
+from helpline.common.runtime import retry_policy
+from helpline.rag.handlers import build_router
+from helpline.rag.retrieval import Answerer
+from helpline.rag.settings import RagSettings
+
+
+class RagComponent:
+    name = "rag"
+
+    def __init__(self, settings: RagSettings, *, knowledge: Knowledge | None = None) -> None:
+        self.settings = settings
+        self._owns_knowledge = knowledge is None
+        self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
+
+    def routers(self, bus: Bus) -> list[NatsRouter]:
+        answerer = Answerer(
+            self.knowledge.store, self.knowledge.model, self.settings.rag_candidates
+        )
+        policy = retry_policy(self.settings)
+        return [
+            build_router(bus, answerer, concurrency=self.settings.rag_concurrency, policy=policy)
+        ]
+
+    async def start(self, bus: Bus) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._owns_knowledge:
+            self.knowledge.close()

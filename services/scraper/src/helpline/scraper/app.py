@@ -1,0 +1,43 @@
+"""Scraper wiring."""
+
+from __future__ import annotations
+
+from faststream.nats import NatsRouter
+
+from helpline.common.bus import Bus
+from helpline.common.runtime import retry_policy
+from helpline.scraper.fetch import Fetcher
+from helpline.scraper.guard import AllowList
+from helpline.scraper.handlers import ChunkingLimits, Scraper, build_router
+from helpline.scraper.settings import ScraperSettings
+
+
+class ScraperComponent:
+    name = "scraper"
+
+    def __init__(self, settings: ScraperSettings) -> None:
+        self.settings = settings
+        self.fetcher: Fetcher | None = None
+
+    def routers(self, bus: Bus) -> list[NatsRouter]:
+        s = self.settings
+        self.fetcher = Fetcher(
+            AllowList.parse(s.scraper_allowed_hosts),
+            user_agent=s.scraper_user_agent,
+            timeout_s=s.scraper_timeout_s,
+            max_bytes=s.scraper_max_bytes,
+            max_redirects=s.scraper_max_redirects,
+        )
+        scraper = Scraper(
+            bus, self.fetcher, ChunkingLimits(s.chunk_max_chars, s.chunk_overlap_chars)
+        )
+        return [
+            build_router(bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s))
+        ]
+
+    async def start(self, bus: Bus) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self.fetcher is not None:
+            await self.fetcher.aclose()

@@ -1,0 +1,230 @@
+"""Turning an HTML page into its main text as (heading, paragraph) blocks, and its links."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lxml.etree
+import lxml.html
+import trafilatura
+
+from helpline.common.errors import Permanent
+from helpline.scraper.urls import normalize_url
+
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_DROPPED = frozenset(
+    {"head", "nav", "footer", "aside", "script", "style", "noscript", "template",
+     "form", "button", "select", "svg", "iframe", "dialog"}
+)  # fmt: skip
+_DROPPED_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "search"})
+_BLOCKS = frozenset(
+    {"address", "article", "blockquote", "body", "dd", "details", "div", "dl", "dt",
+     "figcaption", "figure", "li", "main", "ol", "p", "pre", "section", "summary", "table",
+     "td", "th", "tr", "ul"}
+)  # fmt: skip
+_BOILERPLATE_NAMES = re.compile(r"cookie|consent|gdpr", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One paragraph (or list, table, code sample) and the nearest heading above it."""
+
+    heading: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A page's main content, in reading order, and every link found anywhere on it."""
+
+    url: str
+    title: str
+    blocks: list[Block]
+    links: list[str]
+
+
+def extract(html: str, url: str) -> Document:
+    """Extract the title, main-content blocks and absolute links of the page at `url`."""
+    try:
+        root = lxml.html.document_fromstring(
+            html.encode("utf-8", errors="replace"),
+            parser=lxml.html.HTMLParser(encoding="utf-8"),
+        )
+    except (lxml.etree.LxmlError, ValueError) as exc:
+        raise Permanent("could not parse page") from exc
+    links = _links(root, url)
+    title = _title(root)
+    # Pruned before trafilatura too: on short pages it falls back to dumping the whole body.
+    content = _pruned(copy.deepcopy(root))
+    blocks = _main_blocks(copy.deepcopy(content), url) or _fallback_blocks(content)
+    return Document(url=url, title=title, blocks=blocks, links=links)
+
+
+def _main_blocks(root: Any, url: str) -> list[Block]:
+    xml = trafilatura.extract(
+        root,
+        url=url,
+        output_format="xml",
+        include_tables=True,
+        include_comments=False,
+        include_images=False,
+        include_links=False,
+        # Help pages are mostly lists and short steps, which the default setting drops.
+        favor_recall=True,
+        with_metadata=False,
+    )
+    if not xml:
+        return []
+    try:
+        doc = lxml.etree.fromstring(xml)
+    except lxml.etree.LxmlError:
+        return []
+    main = doc.find("main")
+    blocks: list[Block] = []
+    heading = ""
+
+    def visit(el: Any) -> None:
+        nonlocal heading
+        tag = el.tag
+        if tag == "head":
+            heading = _squash(_text(el))
+            return
+        if tag in {"p", "quote"}:
+            text = _squash(_text(el))
+        elif tag == "list":
+            text = "\n".join(_list_lines(el, 0))
+        elif tag == "table":
+            text = "\n".join(
+                " | ".join(_squash(_text(cell)) for cell in row.iterchildren("cell"))
+                for row in el.iter("row")
+            )
+        elif tag == "code":
+            text = "".join(el.itertext()).strip()
+        else:
+            # Short pages come back as bare text inside <main>, between or without elements.
+            add(_squash(el.text or ""))
+            for child in el.iterchildren():
+                visit(child)
+                add(_squash(child.tail or ""))
+            return
+        add(text)
+
+    def add(text: str) -> None:
+        if text.strip():
+            blocks.append(Block(heading, text))
+
+    if main is not None:
+        visit(main)
+    return blocks
+
+
+def _list_lines(list_el: Any, depth: int) -> Iterator[str]:
+    ordered = list_el.get("rend") == "ol"
+    for number, item in enumerate(list_el.iterchildren("item"), start=1):
+        own = _squash(_text(item, skip="list"))
+        if own:
+            marker = f"{number}." if ordered else "-"
+            yield f"{'  ' * depth}{marker} {own}"
+        for sub in item.iterchildren("list"):
+            yield from _list_lines(sub, depth + 1)
+
+
+def _text(el: Any, skip: str | None = None) -> str:
+    """Text of a trafilatura XML element, <lb/> read as a space, `skip` subtrees left out."""
+    parts = [el.text or ""]
+    for child in el.iterchildren():
+        if child.tag == "lb":
+            parts.append(" ")
+        elif child.tag != skip:
+            parts.append(_text(child, skip))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
+def _fallback_blocks(root: Any) -> list[Block]:
+    body = root.find("body")
+    blocks: list[Block] = []
+    heading = ""
+    buffer: list[str] = []
+
+    def flush() -> None:
+        text = _squash("".join(buffer))
+        buffer.clear()
+        if text:
+            blocks.append(Block(heading, text))
+
+    def visit(el: Any) -> None:
+        nonlocal heading
+        if not isinstance(el.tag, str):
+            return
+        tag = el.tag.lower()
+        if tag in _HEADINGS:
+            flush()
+            heading = _squash(el.text_content())
+            return
+        is_block = tag in _BLOCKS
+        if is_block:
+            flush()
+        buffer.append(" " if tag == "br" else el.text or "")
+        for child in el:
+            visit(child)
+            buffer.append(child.tail or "")
+        if is_block:
+            flush()
+
+    visit(body if body is not None else root)
+    flush()
+    return blocks
+
+
+def _pruned(root: Any) -> Any:
+    """`root` without navigation, page header and footer, sidebars, scripts and cookie banners."""
+    doomed = [el for el in root.iter() if isinstance(el.tag, str) and _is_boilerplate(el)]
+    for el in doomed:
+        # Nested matches were already removed with their ancestor.
+        if el.getparent() is not None:
+            el.drop_tree()
+    return root
+
+
+def _is_boilerplate(el: Any) -> bool:
+    tag = el.tag.lower()
+    if tag in {"html", "body"}:
+        # Sites mark <body> with classes such as "cookie-consent-open" while a banner shows.
+        return False
+    if tag == "header":
+        # An <article>'s own header holds its title; only the page header is boilerplate.
+        return not any(a.tag in {"article", "main"} for a in el.iterancestors())
+    if tag in _DROPPED or el.get("role") in _DROPPED_ROLES:
+        return True
+    if el.get("hidden") is not None or el.get("aria-hidden") == "true":
+        return True
+    return bool(_BOILERPLATE_NAMES.search(f"{el.get('id', '')} {el.get('class', '')}"))
+
+
+def _title(root: Any) -> str:
+    candidates = (
+        root.xpath("string((//title)[1])"),
+        root.xpath("string((//meta[@property='og:title'])[1]/@content)"),
+        root.xpath("string((//h1)[1])"),
+    )
+    return next((t for t in map(_squash, candidates) if t), "")
+
+
+def _links(root: Any, url: str) -> list[str]:
+    base_href = root.xpath("string((//base[@href])[1]/@href)")
+    base = (normalize_url(str(base_href), url) if base_href else None) or url
+    links: dict[str, None] = {}
+    for href in root.xpath("//a/@href | //area/@href"):
+        link = normalize_url(str(href), base)
+        if link is not None:
+            links[link] = None
+    return list(links)
+
+
+def _squash(text: Any) -> str:
+    return " ".join(str(text).split())

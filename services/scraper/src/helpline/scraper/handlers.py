@@ -1,0 +1,127 @@
+"""Scraper subscribers: a page in, chunks out to the embedder, new pages out to the crawl."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from faststream.nats import NatsRouter
+
+from helpline.common.bus import CRAWLS_BUCKET, Bus
+from helpline.common.crawlstate import claim_page
+from helpline.common.errors import Permanent
+from helpline.common.messages import (
+    ChunkBatch,
+    CrawlTask,
+    EventType,
+    ScrapeTask,
+    TaskEvent,
+    derived_id,
+)
+from helpline.common.subjects import Kind
+from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskContext, subscribe_tasks
+from helpline.scraper.chunking import chunk_document
+from helpline.scraper.extract import Document, extract
+from helpline.scraper.fetch import Fetcher
+from helpline.scraper.urls import in_scope, normalize_url
+
+
+@dataclass(frozen=True)
+class ChunkingLimits:
+    max_chars: int = 1200
+    overlap_chars: int = 150
+
+
+class Scraper:
+    """Turns scrape and crawl tasks into chunk batches and child pages."""
+
+    def __init__(self, bus: Bus, fetcher: Fetcher, limits: ChunkingLimits) -> None:
+        self.bus = bus
+        self.fetcher = fetcher
+        self.limits = limits
+
+    async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
+        page = await self.fetcher.fetch(task.url)
+        doc = await asyncio.to_thread(extract, page.text, page.url)
+        chunks = await asyncio.to_thread(
+            chunk_document, doc, self.limits.max_chars, self.limits.overlap_chars
+        )
+        if task.crawl is not None and task.parent_id is not None:
+            await self._follow_links(task, doc)
+        await self.bus.submit(
+            Kind.EMBED,
+            ChunkBatch(
+                task_id=derived_id(task.task_id, "embed"),
+                priority=task.priority,
+                deadline=task.deadline,
+                url=page.url,
+                title=doc.title or page.url,
+                brand=task.brand,
+                chunks=chunks,
+                fetched_at=page.fetched_at,
+                report_task_id=task.task_id,
+                report_kind=Kind.SCRAPE,
+            ),
+        )
+        return REPORTED_LATER
+
+    async def _follow_links(self, task: ScrapeTask, doc: Document) -> None:
+        scope, parent_id = task.crawl, task.parent_id
+        if scope is None or parent_id is None or task.depth >= scope.max_depth:
+            return
+        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        for link in doc.links:
+            if not in_scope(link, scope):
+                continue
+            if not await claim_page(crawls, parent_id, link, scope.max_pages):
+                continue
+            await self._start_page(parent_id, task, link, task.depth + 1)
+
+    async def _start_page(
+        self, parent_id: str, origin: ScrapeTask | CrawlTask, url: str, depth: int
+    ) -> None:
+        scope = origin.crawl if isinstance(origin, ScrapeTask) else origin.scope
+        child = ScrapeTask(
+            task_id=derived_id(parent_id, url),
+            priority=origin.priority,
+            deadline=origin.deadline,
+            parent_id=parent_id,
+            url=url,
+            brand=origin.brand,
+            depth=depth,
+            crawl=scope,
+        )
+        # The record exists (and the parent counts it) before the page can finish.
+        await self.bus.emit(
+            TaskEvent(
+                task_id=child.task_id,
+                kind=Kind.SCRAPE,
+                type=EventType.CREATED,
+                priority=child.priority,
+                parent_id=parent_id,
+                result={"url": url, "depth": depth},
+            )
+        )
+        await self.bus.submit(Kind.SCRAPE, child)
+
+    async def crawl(self, task: CrawlTask, ctx: TaskContext) -> Result:
+        root = normalize_url(task.url)
+        if root is None:
+            raise Permanent("not an http(s) URL")
+        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        await claim_page(crawls, task.task_id, root, task.scope.max_pages)
+        # Submitted even when already claimed: a redelivered crawl re-publishes its first page,
+        # which the bus's duplicate window (same task id) drops if it was already sent.
+        await self._start_page(task.task_id, task, root, 0)
+        return REPORTED_LATER
+
+
+def build_router(
+    bus: Bus, scraper: Scraper, *, concurrency: int, policy: RetryPolicy
+) -> NatsRouter:
+    router = NatsRouter()
+    subscribe_tasks(
+        router, bus, Kind.SCRAPE, ScrapeTask, scraper.scrape, concurrency=concurrency, policy=policy
+    )
+    subscribe_tasks(router, bus, Kind.CRAWL, CrawlTask, scraper.crawl, concurrency=2, policy=policy)
+    return router

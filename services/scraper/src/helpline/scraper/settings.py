@@ -1,0 +1,28 @@
+"""Scraper settings: the only module of the scraper that reads the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from helpline.common.settings import HelplineSettings
+
+
+class ScraperSettings(HelplineSettings):
+    scraper_allowed_hosts: str = Field(
+        default="",
+        description="Hosts or CIDRs exempt from the public-address rule (comma-separated), e.g. 127.0.0.1.",
+    )
+    scraper_concurrency: int = Field(default=6, description="Pages fetched at once per replica.")
+    scraper_user_agent: str = Field(
+        default="HelplineBot/0.1 (+https://helpline.example/bot)",
+        description="User-Agent sent with every fetch.",
+    )
+    scraper_timeout_s: float = Field(default=15.0, description="Per-request fetch timeout.")
+    scraper_max_bytes: int = Field(default=5_000_000, description="Largest page body accepted.")
+    scraper_max_redirects: int = Field(
+        default=5, description="Redirect hops followed, each re-checked."
+    )
+    chunk_max_chars: int = Field(default=1200, description="Longest chunk, in characters.")
+    chunk_overlap_chars: int = Field(
+        default=150, description="Text carried over between chunks of a section."
+    )

@@ -1,0 +1,124 @@
+"""Integration fixtures: a real nats-server, a real local documentation site, the real model."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpline.common.embedding import Embedder
+from helpline.common.knowledge import Knowledge
+from helpline.common.natsserver import NatsServer
+from helpline.common.runtime import Host
+from helpline.common.testing import serve_site, slow_route
+from helpline.common.vectors import open_store
+from helpline.embedder.app import EmbedderComponent
+from helpline.embedder.settings import EmbedderSettings
+from helpline.gateway.app import GatewayComponent
+from helpline.gateway.settings import GatewaySettings
+from helpline.maintenance.app import MaintenanceComponent
+from helpline.maintenance.settings import MaintenanceSettings
+from helpline.rag.app import RagComponent
+from helpline.rag.settings import RagSettings
+from helpline.scraper.app import ScraperComponent
+from helpline.scraper.settings import ScraperSettings
+
+SITE = Path(__file__).parent / "site"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real nats-server (JetStream) for the session; tests isolate by prefix."""
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def model() -> Embedder:
+    return Embedder.load(threads=2)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Each test gets its own subjects, streams and buckets."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def docs_site() -> Iterator[str]:
+    """The sample documentation site on 127.0.0.1, with a page that never answers in time."""
+    with serve_site(SITE, routes={"/troubleshooting/slow.html": slow_route(3.0)}) as url:
+        yield url
+
+
+@dataclass
+class System:
+    client: httpx.AsyncClient
+    host: Host
+    knowledge: Knowledge
+
+
+def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra: object) -> object:
+    base: dict[str, object] = {
+        "nats_url": nats_url,
+        "bus_prefix": prefix,
+        "data_dir": data_dir,
+        "file_storage": False,
+        "backoff_base_s": 0.05,
+        "backoff_cap_s": 0.2,
+        "max_deliver": 2,
+        "scraper_allowed_hosts": "127.0.0.1",
+        "scraper_timeout_s": 1.0,
+        "query_timeout_s": 10.0,
+    }
+    base.update(extra)
+    return cls(**{k: v for k, v in base.items() if k in cls.model_fields})  # type: ignore[attr-defined]
+
+
+async def start_system(
+    nats_url: str, prefix: str, data_dir: Path, model: Embedder, **extra: object
+) -> System:
+    """Every service on one bus connection, as `helpline up` runs them, with a client for the API."""
+    store = open_store(url=None, data_dir=data_dir, collection="helpline", dim=model.dim)
+    knowledge = Knowledge(model=model, store=store)
+    gateway = GatewayComponent(settings_for(GatewaySettings, nats_url, prefix, data_dir, **extra))  # type: ignore[arg-type]
+    components = [
+        gateway,
+        ScraperComponent(settings_for(ScraperSettings, nats_url, prefix, data_dir, **extra)),  # type: ignore[arg-type]
+        EmbedderComponent(
+            settings_for(EmbedderSettings, nats_url, prefix, data_dir, **extra), knowledge=knowledge
+        ),  # type: ignore[arg-type]
+        RagComponent(
+            settings_for(RagSettings, nats_url, prefix, data_dir, **extra), knowledge=knowledge
+        ),  # type: ignore[arg-type]
+        MaintenanceComponent(
+            settings_for(MaintenanceSettings, nats_url, prefix, data_dir, **extra)
+        ),  # type: ignore[arg-type]
+    ]
+    host = Host(gateway.settings, components, name=f"test-{prefix}")  # type: ignore[arg-type]
+    await host.start()
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+    )
+    return System(client=client, host=host, knowledge=knowledge)
+
+
+async def stop_system(system: System) -> None:
+    await system.client.aclose()
+    await system.host.stop()
+    system.knowledge.close()
+
+
+@pytest.fixture
+async def system(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder
+) -> AsyncIterator[System]:
+    running = await start_system(nats_server.url, prefix, tmp_path, model)
+    try:
+        yield running
+    finally:
+        await stop_system(running)
