@@ -165,7 +165,7 @@ def test_title_falls_back_to_og_title_then_h1() -> None:
 
 
 def test_small_page_text_is_kept() -> None:
-    doc = extract("<html><body>Open Monday to Friday.</body></html>", "https://x.example/")
+    doc = extract("<html><body>Open <b>Monday</b> to Friday.</body></html>", "https://x.example/")
     assert [b.text for b in doc.blocks] == ["Open Monday to Friday."]
 
 

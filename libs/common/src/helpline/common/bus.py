@@ -107,14 +107,16 @@ class BusLayout:
 def make_broker(url: str, *, name: str, connect: bool = True) -> NatsBroker:
     """A broker with the tracing middleware; `connect` is passed to FastStream lazily."""
     del connect
+    logger = logging.getLogger(f"helpline.bus.{name}")
+    # FastStream logs every message and supervisor callback at INFO: far too chatty.
+    logger.setLevel(logging.WARNING)
     return NatsBroker(
         url,
         name=name,
         middlewares=[NatsTelemetryMiddleware()],
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        logger=logging.getLogger(f"helpline.{name}.bus"),
-        log_level=logging.DEBUG,
+        reconnect_time_wait=1,
+        logger=logger,
     )
 
 
@@ -128,7 +130,7 @@ class Bus:
 
     @property
     def nc(self) -> Client:
-        conn = self.broker.config.connection_state.connection
+        conn: Client | None = self.broker.config.connection_state.connection
         assert conn is not None, "broker is not connected"
         return conn
 

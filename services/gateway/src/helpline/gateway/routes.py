@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -44,7 +44,9 @@ def get_tasks(request: Request) -> Tasks:
 
 
 TasksDep = Annotated[Tasks, Depends(get_tasks)]
-REFUSED = {503: {"model": ErrorBody, "description": "The bus refused the task; retry later."}}
+REFUSED: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "The bus refused the task; retry later."}
+}
 
 
 def accepted(request: Request, task_id: str) -> Accepted:

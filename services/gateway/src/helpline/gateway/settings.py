@@ -12,6 +12,3 @@ class GatewaySettings(HelplineSettings):
         default=10.0, description="How long a query may take before 504."
     )
     tracker_concurrency: int = Field(default=16, description="Events the tracker applies at once.")
-    public_url: str | None = Field(
-        default=None, description="Base URL used in `status_url` (default: the request's own)."
-    )

@@ -26,6 +26,8 @@ _BLOCKS = frozenset(
      "figcaption", "figure", "li", "main", "ol", "p", "pre", "section", "summary", "table",
      "td", "th", "tr", "ul"}
 )  # fmt: skip
+# Inline elements of trafilatura's XML output; everything else there is block-level.
+_XML_INLINE = frozenset({"hi", "ref", "lb", "del", "graphic", "span"})
 _BOILERPLATE_NAMES = re.compile(r"cookie|consent|gdpr", re.IGNORECASE)
 
 
@@ -105,11 +107,17 @@ def _main_blocks(root: Any, url: str) -> list[Block]:
         elif tag == "code":
             text = "".join(el.itertext()).strip()
         else:
-            # Short pages come back as bare text inside <main>, between or without elements.
-            add(_squash(el.text or ""))
+            # Short pages come back as bare text inside <main>, around inline elements.
+            loose = [el.text or ""]
             for child in el.iterchildren():
-                visit(child)
-                add(_squash(child.tail or ""))
+                if child.tag in _XML_INLINE:
+                    loose.append(" " if child.tag == "lb" else _text(child))
+                else:
+                    add(_squash("".join(loose)))
+                    loose.clear()
+                    visit(child)
+                loose.append(child.tail or "")
+            add(_squash("".join(loose)))
             return
         add(text)
 

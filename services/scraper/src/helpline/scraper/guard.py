@@ -82,7 +82,7 @@ async def check_host(host: str, port: int, allow: AllowList) -> list[str]:
     addresses = await _resolve(host, port)
     for ip in addresses:
         if not is_public(ip) and not allow.allows(host, ip):
-            raise BlockedAddress(f"blocked address: {host} is not a public address")
+            raise BlockedAddress("blocked address: the host is not a public address")
     return list(dict.fromkeys(str(ip) for ip in addresses))
 
 

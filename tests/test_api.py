@@ -1,0 +1,126 @@
+"""The REST contract against the real bus: validation, unknown ids, blocked addresses, listing."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import System
+from e2e_helpers import wait_terminal
+
+
+async def test_unknown_task_is_404(system: System) -> None:
+    response = await system.client.get("/api/v1/tasks/0123456789abcdef")
+    assert response.status_code == 404
+    assert "no task" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (
+            "/api/v1/crawl",
+            {"url": "http://docs.example.com/", "brand": "acme", "max_pages": 0},
+            "max_pages",
+        ),
+        (
+            "/api/v1/crawl",
+            {"url": "http://docs.example.com/", "brand": "acme", "max_pages": 10001},
+            "max_pages",
+        ),
+        ("/api/v1/crawl", {"url": "ftp://docs.example.com/", "brand": "acme"}, "url"),
+        ("/api/v1/crawl", {"url": "http://docs.example.com/"}, "brand"),
+        ("/api/v1/scrape", {"url": "not a url", "brand": "acme"}, "url"),
+        (
+            "/api/v1/scrape",
+            {"url": "http://x.example/", "brand": "acme", "priority": "urgent"},
+            "priority",
+        ),
+        ("/api/v1/query", {"question": ""}, "question"),
+        ("/api/v1/query", {"question": "x" * 2001}, "question"),
+        ("/api/v1/query", {"question": "ok", "top_k": 21}, "top_k"),
+        ("/api/v1/query", {"question": "ok", "surprise": 1}, "surprise"),
+    ],
+)
+async def test_invalid_body_is_422_naming_the_field(
+    system: System, path: str, body: dict, field: str
+) -> None:
+    response = await system.client.post(path, json=body)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert field in {e["field"] for e in errors}, errors
+    assert all(e["message"] for e in errors)
+    assert "Traceback" not in response.text
+
+
+async def test_private_address_is_refused_with_a_clear_reason(
+    system: System, docs_site: str
+) -> None:
+    # The test system allows only 127.0.0.1; 127.0.0.2 is loopback too, and not listed.
+    blocked = docs_site.replace("127.0.0.1", "127.0.0.2")
+    response = await system.client.post(
+        "/api/v1/scrape", json={"url": f"{blocked}/index.html", "brand": "acme"}
+    )
+    assert response.status_code == 202
+    record = await wait_terminal(system.client, response.json()["task_id"])
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "BlockedAddress"
+    assert "blocked address" in record["error"]["message"]
+    assert "127.0.0.2" not in record["error"]["message"]
+    assert record["attempts"] == 1  # refused, not retried
+
+
+async def test_scrape_one_page_and_list_newest_first(system: System, docs_site: str) -> None:
+    ids = []
+    for page in ("config/wifi.html", "config/firewall.html"):
+        response = await system.client.post(
+            "/api/v1/scrape", json={"url": f"{docs_site}/{page}", "brand": "acme"}
+        )
+        assert response.status_code == 202
+        ids.append(response.json()["task_id"])
+    for task_id in ids:
+        record = await wait_terminal(system.client, task_id)
+        assert record["status"] == "succeeded", record
+        assert record["result"]["chunks_indexed"] >= 1
+        assert record["result"]["embedded"] == record["result"]["chunks_indexed"]
+    listing = (
+        await system.client.get("/api/v1/tasks", params={"kind": "scrape", "status": "succeeded"})
+    ).json()
+    assert [t["task_id"] for t in listing] == list(reversed(ids))
+    assert (await system.client.get("/api/v1/tasks", params={"kind": "crawl"})).json() == []
+
+
+async def test_rescrape_unchanged_page_embeds_nothing(system: System, docs_site: str) -> None:
+    results = []
+    for _ in range(2):
+        response = await system.client.post(
+            "/api/v1/scrape", json={"url": f"{docs_site}/config/wifi.html", "brand": "acme"}
+        )
+        results.append((await wait_terminal(system.client, response.json()["task_id"]))["result"])
+    assert results[0]["embedded"] >= 1
+    assert results[1]["embedded"] == 0
+    assert results[1]["unchanged"] == results[0]["chunks_indexed"]
+
+
+async def test_maintenance_ping_completes(system: System) -> None:
+    response = await system.client.post("/api/v1/maintenance/ping")
+    assert response.status_code == 202
+    record = await wait_terminal(system.client, response.json()["task_id"])
+    assert record["status"] == "succeeded"
+    assert record["result"]["pong"] is True
+    assert record["kind"] == "maintenance"
+
+
+async def test_idempotency_key_returns_the_same_task(system: System) -> None:
+    headers = {"Idempotency-Key": "ping-once"}
+    first = await system.client.post("/api/v1/maintenance/ping", headers=headers)
+    second = await system.client.post("/api/v1/maintenance/ping", headers=headers)
+    assert first.json()["task_id"] == second.json()["task_id"]
+
+
+async def test_probes_and_openapi(system: System) -> None:
+    assert (await system.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await system.client.get("/readyz")).json() == {"status": "ready"}
+    spec = (await system.client.get("/openapi.json")).json()
+    assert {"/api/v1/crawl", "/api/v1/scrape", "/api/v1/query", "/api/v1/tasks/{task_id}"} <= set(
+        spec["paths"]
+    )
+    assert (await system.client.get("/docs")).status_code == 200
