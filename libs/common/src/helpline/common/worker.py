@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from faststream.middlewares import AckPolicy
+from nats.errors import NotJSMessageError
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 
@@ -157,7 +158,10 @@ async def _retry_or_dead_letter(
 
 def attempt_of(msg: NatsMessage) -> int:
     """The delivery count of this message (1 on first delivery)."""
-    meta = msg.raw_message.metadata
+    try:
+        meta = msg.raw_message.metadata
+    except NotJSMessageError:  # FastStream's in-memory test broker
+        return 1
     return int(meta.num_delivered) if meta and meta.num_delivered else 1
 
 

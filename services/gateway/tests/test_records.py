@@ -1,0 +1,70 @@
+"""Task records only move forward; terminal is final; duplicates change nothing."""
+
+from __future__ import annotations
+
+from helpline.common.messages import EventType, TaskError, TaskEvent
+from helpline.common.subjects import Kind
+from helpline.gateway.records import Status, TaskRecord, apply_event
+
+
+def event(type_: EventType, attempt: int = 1, **fields: object) -> TaskEvent:
+    return TaskEvent(task_id="t1", kind=Kind.SCRAPE, type=type_, attempt=attempt, **fields)  # type: ignore[arg-type]
+
+
+def fold(*events: TaskEvent) -> TaskRecord:
+    record = TaskRecord(task_id="t1", kind=Kind.SCRAPE)
+    for e in events:
+        record = apply_event(record, e) or record
+    return record
+
+
+def test_happy_path_sets_times_and_result() -> None:
+    record = fold(event(EventType.STARTED), event(EventType.SUCCEEDED, result={"chunks_indexed": 3}))
+    assert record.status is Status.SUCCEEDED
+    assert record.attempts == 1
+    assert record.started_at is not None
+    assert record.finished_at is not None
+    assert record.result == {"chunks_indexed": 3}
+
+
+def test_running_after_succeeded_changes_nothing() -> None:
+    done = fold(event(EventType.STARTED), event(EventType.SUCCEEDED, result={}))
+    assert apply_event(done, event(EventType.STARTED, attempt=2)) is None
+    assert apply_event(done, event(EventType.FAILED, error=TaskError(type="X", message="late"))) is None
+
+
+def test_duplicate_event_changes_nothing() -> None:
+    started = fold(event(EventType.STARTED))
+    assert apply_event(started, event(EventType.STARTED)) is None
+
+
+def test_retry_cycle_moves_forward_by_attempt() -> None:
+    err = TaskError(type="Retryable", message="timed out")
+    record = fold(event(EventType.STARTED), event(EventType.RETRYING, error=err))
+    assert record.status is Status.RETRYING
+    assert record.error == err
+    # A late `started` of the same attempt does not undo the retrying state...
+    assert apply_event(record, event(EventType.STARTED, attempt=1)) is None
+    # ...the next attempt does.
+    record = apply_event(record, event(EventType.STARTED, attempt=2)) or record
+    assert record.status is Status.RUNNING
+    assert record.attempts == 2
+
+
+def test_failed_keeps_the_reason() -> None:
+    err = TaskError(type="Permanent", message="HTTP 404 Not Found from http://x/")
+    record = fold(event(EventType.STARTED), event(EventType.FAILED, error=err))
+    assert record.status is Status.FAILED
+    assert record.error == err
+
+
+def test_terminal_event_without_start_still_finishes() -> None:
+    record = fold(event(EventType.EXPIRED, error=TaskError(type="DeadlineExpired", message="deadline passed")))
+    assert record.status is Status.EXPIRED
+    assert record.finished_at is not None
+
+
+def test_counted_flag_survives_storage_but_not_the_view() -> None:
+    record = TaskRecord(task_id="t1", kind=Kind.CRAWL, counted_in_parent=True)
+    assert TaskRecord.from_bytes(record.to_bytes()).counted_in_parent is True
+    assert "counted_in_parent" not in record.view().model_dump()

@@ -1,0 +1,45 @@
+"""Extractive answers cite the sources they come from."""
+
+from __future__ import annotations
+
+import re
+
+from helpline.common.vectors import Hit
+from helpline.rag.compose import NO_ANSWER, compose, sentences
+
+
+def hit(url: str, score: float, text: str, title: str = "") -> Hit:
+    return Hit(id=url + str(score), score=score, payload={"url": url, "title": title or url, "text": text})
+
+
+def test_no_hits_says_so() -> None:
+    assert compose("anything", [], 5) == (NO_ANSWER, [])
+
+
+def test_answer_markers_index_into_sources_and_pages_merge() -> None:
+    hits = [
+        hit("https://d/reset", 0.8, "Resetting\nHold the reset button for 12 seconds. Then wait.", "Reset"),
+        hit("https://d/reset", 0.7, "Resetting\nThe power light blinks amber during a reset."),
+        hit("https://d/wifi", 0.4, "Wi-Fi\nThe router broadcasts two networks."),
+    ]
+    answer, sources = compose("How long do I hold the reset button?", hits, top_k=5)
+    assert [s.url for s in sources] == ["https://d/reset", "https://d/wifi"]
+    assert "Hold the reset button for 12 seconds. [1]" in answer
+    for marker in re.findall(r"\[(\d+)\]", answer):
+        assert 1 <= int(marker) <= len(sources)
+    assert sources[0].title == "Reset"
+    assert sources[0].score == 0.8
+    assert "12 seconds" in sources[0].snippet
+
+
+def test_top_k_limits_sources() -> None:
+    hits = [hit(f"https://d/{i}", 1 - i / 10, f"Page {i} text about routers.") for i in range(6)]
+    _answer, sources = compose("routers", hits, top_k=2)
+    assert len(sources) == 2
+
+
+def test_sentences_drop_the_heading_line() -> None:
+    assert sentences("Firewall rules\nRules apply at once. No reboot is needed.") == [
+        "Rules apply at once.",
+        "No reboot is needed.",
+    ]

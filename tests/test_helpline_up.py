@@ -1,0 +1,90 @@
+"""The real all-in-one runner: `helpline up` as a process, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpline.common.testing import HelplineUp
+
+pytestmark = pytest.mark.slow
+
+ENV = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_JSON": "false"}
+
+
+def wait_terminal(client: httpx.Client, task_id: str, timeout_s: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = client.get(f"/api/v1/tasks/{task_id}").json()
+        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} not terminal: {record}")
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def ask(client: httpx.Client) -> dict:
+    response = client.post("/api/v1/query", json={"question": "What does error FW-409 mean?", "brand": "acme"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) -> None:
+    data_dir = tmp_path / "data"
+    with HelplineUp(data_dir, ENV) as up, httpx.Client(base_url=up.url, timeout=30) as client:
+        response = client.post("/api/v1/crawl", json={"url": f"{docs_site}/index.html", "brand": "acme"})
+        assert response.status_code == 202
+        crawl_id = response.json()["task_id"]
+        before = wait_terminal(client, crawl_id)
+        assert before["status"] == "succeeded"
+        first_answer = ask(client)
+        assert first_answer["sources"][0]["url"] == f"{docs_site}/config/firewall.html"
+        assert up.process is not None
+        nats_children = children_of(up.process.pid)
+        assert nats_children, "helpline up runs its own nats-server"
+    # Stopped with SIGTERM: the nats-server it started is gone too.
+    for pid in nats_children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    with HelplineUp(data_dir, ENV) as up, httpx.Client(base_url=up.url, timeout=30) as client:
+        after = client.get(f"/api/v1/tasks/{crawl_id}").json()
+        assert after == before
+        answer = ask(client)
+        assert answer["sources"][0]["url"] == first_answer["sources"][0]["url"]
+        assert "FW-409" in answer["answer"]
+
+
+def test_sigkill_of_helpline_up_leaves_no_nats_server(tmp_path: Path) -> None:
+    up = HelplineUp(tmp_path / "data", ENV).start()
+    assert up.process is not None
+    nats_children = children_of(up.process.pid)
+    assert nats_children
+    up.process.send_signal(signal.SIGKILL)
+    up.process.wait()
+    deadline = time.monotonic() + 10
+    alive = nats_children
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in nats_children if _alive(p)]
+        time.sleep(0.1)
+    assert alive == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0) until reaped by init; count it as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
