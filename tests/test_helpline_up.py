@@ -29,12 +29,16 @@ def wait_terminal(client: httpx.Client, task_id: str, timeout_s: float = 90.0) -
 
 
 def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    )
     return [int(p) for p in out.stdout.split()]
 
 
 def ask(client: httpx.Client) -> dict:
-    response = client.post("/api/v1/query", json={"question": "What does error FW-409 mean?", "brand": "acme"})
+    response = client.post(
+        "/api/v1/query", json={"question": "What does error FW-409 mean?", "brand": "acme"}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -42,7 +46,9 @@ def ask(client: httpx.Client) -> dict:
 def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) -> None:
     data_dir = tmp_path / "data"
     with HelplineUp(data_dir, ENV) as up, httpx.Client(base_url=up.url, timeout=30) as client:
-        response = client.post("/api/v1/crawl", json={"url": f"{docs_site}/index.html", "brand": "acme"})
+        response = client.post(
+            "/api/v1/crawl", json={"url": f"{docs_site}/index.html", "brand": "acme"}
+        )
         assert response.status_code == 202
         crawl_id = response.json()["task_id"]
         before = wait_terminal(client, crawl_id)

@@ -19,7 +19,9 @@ def fold(*events: TaskEvent) -> TaskRecord:
 
 
 def test_happy_path_sets_times_and_result() -> None:
-    record = fold(event(EventType.STARTED), event(EventType.SUCCEEDED, result={"chunks_indexed": 3}))
+    record = fold(
+        event(EventType.STARTED), event(EventType.SUCCEEDED, result={"chunks_indexed": 3})
+    )
     assert record.status is Status.SUCCEEDED
     assert record.attempts == 1
     assert record.started_at is not None
@@ -30,7 +32,10 @@ def test_happy_path_sets_times_and_result() -> None:
 def test_running_after_succeeded_changes_nothing() -> None:
     done = fold(event(EventType.STARTED), event(EventType.SUCCEEDED, result={}))
     assert apply_event(done, event(EventType.STARTED, attempt=2)) is None
-    assert apply_event(done, event(EventType.FAILED, error=TaskError(type="X", message="late"))) is None
+    assert (
+        apply_event(done, event(EventType.FAILED, error=TaskError(type="X", message="late")))
+        is None
+    )
 
 
 def test_duplicate_event_changes_nothing() -> None:
@@ -59,7 +64,9 @@ def test_failed_keeps_the_reason() -> None:
 
 
 def test_terminal_event_without_start_still_finishes() -> None:
-    record = fold(event(EventType.EXPIRED, error=TaskError(type="DeadlineExpired", message="deadline passed")))
+    record = fold(
+        event(EventType.EXPIRED, error=TaskError(type="DeadlineExpired", message="deadline passed"))
+    )
     assert record.status is Status.EXPIRED
     assert record.finished_at is not None
 

@@ -24,7 +24,8 @@ async def events_for(broker: NatsBroker, bus: Bus, task: MaintenanceTask) -> lis
     seen: list[TaskEvent] = []
 
     @broker.subscriber(
-        bus.layout.event_subject(Kind.MAINTENANCE), stream=JStream(events_stream("unit"), declare=False)
+        bus.layout.event_subject(Kind.MAINTENANCE),
+        stream=JStream(events_stream("unit"), declare=False),
     )
     async def collect(event: TaskEvent) -> None:
         seen.append(event)

@@ -9,7 +9,9 @@ from helpline.rag.compose import NO_ANSWER, compose, sentences
 
 
 def hit(url: str, score: float, text: str, title: str = "") -> Hit:
-    return Hit(id=url + str(score), score=score, payload={"url": url, "title": title or url, "text": text})
+    return Hit(
+        id=url + str(score), score=score, payload={"url": url, "title": title or url, "text": text}
+    )
 
 
 def test_no_hits_says_so() -> None:
@@ -18,7 +20,12 @@ def test_no_hits_says_so() -> None:
 
 def test_answer_markers_index_into_sources_and_pages_merge() -> None:
     hits = [
-        hit("https://d/reset", 0.8, "Resetting\nHold the reset button for 12 seconds. Then wait.", "Reset"),
+        hit(
+            "https://d/reset",
+            0.8,
+            "Resetting\nHold the reset button for 12 seconds. Then wait.",
+            "Reset",
+        ),
         hit("https://d/reset", 0.7, "Resetting\nThe power light blinks amber during a reset."),
         hit("https://d/wifi", 0.4, "Wi-Fi\nThe router broadcasts two networks."),
     ]

@@ -23,7 +23,7 @@ class _Piece:
     joiner: str
 
 
-def chunk_document(doc: Document, max_chars: int = 1200, overlap_chars: int = 150) -> list[Chunk]:
+def chunk_document(doc: Document, max_chars: int = 700, overlap_chars: int = 100) -> list[Chunk]:
     """Split `doc` into chunks of at most `max_chars`, each starting with its section heading."""
     if max_chars <= 0 or not 0 <= overlap_chars < max_chars:
         raise ValueError("need max_chars > 0 and 0 <= overlap_chars < max_chars")

@@ -28,8 +28,8 @@ from helpline.scraper.urls import in_scope, normalize_url
 
 @dataclass(frozen=True)
 class ChunkingLimits:
-    max_chars: int = 1200
-    overlap_chars: int = 150
+    max_chars: int
+    overlap_chars: int
 
 
 class Scraper:

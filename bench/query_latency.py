@@ -1,0 +1,195 @@
+"""Query latency and crawl-to-searchable time on a real documentation corpus.
+
+Serves the PostgreSQL 15 manual (Debian's postgresql-doc-15, installed here if missing
+and possible) on 127.0.0.1, runs the real `helpline up` in a fresh data dir, crawls the
+manual through the API, then measures `POST /api/v1/query` at concurrency 1 and 8.
+
+    uv run python bench/query_latency.py [--max-pages 1200] [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from helpline.common.testing import HelplineUp, serve_site
+
+MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
+
+QUESTIONS = [
+    "How do I create a new database?",
+    "How can I make a backup of my database?",
+    "What does VACUUM do and when should I run it?",
+    "How do I give a user permission to read a table?",
+    "How do I create an index on several columns?",
+    "What isolation levels does PostgreSQL support?",
+    "How do I change the port the server listens on?",
+    "How can I see which queries are running right now?",
+    "How do I restore a dump made with pg_dump?",
+    "What is the difference between char and varchar?",
+    "How do I set up streaming replication to a standby?",
+    "How do I add a column to an existing table?",
+    "How can I store JSON documents and query them?",
+    "What does the EXPLAIN command show?",
+    "How do I allow remote connections with a password?",
+    "How do I write a function in PL/pgSQL?",
+    "How do I create a trigger that runs before insert?",
+    "What is a foreign key constraint?",
+    "How do I partition a large table by date?",
+    "How can I speed up bulk loading of data?",
+    "How do I upgrade to a new major version?",
+    "What is write-ahead logging for?",
+    "How do I search text with full text search?",
+    "How can I limit how much memory a sort uses?",
+    "How do I roll back a transaction to a savepoint?",
+    "What happens when a deadlock is detected?",
+    "How do I create a read-only user?",
+    "How do I list all tables from psql?",
+    "How do I generate a series of dates?",
+    "How do I format a timestamp as text?",
+    "What are common table expressions (WITH queries)?",
+    "How do window functions like rank work?",
+    "How do I copy data from a CSV file into a table?",
+    "How do I enable SSL connections?",
+    "How can I make a column auto-increment?",
+    "What does the error 'duplicate key value violates unique constraint' mean?",
+    "How do I drop a database that has active connections?",
+    "How does point-in-time recovery work?",
+    "How do I configure autovacuum?",
+    "How can I check the size of a table on disk?",
+]
+
+
+def ensure_manual() -> Path:
+    if MANUAL.joinpath("index.html").exists():
+        return MANUAL
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing postgresql-doc-15 (Debian) ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql-doc-15"],
+            check=True,
+        )
+    if not MANUAL.joinpath("index.html").exists():
+        sys.exit(f"no manual at {MANUAL}: install Debian's postgresql-doc-15")
+    return MANUAL
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def measure(base_url: str, concurrency: int, requests: int) -> dict[str, float]:
+    latencies: list[float] = []
+    server_ms: list[float] = []
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(QUESTIONS[i % len(QUESTIONS)])
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            question = queue.get_nowait()
+            started = time.perf_counter()
+            response = await client.post(
+                "/api/v1/query", json={"question": question, "brand": "postgres"}
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            server_ms.append(response.json()["duration_ms"])
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+        "mean": statistics.fmean(latencies),
+        "server_p50": percentile(server_ms, 50),
+        "qps": requests / elapsed,
+    }
+
+
+def crawl(client: httpx.Client, site: str, max_pages: int) -> tuple[dict, float]:
+    started = time.perf_counter()
+    body = {
+        "url": f"{site}/index.html",
+        "brand": "postgres",
+        "max_pages": max_pages,
+        "max_depth": 10,
+    }
+    response = client.post("/api/v1/crawl", json=body)
+    response.raise_for_status()
+    task_id = response.json()["task_id"]
+    last = -1
+    while True:
+        record = client.get(f"/api/v1/tasks/{task_id}").json()
+        progress = record.get("progress") or {}
+        if progress.get("done", 0) // 100 != last:
+            last = progress.get("done", 0) // 100
+            print(
+                f"  {record['status']}: {progress.get('done', 0)}/{progress.get('total', 0)} pages "
+                f"after {time.perf_counter() - started:.0f}s",
+                flush=True,
+            )
+        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+            return record, time.perf_counter() - started
+        time.sleep(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-pages", type=int, default=1200)
+    parser.add_argument("--requests", type=int, default=200, help="queries per concurrency level")
+    args = parser.parse_args()
+
+    manual = ensure_manual()
+    with tempfile.TemporaryDirectory(prefix="helpline-bench-") as tmp, serve_site(manual) as site:
+        env = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_LEVEL": "WARNING"}
+        with (
+            HelplineUp(Path(tmp) / "data", env) as up,
+            httpx.Client(base_url=up.url, timeout=30) as client,
+        ):
+            print(f"crawling {site} (max {args.max_pages} pages) ...", flush=True)
+            record, crawl_s = crawl(client, site, args.max_pages)
+            result = record.get("result") or {}
+            pages = result.get("pages_ok", 0)
+            chunks = result.get("chunks_indexed", 0)
+            for _ in range(10):  # warm-up
+                client.post("/api/v1/query", json={"question": QUESTIONS[0], "brand": "postgres"})
+            idle = asyncio.run(measure(up.url, 1, args.requests))
+            loaded = asyncio.run(measure(up.url, 8, args.requests * 2))
+
+    print()
+    print(
+        f"corpus: PostgreSQL 15 manual, {pages} pages indexed ({result.get('pages_failed', 0)} failed), "
+        f"{chunks} chunks"
+    )
+    print(
+        f"crawl-to-searchable: {crawl_s:.1f} s ({pages / crawl_s * 60:.0f} pages/min, "
+        f"{chunks / crawl_s:.1f} chunks/s)"
+    )
+    for name, figures in (("concurrency 1", idle), ("concurrency 8", loaded)):
+        print(
+            f"POST /api/v1/query {name}: p50 {figures['p50']:.1f} ms, p95 {figures['p95']:.1f} ms, "
+            f"p99 {figures['p99']:.1f} ms, mean {figures['mean']:.1f} ms, {figures['qps']:.1f} queries/s "
+            f"(gateway-measured p50 {figures['server_p50']:.1f} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
