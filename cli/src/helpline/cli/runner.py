@@ -115,7 +115,7 @@ def _run(main: Callable[[asyncio.Event], object]) -> None:
 def up(settings: CliSettings) -> None:
     """Every service in this process, our own nats-server unless a URL is set, Qdrant Edge unless one is."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    setup_tracing("helpline", otlp_endpoint=settings.otlp_endpoint)
+    setup_tracing(settings.otel_service_name or "helpline", otlp_endpoint=settings.otlp_endpoint)
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     nats: NatsServer | None = None
@@ -141,7 +141,9 @@ def up(settings: CliSettings) -> None:
 def run(settings: CliSettings, service: str) -> None:
     """One service in this process, against the NATS server in HELPLINE_NATS_URL."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    setup_tracing(f"helpline-{service}", otlp_endpoint=settings.otlp_endpoint)
+    setup_tracing(
+        settings.otel_service_name or f"helpline-{service}", otlp_endpoint=settings.otlp_endpoint
+    )
     if not settings.nats_url:
         raise SystemExit("helpline run needs HELPLINE_NATS_URL (or use `helpline up`)")
     component = build_component(service, settings.nats_url)

@@ -45,6 +45,7 @@ class BusLayout:
 
     prefix: str = subjects.PREFIX
     file_storage: bool = True
+    replicas: int = 1
     stream_max_msgs: int = 1_000_000
     ack_wait_s: float = 60.0
     max_deliver: int = 4
@@ -57,6 +58,7 @@ class BusLayout:
         return cls(
             prefix=settings.bus_prefix,
             file_storage=settings.file_storage,
+            replicas=settings.stream_replicas,
             stream_max_msgs=settings.stream_max_msgs,
             ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
@@ -151,6 +153,7 @@ class Bus:
                     discard=api.DiscardPolicy.NEW,
                     max_msgs=lay.stream_max_msgs,
                     duplicate_window=DUPLICATE_WINDOW_S,
+                    num_replicas=lay.replicas,
                 )
             )
             for priority in Priority:
@@ -165,6 +168,7 @@ class Bus:
                 storage=lay.storage,
                 max_age=EVENTS_MAX_AGE_S,
                 duplicate_window=DUPLICATE_WINDOW_S,
+                num_replicas=lay.replicas,
             )
         )
         await self._ensure_consumer(subjects.events_stream(lay.prefix), lay.tracker_config())
@@ -175,6 +179,7 @@ class Bus:
                 retention=api.RetentionPolicy.LIMITS,
                 storage=lay.storage,
                 max_age=30 * 24 * 3600.0,
+                num_replicas=lay.replicas,
             )
         )
         await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
@@ -205,7 +210,11 @@ class Bus:
         except (NotFoundError, BadRequestError):
             kv = await self.js.create_key_value(
                 api.KeyValueConfig(
-                    bucket=full, ttl=ttl, history=history, storage=self.layout.storage
+                    bucket=full,
+                    ttl=ttl,
+                    history=history,
+                    storage=self.layout.storage,
+                    replicas=self.layout.replicas,
                 )
             )
         self._kv[name] = kv

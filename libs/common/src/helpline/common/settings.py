@@ -43,11 +43,22 @@ class HelplineSettings(BaseSettings):
     stream_max_msgs: int = Field(
         default=1_000_000, description="Per-kind stream limit; beyond it submits are refused."
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Copies of every stream and bucket in a NATS cluster (3 in k8s).",
+    )
     file_storage: bool = Field(
         default=True, description="Streams and KV on disk (false: in memory)."
     )
     task_record_ttl_s: float = Field(
         default=7 * 24 * 3600.0, description="How long task records are kept."
+    )
+    otel_service_name: str | None = Field(
+        default=None,
+        validation_alias="OTEL_SERVICE_NAME",
+        description="Standard OpenTelemetry variable; overrides the service name in traces.",
     )
     otlp_endpoint: str | None = Field(
         default=None,

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from faststream.middlewares import AckPolicy
-from nats.errors import NotJSMessageError
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
+from nats.errors import NotJSMessageError
 
 from helpline.common import subjects
 from helpline.common.errors import DeadlineExpired, HelplineError, Permanent, Retryable
@@ -194,7 +194,7 @@ def subscribe_tasks(
             stream=JStream(lay.task_stream(kind), declare=False),
             durable=config.durable_name,
             config=config,
-            pull_sub=PullSub(batch_size=max(1, concurrency), timeout=1.0),
+            pull_sub=PullSub(batch_size=1, timeout=1.0),
             max_workers=max(1, concurrency),
             ack_policy=AckPolicy.MANUAL,
             title=f"{kind}-{priority}",

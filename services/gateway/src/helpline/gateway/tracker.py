@@ -145,7 +145,7 @@ class Tracker:
             stream=JStream(subjects.events_stream(lay.prefix), declare=False),
             durable=config.durable_name,
             config=config,
-            pull_sub=PullSub(batch_size=concurrency, timeout=1.0),
+            pull_sub=PullSub(batch_size=1, timeout=1.0),
             max_workers=concurrency,
             ack_policy=AckPolicy.MANUAL,
             title="gateway-tracker",
