@@ -1,12 +1,13 @@
 # Two commands on a fresh machine: `make up` runs Helpline, `make test` runs every check.
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else a private copy in .tools/ (installed by `make install` with pip).
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
 
-.PHONY: up test lint typecheck contracts unit bench-query deploy-check install
+.PHONY: up test lint typecheck contracts bench-query deploy-check install
 
 install:
-	@command -v uv >/dev/null 2>&1 || test -x $(HOME)/.local/bin/uv || python3 -m pip install --user --quiet uv
+	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
 	$(UV) sync --locked --all-packages
 
 up: install
@@ -27,3 +28,6 @@ test: lint typecheck contracts
 
 bench-query: install
 	$(UV) run python bench/query_latency.py
+
+deploy-check: install
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/validate.sh

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import Knowledge
 from helpline.common.natsserver import NatsServer
+from helpline.common.observability import setup_tracing
 from helpline.common.runtime import Host
 from helpline.common.testing import serve_site, slow_route
 from helpline.common.vectors import open_store
@@ -28,6 +31,15 @@ from helpline.scraper.app import ScraperComponent
 from helpline.scraper.settings import ScraperSettings
 
 SITE = Path(__file__).parent / "site"
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    """Every span the in-process services finish, for the tracing tests."""
+    provider = setup_tracing("helpline-tests", otlp_endpoint=None)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +95,12 @@ async def start_system(
     nats_url: str, prefix: str, data_dir: Path, model: Embedder, **extra: object
 ) -> System:
     """Every service on one bus connection, as `helpline up` runs them, with a client for the API."""
-    store = open_store(url=None, data_dir=data_dir, collection="helpline", dim=model.dim)
+    store = open_store(
+        url=extra.get("qdrant_url"),  # type: ignore[arg-type]
+        data_dir=data_dir,
+        collection=str(extra.get("collection", "helpline")),
+        dim=model.dim,
+    )
     knowledge = Knowledge(model=model, store=store)
     gateway = GatewayComponent(settings_for(GatewaySettings, nats_url, prefix, data_dir, **extra))  # type: ignore[arg-type]
     components = [
