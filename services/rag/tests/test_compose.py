@@ -50,3 +50,16 @@ def test_sentences_drop_the_heading_line() -> None:
         "Rules apply at once.",
         "No reboot is needed.",
     ]
+
+
+def test_weak_or_unrelated_pages_are_listed_but_not_quoted() -> None:
+    hits = [
+        hit("https://d/reset", 0.44, "Hold the reset button for 12 seconds."),
+        hit("https://d/firmware", 0.23, "Acme publishes firmware updates every quarter."),
+        hit("https://d/leds", 0.40, "The power light blinks during updates."),
+    ]
+    answer, sources = compose("How long do I hold the reset button?", hits, top_k=5)
+    assert [s.url for s in sources] == ["https://d/reset", "https://d/leds", "https://d/firmware"]
+    assert "[1]" in answer
+    assert "[2]" not in answer  # close, but shares no word with the question
+    assert "[3]" not in answer  # far below the best page

@@ -17,6 +17,7 @@ NO_ANSWER = "I could not find this in the indexed documentation."
 MAX_SENTENCES = 3
 MAX_PER_SOURCE = 2
 SNIPPET_CHARS = 280
+QUOTE_RELATIVE_SCORE = 0.6
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
@@ -142,11 +143,17 @@ def compose(question: str, hits: list[Hit], top_k: int) -> tuple[str, list[Sourc
     candidates: list[tuple[float, int, int, str]] = []
     for index, page in enumerate(pages):
         prior = page.score / best_score
+        # Beyond the best page, quote only pages nearly as close that share words with it.
+        if index > 0 and prior < QUOTE_RELATIVE_SCORE:
+            continue
         order = 0
         for passage in page.passages[:2]:
             for sentence in sentences(passage):
                 overlap = len(wanted & terms(sentence)) / (len(wanted) or 1)
                 length_penalty = 0.15 if len(sentence) < 25 else 0.0
+                if index > 0 and overlap == 0:
+                    order += 1
+                    continue
                 candidates.append(
                     (overlap + 0.6 * prior - 0.02 * order - length_penalty, index, order, sentence)
                 )

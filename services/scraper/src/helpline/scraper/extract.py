@@ -28,7 +28,11 @@ _BLOCKS = frozenset(
 )  # fmt: skip
 # Inline elements of trafilatura's XML output; everything else there is block-level.
 _XML_INLINE = frozenset({"hi", "ref", "lb", "del", "graphic", "span"})
-_BOILERPLATE_NAMES = re.compile(r"cookie|consent|gdpr", re.IGNORECASE)
+# Widgets documentation sites wrap around the content, matched by id or class name.
+_BOILERPLATE_NAMES = re.compile(
+    r"cookie|consent|gdpr|\b(?:feedback|helpful|breadcrumbs?|share|social|newsletter|rating|skip-link)\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
