@@ -23,7 +23,8 @@ class Knowledge:
     @classmethod
     def open(cls, settings: StoreSettings, data_dir: Path) -> Knowledge:
         """Load the model, open (and prepare) the store the settings name."""
-        model = Embedder.load(threads=settings.embed_threads)
+        providers = [p.strip() for p in settings.embed_providers.split(",") if p.strip()]
+        model = Embedder.load(threads=settings.embed_threads, providers=providers)
         store = open_store(
             url=settings.qdrant_url,
             data_dir=data_dir,

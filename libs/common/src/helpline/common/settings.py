@@ -83,3 +83,7 @@ class StoreSettings(BaseSettings):
         default=None, description="onnxruntime threads (default: all cores)."
     )
     embed_batch_size: int = Field(default=32, description="Chunks per model call.")
+    embed_providers: str = Field(
+        default="CPUExecutionProvider",
+        description="onnxruntime execution providers, preferred first (e.g. CUDAExecutionProvider,CPUExecutionProvider).",
+    )
