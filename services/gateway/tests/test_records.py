@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from helpline.common.messages import EventType, TaskError, TaskEvent
 from helpline.common.subjects import Kind
 from helpline.gateway.records import Status, TaskRecord, apply_event
@@ -39,8 +41,9 @@ def test_running_after_succeeded_changes_nothing() -> None:
 
 
 def test_duplicate_event_changes_nothing() -> None:
-    started = fold(event(EventType.STARTED))
-    assert apply_event(started, event(EventType.STARTED)) is None
+    first = event(EventType.STARTED)
+    started = fold(first)
+    assert apply_event(started, first) is None
 
 
 def test_retry_cycle_moves_forward_by_attempt() -> None:
@@ -48,8 +51,10 @@ def test_retry_cycle_moves_forward_by_attempt() -> None:
     record = fold(event(EventType.STARTED), event(EventType.RETRYING, error=err))
     assert record.status is Status.RETRYING
     assert record.error == err
-    # A late `started` of the same attempt does not undo the retrying state...
-    assert apply_event(record, event(EventType.STARTED, attempt=1)) is None
+    # A late `started` of the same attempt (it happened before the retry) changes nothing...
+    assert record.updated_at is not None
+    late = event(EventType.STARTED, attempt=1, at=record.updated_at - timedelta(milliseconds=5))
+    assert apply_event(record, late) is None
     # ...the next attempt does.
     record = apply_event(record, event(EventType.STARTED, attempt=2)) or record
     assert record.status is Status.RUNNING
@@ -69,6 +74,15 @@ def test_terminal_event_without_start_still_finishes() -> None:
     )
     assert record.status is Status.EXPIRED
     assert record.finished_at is not None
+
+
+def test_deferred_retry_then_start_of_the_same_attempt_moves_forward() -> None:
+    err = TaskError(type="Deferred", message="vector store is unavailable (circuit open)")
+    record = fold(event(EventType.STARTED), event(EventType.RETRYING, error=err))
+    # A delivery that only waited on a breaker spends no attempt: the next start is attempt 1 too.
+    record = apply_event(record, event(EventType.STARTED, attempt=1)) or record
+    assert record.status is Status.RUNNING
+    assert record.attempts == 1
 
 
 def test_counted_flag_survives_storage_but_not_the_view() -> None:

@@ -123,7 +123,11 @@ def up(settings: CliSettings) -> None:
     try:
         nats_url = settings.nats_url
         if not nats_url:
-            nats = NatsServer(data_dir / "nats", port=settings.nats_port or None).start()
+            nats = NatsServer(
+                data_dir / "nats",
+                port=settings.nats_port or None,
+                sync_always=settings.nats_sync_always,
+            ).start()
             nats_url = nats.url
             log.info("nats-server (JetStream, data in %s) on %s", data_dir / "nats", nats_url)
         knowledge = Knowledge.open(StoreSettings(), data_dir)

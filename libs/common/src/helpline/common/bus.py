@@ -6,6 +6,7 @@ middleware, so W3C trace context rides in every message's headers.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -13,9 +14,16 @@ from typing import TYPE_CHECKING
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.js import api
-from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 
 from helpline.common import subjects
+from helpline.common.breaker import BreakerBoard
 from helpline.common.errors import Retryable
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.subjects import Kind, Priority
@@ -31,6 +39,10 @@ log = logging.getLogger(__name__)
 
 TASKS_BUCKET = "tasks"
 CRAWLS_BUCKET = "crawls"
+DEFERRALS_BUCKET = "deferrals"
+REPLICAS_BUCKET = "replicas"
+REPLICA_TTL_S = 30.0
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired", "cancelled"})
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 
@@ -89,9 +101,10 @@ class BusLayout:
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=self.ack_wait_s,
-            # One more than ours: the worker terms the last attempt itself (dead letter), so
-            # the server never silently parks a message that reached its limit.
-            max_deliver=self.max_deliver + 1,
+            # Unlimited: the worker counts attempts itself (deliveries that waited on an open
+            # breaker are not attempts) and dead-letters the last one, so the server never
+            # silently parks a message that reached a limit.
+            max_deliver=-1,
             max_ack_pending=self.max_ack_pending,
         )
 
@@ -106,9 +119,8 @@ class BusLayout:
         )
 
 
-def make_broker(url: str, *, name: str, connect: bool = True) -> NatsBroker:
-    """A broker with the tracing middleware; `connect` is passed to FastStream lazily."""
-    del connect
+def make_broker(url: str, *, name: str, graceful_timeout: float = 30.0) -> NatsBroker:
+    """A broker with the tracing middleware; stopping waits `graceful_timeout` for handlers."""
     logger = logging.getLogger(f"helpline.bus.{name}")
     # FastStream logs every message and supervisor callback at INFO: far too chatty.
     logger.setLevel(logging.WARNING)
@@ -119,6 +131,7 @@ def make_broker(url: str, *, name: str, connect: bool = True) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         logger=logger,
+        graceful_timeout=graceful_timeout,
     )
 
 
@@ -128,6 +141,7 @@ class Bus:
     def __init__(self, broker: NatsBroker, layout: BusLayout) -> None:
         self.broker = broker
         self.layout = layout
+        self.breakers = BreakerBoard()
         self._kv: dict[str, KeyValue] = {}
 
     @property
@@ -184,6 +198,8 @@ class Bus:
         )
         await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(CRAWLS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
+        await self._ensure_bucket(DEFERRALS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
+        await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
@@ -198,10 +214,11 @@ class Bus:
         await self.js.update_stream(config)
 
     async def _ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
+        # Create, or update the editable fields (ack_wait, max_deliver, ...) of an existing one.
         try:
-            await self.js.consumer_info(stream, config.durable_name or "")
-        except NotFoundError:
             await self.js.add_consumer(stream, config)
+        except BadRequestError as exc:
+            log.warning("consumer %s on %s kept as it is: %s", config.durable_name, stream, exc)
 
     async def _ensure_bucket(self, name: str, *, ttl: float, history: int) -> None:
         full = self.layout.bucket(name)
@@ -236,6 +253,34 @@ class Bus:
         except (APIError, TimeoutError):
             return False
         return True
+
+    async def deferrals(self, task_id: str) -> int:
+        """How many deliveries of this task waited on an open breaker (not attempts)."""
+        current = await kv_get(await self.kv(DEFERRALS_BUCKET), task_id)
+        return int(current[0]) if current else 0
+
+    async def add_deferral(self, task_id: str) -> None:
+        kv = await self.kv(DEFERRALS_BUCKET)
+        while True:
+            current = await kv_get(kv, task_id)
+            try:
+                if current is None:
+                    await kv.create(task_id, b"1")
+                else:
+                    await kv.update(task_id, str(int(current[0]) + 1).encode(), last=current[1])
+            except KeyWrongLastSequenceError:
+                continue
+            return
+
+    async def task_finished(self, task_id: str) -> bool:
+        """Whether the task's record is already terminal (a redelivery then does nothing)."""
+        current = await kv_get(await self.kv(TASKS_BUCKET), task_id)
+        if current is None:
+            return False
+        try:
+            return json.loads(current[0]).get("status") in TERMINAL_STATUSES
+        except ValueError:
+            return False
 
     async def submit(self, kind: Kind, task: TaskMessage, *, msg_id: str | None = None) -> None:
         """Publish a task and wait for the stream's acknowledgement (the task id is the msg id)."""

@@ -2,7 +2,8 @@
 
 ```
 HelplineError
-  Retryable        -> nak with backoff (timeouts, 5xx, 429, breaker open)
+  Retryable        -> nak with backoff (timeouts, 5xx, 429); counts as an attempt
+    Deferred       -> nak until the dependency may be back (breaker open); no attempt spent
   Permanent        -> term, task failed (bad URL, blocked address, 404, parse failure)
     InputRejected  -> HTTP 4xx at the gateway with a clear message
 ```
@@ -30,6 +31,10 @@ class Retryable(HelplineError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Deferred(Retryable):
+    """A dependency is known to be down (its breaker is open): wait, without spending an attempt."""
 
 
 class Permanent(HelplineError):

@@ -7,12 +7,39 @@ processes each opens its own, against a Qdrant server.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+from helpline.common.breaker import BreakerBoard, BreakerPolicy, CircuitBreaker
 from helpline.common.embedding import Embedder
+from helpline.common.errors import HelplineError, Retryable
 from helpline.common.settings import StoreSettings
 from helpline.common.vectors import VectorStore, open_store
+
+R = TypeVar("R")
+STORE_BREAKER = "vector-store"
+
+
+def store_breaker(board: BreakerBoard, settings: StoreSettings) -> CircuitBreaker:
+    """The process's vector-store breaker, with the thresholds the settings give."""
+    policy = BreakerPolicy(
+        failures=settings.breaker_store_failures, open_s=settings.breaker_store_open_s
+    )
+    return board.get(STORE_BREAKER, policy)
+
+
+async def guarded(breaker: CircuitBreaker, fn: Callable[..., R], *args: Any) -> R:
+    """Call the vector store off the event loop, through its breaker; its faults are retryable."""
+    try:
+        result: R = await asyncio.to_thread(breaker.call, fn, *args)
+    except HelplineError:
+        raise
+    except Exception as exc:
+        raise Retryable(f"vector store unavailable ({type(exc).__name__})") from exc
+    return result
 
 
 @dataclass

@@ -159,3 +159,25 @@ class TaskEvent(Message):
 
 
 HttpUrl = AnyHttpUrl
+
+
+class DeadLetter(Message):
+    """A task that will not be retried again, kept with what happened to it, for replay."""
+
+    task_id: str
+    kind: Kind
+    priority: Priority | None = None
+    attempts: int
+    error: TaskError
+    failed_at: datetime = Field(default_factory=utcnow)
+    # The task message exactly as it was published (JSON text), so a replay sends it again.
+    body: str
+
+
+TASK_MODELS: dict[Kind, type[TaskMessage]] = {
+    Kind.SCRAPE: ScrapeTask,
+    Kind.CRAWL: CrawlTask,
+    Kind.EMBED: ChunkBatch,
+    Kind.QUERY: QueryTask,
+    Kind.MAINTENANCE: MaintenanceTask,
+}

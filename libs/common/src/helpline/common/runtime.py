@@ -7,12 +7,17 @@ Either way the bus is real: every message goes through the NATS server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import socket
 from typing import Protocol
 
 from faststream.nats import NatsRouter
 
-from helpline.common.bus import Bus, BusLayout, make_broker
+from helpline.common.bus import REPLICAS_BUCKET, Bus, BusLayout, make_broker
+from helpline.common.messages import utcnow
 from helpline.common.settings import HelplineSettings
 from helpline.common.worker import RetryPolicy
 
@@ -48,9 +53,14 @@ class Host:
             raise ValueError("no NATS URL: set HELPLINE_NATS_URL or use `helpline up`")
         self.settings = settings
         self.components = components
-        self.broker = make_broker(settings.nats_url, name=name)
+        self.broker = make_broker(
+            settings.nats_url, name=name, graceful_timeout=settings.shutdown_grace_s
+        )
         self.bus = Bus(self.broker, BusLayout.from_settings(settings))
         self._started: list[Component] = []
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        self._started_at = utcnow()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect, bootstrap, start components, then start consuming."""
@@ -63,15 +73,40 @@ class Host:
             await component.start(self.bus)
             self._started.append(component)
         await self.broker.start()
+        self._heartbeat = asyncio.create_task(self._beat())
         log.info("started %s", ", ".join(c.name for c in self.components))
 
+    def report(self) -> dict[str, object]:
+        """This replica as the gateway's views show it: services and breakers."""
+        return {
+            "replica": self.replica_id,
+            "services": [c.name for c in self.components],
+            "started_at": self._started_at.isoformat(),
+            "at": utcnow().isoformat(),
+            "breakers": self.bus.breakers.snapshot(),
+        }
+
+    async def _beat(self, every_s: float = 5.0) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # the bus may be reconnecting; try next beat
+                kv = await self.bus.kv(REPLICAS_BUCKET)
+                await kv.put(self.replica_id, json.dumps(self.report()).encode())
+            await asyncio.sleep(every_s)
+
     async def stop(self) -> None:
-        """Stop consuming first, then close components in reverse order, then disconnect."""
-        try:
-            for sub in self.broker.subscribers:
-                await sub.stop()
-        except Exception:  # shutting down: report, keep closing the rest
-            log.exception("stopping subscribers")
+        """Stop taking work and let in-flight tasks finish (up to the grace period; the rest
+        are handed back), then close components in reverse order, then disconnect."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+            with contextlib.suppress(Exception):
+                await (await self.bus.kv(REPLICAS_BUCKET)).delete(self.replica_id)
+        results = await asyncio.gather(
+            *(sub.stop() for sub in self.broker.subscribers), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):  # shutting down: report, keep closing
+                log.error("stopping a subscriber: %r", result)
         for component in reversed(self._started):
             try:
                 await component.stop()

@@ -43,6 +43,14 @@ class HelplineSettings(BaseSettings):
     stream_max_msgs: int = Field(
         default=1_000_000, description="Per-kind stream limit; beyond it submits are refused."
     )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        description="On SIGTERM, how long in-flight tasks may finish before they are handed back.",
+    )
+    nats_sync_always: bool = Field(
+        default=False,
+        description="Embedded nats-server: fsync every write (safe against power loss, slower).",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,
@@ -86,4 +94,10 @@ class StoreSettings(BaseSettings):
     embed_providers: str = Field(
         default="CPUExecutionProvider",
         description="onnxruntime execution providers, preferred first (e.g. CUDAExecutionProvider,CPUExecutionProvider).",
+    )
+    breaker_store_failures: int = Field(
+        default=3, description="Vector store failures that open its breaker."
+    )
+    breaker_store_open_s: float = Field(
+        default=30.0, description="How long the vector store breaker stays open."
     )

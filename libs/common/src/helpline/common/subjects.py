@@ -59,9 +59,9 @@ def events_wildcard(prefix: str = PREFIX) -> str:
     return f"{prefix}.events.>"
 
 
-def dlq(kind: Kind, prefix: str = PREFIX) -> str:
-    """Dead letters of one kind."""
-    return f"{prefix}.dlq.{kind}"
+def dlq(kind: Kind, task_id: str, prefix: str = PREFIX) -> str:
+    """Where a task's dead letter is kept (one subject per task, so it can be found by id)."""
+    return f"{prefix}.dlq.{kind}.{task_id}"
 
 
 def dlq_wildcard(prefix: str = PREFIX) -> str:

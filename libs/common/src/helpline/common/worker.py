@@ -2,15 +2,26 @@
 
 A service's handler is a domain call that returns the task's result (a dict), or
 `REPORTED_LATER` when another service will report the outcome (a scraped page is done
-when the embedder has indexed it). It raises `Retryable` or `Permanent`; `run_task`
-turns that into the bus action and the task event, always emitting before settling so a
-crash in between repeats an event (harmless) rather than loses one.
+when the embedder has indexed it). It raises `Retryable`, `Deferred` or `Permanent`;
+`run_task` turns that into the bus action and the task event, always emitting before
+settling, so a crash in between repeats an event (harmless) rather than loses one.
+
+- The attempt number is the delivery count less the deliveries that only waited on an
+  open breaker (`Deferred`), kept in the `deferrals` bucket.
+- A redelivered task whose record is already terminal is acknowledged and not run.
+- A message that is not a valid task is dead-lettered at once (a poison message).
+- While a handler runs, the message's ack deadline is pushed back (`in_progress`).
+- A handler cancelled by shutdown hands its message back (nak) for another replica.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -19,10 +30,24 @@ from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.errors import NotJSMessageError
+from pydantic import ValidationError
 
 from helpline.common import subjects
-from helpline.common.errors import DeadlineExpired, HelplineError, Permanent, Retryable
-from helpline.common.messages import EventType, TaskError, TaskEvent, TaskMessage
+from helpline.common.errors import (
+    DeadlineExpired,
+    Deferred,
+    HelplineError,
+    Permanent,
+    Retryable,
+)
+from helpline.common.messages import (
+    DeadLetter,
+    EventType,
+    TaskError,
+    TaskEvent,
+    TaskMessage,
+    derived_id,
+)
 from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
@@ -39,11 +64,12 @@ class _ReportedLater:
 REPORTED_LATER: Final = _ReportedLater()
 Result = dict[str, Any] | None | _ReportedLater
 T = TypeVar("T", bound=TaskMessage)
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with equal jitter (half fixed, half random), from the delivery count."""
+    """Exponential backoff with equal jitter (half fixed, half random), from the attempt."""
 
     base_s: float = 1.0
     cap_s: float = 30.0
@@ -52,7 +78,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1`."""
         ceiling = min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.cap_s))
         return delay
@@ -109,8 +135,16 @@ async def run_task(
         await msg.reject()
         return
     await ctx.event(EventType.STARTED)
+    heartbeat = asyncio.create_task(_keep_alive(ctx, ctx.bus.layout.ack_wait_s / 3))
     try:
         result = await handler(ctx)
+    except asyncio.CancelledError:
+        # Shutting down: hand the message back now rather than after ack_wait.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(msg.nack())
+        raise
+    except Deferred as exc:
+        await _defer(ctx, msg, exc, policy)
     except Permanent as exc:
         log.info("task %s failed: %s", ctx.task.task_id, exc.message)
         type_ = EventType.EXPIRED if isinstance(exc, DeadlineExpired) else EventType.FAILED
@@ -122,6 +156,25 @@ async def run_task(
         if not isinstance(result, _ReportedLater):
             await ctx.event(EventType.SUCCEEDED, result=result or {})
         await msg.ack()
+    finally:
+        heartbeat.cancel()
+
+
+async def _keep_alive(ctx: TaskContext, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        await ctx.keep_alive()
+
+
+async def _defer(ctx: TaskContext, msg: NatsMessage, exc: Deferred, policy: RetryPolicy) -> None:
+    delay = exc.retry_after if exc.retry_after is not None else policy.base_s
+    await ctx.bus.add_deferral(ctx.task.task_id)
+    await ctx.event(
+        EventType.RETRYING,
+        error=error_of(exc),
+        result={"retry_in_s": round(delay, 3), "deferred": True},
+    )
+    await msg.nack(delay=delay)
 
 
 async def _retry_or_dead_letter(
@@ -131,21 +184,11 @@ async def _retry_or_dead_letter(
     if not isinstance(exc, Retryable):
         log.exception("task %s raised unexpectedly", ctx.task.task_id, exc_info=exc)
     if ctx.attempt >= policy.max_attempts:
-        await ctx.bus.broker.publish(
-            msg.body,
-            subjects.dlq(ctx.kind, ctx.bus.layout.prefix),
-            stream=subjects.dlq_stream(ctx.bus.layout.prefix),
-            headers={
-                "Nats-Msg-Id": f"{ctx.task.task_id}:dlq",
-                "Helpline-Task-Id": ctx.task.task_id,
-                "Helpline-Kind": str(ctx.kind),
-                "Helpline-Attempts": str(ctx.attempt),
-                "Helpline-Error-Type": err.type,
-                "Helpline-Error": err.message,
-            },
-        )
         gave_up = TaskError(
             type=err.type, message=f"gave up after {ctx.attempt} attempts: {err.message}"
+        )
+        await dead_letter(
+            ctx.bus, ctx.kind, ctx.task.task_id, ctx.task.priority, msg, gave_up, ctx.attempt
         )
         await ctx.event(EventType.FAILED, error=gave_up)
         await msg.reject()
@@ -156,8 +199,52 @@ async def _retry_or_dead_letter(
     await msg.nack(delay=delay)
 
 
-def attempt_of(msg: NatsMessage) -> int:
-    """The delivery count of this message (1 on first delivery)."""
+async def dead_letter(
+    bus: Bus,
+    kind: Kind,
+    task_id: str,
+    priority: Priority | None,
+    msg: NatsMessage,
+    error: TaskError,
+    attempts: int,
+) -> None:
+    """Keep the message, with why and after how many attempts, in the dead-letter stream."""
+    letter = DeadLetter(
+        task_id=task_id,
+        kind=kind,
+        priority=priority,
+        attempts=attempts,
+        error=error,
+        body=msg.body.decode("utf-8", errors="replace"),
+    )
+    subject_id = task_id if _SUBJECT_TOKEN.match(task_id) else derived_id("poison", task_id)
+    await bus.broker.publish(
+        letter,
+        subjects.dlq(kind, subject_id, bus.layout.prefix),
+        stream=subjects.dlq_stream(bus.layout.prefix),
+        headers={"Nats-Msg-Id": f"{subject_id}:dlq:{attempts}"},
+        timeout=5.0,
+    )
+
+
+async def _reject_poison(bus: Bus, kind: Kind, msg: NatsMessage, exc: ValidationError) -> None:
+    """A message that is not a valid task: dead-letter it at once, fail its task if it names one."""
+    task_id = ""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        task_id = str(json.loads(msg.body).get("task_id") or "")
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+    error = TaskError(type="InvalidMessage", message=f"not a valid {kind} task: {problems}")
+    log.warning("poison message on %s: %s", kind, error.message)
+    await dead_letter(bus, kind, task_id or "unknown", None, msg, error, delivery_count(msg))
+    if task_id and _SUBJECT_TOKEN.match(task_id):
+        await bus.emit(TaskEvent(task_id=task_id, kind=kind, type=EventType.FAILED, error=error))
+    await msg.reject()
+
+
+def delivery_count(msg: NatsMessage) -> int:
+    """How many times the bus has delivered this message (1 on first delivery)."""
     try:
         meta = msg.raw_message.metadata
     except NotJSMessageError:  # FastStream's in-memory test broker
@@ -179,13 +266,26 @@ def subscribe_tasks(
     """Subscribe `handler` to every priority of `kind` through the shared durable consumers."""
     lay = bus.layout
 
-    async def consume(body: model, msg: NatsMessage) -> None:  # type: ignore[valid-type]
-        ctx = TaskContext(bus, kind, body, msg, attempt_of(msg))
-        await run_task(ctx, msg, lambda c: handler(body, c), policy)
+    async def consume(msg: NatsMessage) -> None:
+        try:
+            task = model.model_validate_json(msg.body)
+        except ValidationError as exc:
+            await _reject_poison(bus, kind, msg, exc)
+            return
+        delivered = delivery_count(msg)
+        attempt = delivered
+        if delivered > 1:
+            report_id, _ = task.reported_as(kind)
+            if await bus.task_finished(report_id):
+                await msg.ack()
+                return
+            attempt = max(1, delivered - await bus.deferrals(task.task_id))
+        ctx = TaskContext(bus, kind, task, msg, attempt)
+        await run_task(ctx, msg, lambda c: handler(task, c), policy)
 
-    # FastStream reads the annotations to decode the body; with postponed evaluation the
-    # closure's `model` would stay a string, so bind the real types.
-    consume.__annotations__ = {"body": model, "msg": NatsMessage, "return": None}
+    # FastStream reads the annotations to inject the message; with postponed evaluation they
+    # would stay strings it cannot resolve in this closure.
+    consume.__annotations__ = {"msg": NatsMessage, "return": None}
 
     for priority in priorities:
         config = lay.consumer_config(kind, priority)

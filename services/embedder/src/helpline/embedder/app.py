@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream.nats import NatsRouter
 
 from helpline.common.bus import Bus
-from helpline.common.knowledge import Knowledge
+from helpline.common.knowledge import Knowledge, store_breaker
 from helpline.common.runtime import retry_policy
 from helpline.embedder.handlers import build_router
 from helpline.embedder.indexing import Indexer
@@ -21,8 +21,9 @@ class EmbedderComponent:
         self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
+        breaker = store_breaker(bus.breakers, self.settings)
         indexer = Indexer(
-            self.knowledge.store, self.knowledge.model, self.settings.embed_batch_size
+            self.knowledge.store, self.knowledge.model, breaker, self.settings.embed_batch_size
         )
         policy = retry_policy(self.settings)
         return [

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from helpline.common.breaker import CircuitBreaker
 from helpline.common.embedding import Embedder
+from helpline.common.knowledge import guarded
 from helpline.common.messages import ChunkBatch
 from helpline.common.vectors import IndexedPoint, VectorStore, point_id
 
@@ -16,14 +18,17 @@ def page_key(brand: str, url: str) -> str:
 
 
 class Indexer:
-    def __init__(self, store: VectorStore, model: Embedder, batch_size: int = 32) -> None:
+    def __init__(
+        self, store: VectorStore, model: Embedder, breaker: CircuitBreaker, batch_size: int = 32
+    ) -> None:
         self.store = store
         self.model = model
+        self.breaker = breaker
         self.batch_size = batch_size
 
     async def index(self, batch: ChunkBatch) -> dict[str, Any]:
         """Make the index hold exactly this page's chunks; returns what changed."""
-        existing = await asyncio.to_thread(self.store.hashes_for_url, batch.url, batch.brand)
+        existing = await guarded(self.breaker, self.store.hashes_for_url, batch.url, batch.brand)
         wanted = {point_id(page_key(batch.brand, batch.url), c.position): c for c in batch.chunks}
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
         if changed:
@@ -48,10 +53,10 @@ class Indexer:
                 )
                 for (pid, chunk), vector in zip(changed, vectors, strict=True)
             ]
-            await asyncio.to_thread(self.store.upsert, points)
+            await guarded(self.breaker, self.store.upsert, points)
         stale = [pid for pid in existing if pid not in wanted]
         if stale:
-            await asyncio.to_thread(self.store.delete, stale)
+            await guarded(self.breaker, self.store.delete, stale)
         return {
             "url": batch.url,
             "chunks_indexed": len(wanted),

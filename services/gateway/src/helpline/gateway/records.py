@@ -63,6 +63,8 @@ class TaskView(BaseModel):
 class TaskRecord(TaskView):
     """A task as stored in the `tasks` bucket."""
 
+    # When the worker reported the state the record holds (orders events of one attempt).
+    updated_at: datetime | None = None
     # A terminal child's outcome was added to its parent's progress.
     counted_in_parent: bool = False
 
@@ -74,12 +76,13 @@ class TaskRecord(TaskView):
         return cls.model_validate_json(raw)
 
     def view(self) -> TaskView:
-        return TaskView.model_validate(self.model_dump(exclude={"counted_in_parent"}))
+        return TaskView.model_validate(self.model_dump(exclude={"counted_in_parent", "updated_at"}))
 
 
-def _phase(record_status: Status, attempts: int, retrying: bool) -> tuple[int, int, int]:
-    rank = 2 if record_status.terminal else (0 if record_status is Status.QUEUED else 1)
-    return rank, attempts, 1 if retrying else 0
+def _phase(status: Status, attempts: int, at: datetime | None) -> tuple[int, int, float]:
+    """Order of states: queued < active < terminal; within active, by attempt, then by time."""
+    rank = 2 if status.terminal else (0 if status is Status.QUEUED else 1)
+    return rank, attempts, at.timestamp() if at else 0.0
 
 
 def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
@@ -97,11 +100,15 @@ def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
             return None
         return record.model_copy(update={"progress": progress})
     new_status = _EVENT_STATUS[event.type]
-    old = _phase(record.status, record.attempts, record.status is Status.RETRYING)
-    new = _phase(new_status, event.attempt, new_status is Status.RETRYING)
+    old = _phase(record.status, record.attempts, record.updated_at)
+    new = _phase(new_status, event.attempt, event.at)
     if new <= old and not new_status.terminal:
         return None
-    update: dict[str, Any] = {"status": new_status, "attempts": max(record.attempts, event.attempt)}
+    update: dict[str, Any] = {
+        "status": new_status,
+        "attempts": max(record.attempts, event.attempt),
+        "updated_at": event.at,
+    }
     if new_status is Status.RUNNING and record.started_at is None:
         update["started_at"] = event.at
     if new_status.terminal:

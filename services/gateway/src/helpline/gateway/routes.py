@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
@@ -9,16 +10,29 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.responses import JSONResponse
 
 from helpline.common.bus import Overloaded
-from helpline.common.messages import CrawlScope, CrawlTask, MaintenanceTask, ScrapeTask, TaskMessage
+from helpline.common.errors import InputRejected
+from helpline.common.messages import (
+    CrawlScope,
+    CrawlTask,
+    DeadLetter,
+    MaintenanceTask,
+    ScrapeTask,
+    TaskMessage,
+)
 from helpline.common.subjects import Kind
+from helpline.gateway import deadletters
 from helpline.gateway.records import Status, TaskView
 from helpline.gateway.schemas import (
     Accepted,
     CrawlRequest,
+    DeadLetterView,
     ErrorBody,
     MaintenanceRequest,
     QueryRequest,
     QueryResponse,
+    ReplayAccepted,
+    ReplayRequest,
+    ReplicaBreakers,
     ScrapeRequest,
     SourceOut,
 )
@@ -53,12 +67,17 @@ def accepted(request: Request, task_id: str) -> Accepted:
     return Accepted(task_id=task_id, status_url=str(request.url_for("get_task", task_id=task_id)))
 
 
-async def submit(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> JSONResponse:
+async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> Accepted:
+    """Record and publish a task; 503 with Retry-After when the bus refuses it."""
     try:
         record, _created = await tasks.submit(kind, task)
     except Overloaded as exc:
         raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-    body = accepted(request, record.task_id).model_copy(update={"status": record.status.value})
+    return accepted(request, record.task_id).model_copy(update={"status": record.status.value})
+
+
+async def submit(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> JSONResponse:
+    body = await enqueue(tasks, kind, task, request)
     return JSONResponse(body.model_dump(), status_code=202)
 
 
@@ -159,7 +178,63 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[TaskView]:
     """Task records, newest first."""
-    return [r.view() for r in await tasks.list(kind=kind, status=status, limit=limit)]
+    return [r.view() for r in await tasks.records(kind=kind, status=status, limit=limit)]
+
+
+@api.get("/dlq", response_model=list[DeadLetterView])
+async def dead_letters(
+    tasks: TasksDep, kind: Kind | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[DeadLetterView]:
+    """Tasks that gave up (after their last attempt, or unreadable), newest first."""
+    letters = await deadletters.list_letters(tasks.bus, kind=kind, limit=limit)
+    return [_letter_view(letter) for letter in letters]
+
+
+@api.post(
+    "/dlq/{task_id}/replay",
+    status_code=202,
+    response_model=ReplayAccepted,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, **REFUSED},
+)
+async def replay(
+    task_id: str, request: Request, tasks: TasksDep, body: ReplayRequest | None = None
+) -> JSONResponse:
+    """Re-submit a dead task as a new task (low priority unless told); the letter is removed."""
+    stored = await deadletters.find(tasks.bus, task_id) if _valid_key(task_id) else None
+    if stored is None:
+        raise HTTPException(404, f"no dead letter for task {task_id!r}")
+    try:
+        task = deadletters.replay_task(stored.letter, (body or ReplayRequest()).priority)
+    except InputRejected as exc:
+        raise HTTPException(409, exc.message) from exc
+    queued = await enqueue(tasks, stored.letter.kind, task, request)
+    await deadletters.forget(tasks.bus, stored)
+    body_out = ReplayAccepted(**queued.model_dump(), replay_of=task_id)
+    return JSONResponse(body_out.model_dump(), status_code=202)
+
+
+@api.get("/breakers", response_model=list[ReplicaBreakers])
+async def breakers(tasks: TasksDep) -> list[ReplicaBreakers]:
+    """Every circuit breaker's state, per replica (from the replicas' heartbeats)."""
+    return [ReplicaBreakers.model_validate(r) for r in await tasks.replicas()]
+
+
+def _letter_view(letter: DeadLetter) -> DeadLetterView:
+    try:
+        task: dict[str, Any] | str = json.loads(letter.body)
+    except ValueError:
+        task = letter.body
+    if not isinstance(task, dict):
+        task = letter.body
+    return DeadLetterView(
+        task_id=letter.task_id,
+        kind=str(letter.kind),
+        priority=str(letter.priority) if letter.priority else None,
+        attempts=letter.attempts,
+        error=letter.error.model_dump(),
+        failed_at=letter.failed_at,
+        task=task,
+    )
 
 
 @probes.get("/healthz")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -94,3 +95,42 @@ class QueryResponse(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class ReplayRequest(Body):
+    priority: Priority = Field(
+        default=Priority.LOW, description="Priority of the re-submitted task."
+    )
+
+
+class ReplayAccepted(Accepted):
+    replay_of: str
+
+
+class DeadLetterView(BaseModel):
+    task_id: str
+    kind: str
+    priority: str | None
+    attempts: int
+    error: dict[str, str]
+    failed_at: datetime
+    task: dict[str, Any] | str = Field(
+        description="The task as it was published (text if it was not JSON)."
+    )
+
+
+class BreakerView(BaseModel):
+    name: str
+    state: str
+    consecutive_failures: int
+    failure_threshold: int
+    open_s: float
+    times_opened: int
+    retry_after_s: float
+
+
+class ReplicaBreakers(BaseModel):
+    replica: str
+    services: list[str]
+    at: datetime
+    breakers: list[BreakerView]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
-from helpline.common.bus import TASKS_BUCKET, Bus, kv_get
+from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, kv_get
 from helpline.common.messages import Answer, QueryTask, TaskMessage, derived_id, new_task_id, utcnow
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway.records import Status, TaskRecord
@@ -89,7 +90,7 @@ class Tasks:
         current = await kv_get(kv, task_id)
         return TaskRecord.from_bytes(current[0]) if current else None
 
-    async def list(
+    async def records(
         self, *, kind: Kind | None, status: Status | None, limit: int
     ) -> list[TaskRecord]:
         """Newest first; a scan of the bucket (fine at the sizes a records TTL keeps)."""
@@ -110,6 +111,20 @@ class Tasks:
                 records.append(record)
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """What every live replica last reported (its heartbeat), by replica id."""
+        kv = await self.bus.kv(REPLICAS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        out: list[dict[str, Any]] = []
+        for key in sorted(keys):
+            current = await kv_get(kv, key)
+            if current is not None:
+                out.append(json.loads(current[0]))
+        return out
 
     async def ask(
         self, question: str, brand: str | None, top_k: int, timeout_s: float, task_id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 from faststream.nats import NatsRouter
 
 from helpline.common.bus import Bus
-from helpline.common.knowledge import Knowledge
+from helpline.common.knowledge import Knowledge, store_breaker
 from helpline.common.runtime import retry_policy
 from helpline.rag.handlers import build_router
 from helpline.rag.retrieval import Answerer
@@ -22,7 +22,10 @@ class RagComponent:
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         answerer = Answerer(
-            self.knowledge.store, self.knowledge.model, self.settings.rag_candidates
+            self.knowledge.store,
+            self.knowledge.model,
+            store_breaker(bus.breakers, self.settings),
+            self.settings.rag_candidates,
         )
         policy = retry_policy(self.settings)
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from faststream.nats import NatsRouter
 
+from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
 from helpline.common.runtime import retry_policy
 from helpline.scraper.fetch import Fetcher
@@ -29,7 +30,10 @@ class ScraperComponent:
             max_redirects=s.scraper_max_redirects,
         )
         scraper = Scraper(
-            bus, self.fetcher, ChunkingLimits(s.chunk_max_chars, s.chunk_overlap_chars)
+            bus,
+            self.fetcher,
+            ChunkingLimits(s.chunk_max_chars, s.chunk_overlap_chars),
+            BreakerPolicy(failures=s.breaker_host_failures, open_s=s.breaker_host_open_s),
         )
         return [
             build_router(bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s))

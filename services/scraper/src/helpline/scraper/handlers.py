@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from faststream.nats import NatsRouter
 
+from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import CRAWLS_BUCKET, Bus
 from helpline.common.crawlstate import claim_page
-from helpline.common.errors import Permanent
+from helpline.common.errors import Permanent, Retryable
 from helpline.common.messages import (
     ChunkBatch,
     CrawlTask,
@@ -22,7 +24,7 @@ from helpline.common.subjects import Kind
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskContext, subscribe_tasks
 from helpline.scraper.chunking import chunk_document
 from helpline.scraper.extract import Document, extract
-from helpline.scraper.fetch import Fetcher
+from helpline.scraper.fetch import Fetcher, FetchResult
 from helpline.scraper.urls import in_scope, normalize_url
 
 
@@ -35,13 +37,28 @@ class ChunkingLimits:
 class Scraper:
     """Turns scrape and crawl tasks into chunk batches and child pages."""
 
-    def __init__(self, bus: Bus, fetcher: Fetcher, limits: ChunkingLimits) -> None:
+    def __init__(
+        self, bus: Bus, fetcher: Fetcher, limits: ChunkingLimits, host_breaker: BreakerPolicy
+    ) -> None:
         self.bus = bus
         self.fetcher = fetcher
         self.limits = limits
+        self.host_breaker = host_breaker
+
+    async def fetch(self, url: str) -> FetchResult:
+        """Fetch through the site's breaker: a site that keeps failing is left alone a while."""
+        breaker = self.bus.breakers.get(f"host:{urlsplit(url).hostname}", self.host_breaker)
+        breaker.before_call()
+        try:
+            page = await self.fetcher.fetch(url)
+        except Retryable:
+            breaker.failed()
+            raise
+        breaker.succeeded()  # a 404 or a blocked address says nothing against the site
+        return page
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
-        page = await self.fetcher.fetch(task.url)
+        page = await self.fetch(task.url)
         doc = await asyncio.to_thread(extract, page.text, page.url)
         chunks = await asyncio.to_thread(
             chunk_document, doc, self.limits.max_chars, self.limits.overlap_chars

@@ -29,3 +29,9 @@ class ScraperSettings(HelplineSettings):
     chunk_overlap_chars: int = Field(
         default=100, description="Text carried over between chunks of a section."
     )
+    breaker_host_failures: int = Field(
+        default=5, description="Failures of one site that open its breaker."
+    )
+    breaker_host_open_s: float = Field(
+        default=30.0, description="How long a site's breaker stays open."
+    )
