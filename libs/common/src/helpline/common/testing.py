@@ -142,3 +142,83 @@ class HelplineUp:
 def _inherited_env() -> dict[str, str]:
     """The parent's environment minus any Helpline settings, so only what a test sets applies."""
     return {k: v for k, v in os.environ.items() if not k.startswith("HELPLINE_")}
+
+
+class ServiceProcess:
+    """`helpline run <service>` as a child process, against a NATS URL, for fault tests."""
+
+    def __init__(
+        self, service: str, nats_url: str, data_dir: Path, env: dict[str, str] | None = None
+    ):
+        self.service = service
+        self.nats_url = nats_url
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"{service}-{self.port}.log"
+
+    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
+        """Start and wait until its /readyz answers 200."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **_inherited_env(),
+            "HELPLINE_NATS_URL": self.nats_url,
+            "HELPLINE_DATA_DIR": str(self.data_dir),
+            "HELPLINE_HTTP_PORT": str(self.port),
+            "HELPLINE_HTTP_HOST": "127.0.0.1",
+            "HELPLINE_LOG_JSON": "false",
+            **self.env,
+        }
+        helpline = Path(sys.executable).parent / "helpline"
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [str(helpline), "run", self.service],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.service} exited ({self.process.returncode}); see {self.log_path}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/readyz", timeout=1
+                ) as response,
+            ):
+                if response.status == 200:
+                    return self
+            time.sleep(0.1)
+        self.kill()
+        raise TimeoutError(f"{self.service} not ready within {timeout_s}s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to hand anything back."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def terminate(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM and wait for the graceful exit; returns the exit code."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
