@@ -18,7 +18,7 @@ from helpline.common.natsserver import NatsServer
 from helpline.common.observability import setup_tracing
 from helpline.common.runtime import Host
 from helpline.common.testing import serve_site, slow_route
-from helpline.common.vectors import open_store
+from helpline.common.vectors import VectorStore, open_store
 from helpline.embedder.app import EmbedderComponent
 from helpline.embedder.settings import EmbedderSettings
 from helpline.gateway.app import GatewayComponent
@@ -92,10 +92,16 @@ def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra:
 
 
 async def start_system(
-    nats_url: str, prefix: str, data_dir: Path, model: Embedder, **extra: object
+    nats_url: str,
+    prefix: str,
+    data_dir: Path,
+    model: Embedder,
+    *,
+    store: VectorStore | None = None,
+    **extra: object,
 ) -> System:
     """Every service on one bus connection, as `helpline up` runs them, with a client for the API."""
-    store = open_store(
+    store = store or open_store(
         url=extra.get("qdrant_url"),  # type: ignore[arg-type]
         data_dir=data_dir,
         collection=str(extra.get("collection", "helpline")),

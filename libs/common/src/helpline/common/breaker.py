@@ -3,7 +3,9 @@
 A breaker opens after `failures` consecutive failures and stays open for `open_s`
 seconds; work that needs the dependency meanwhile raises `Deferred` (the bus waits and
 spends no attempt). After `open_s` one trial call is let through (half-open): success
-closes the breaker, failure opens it again.
+closes the breaker, failure opens it again. The failure that opens the breaker, and a
+failed trial, also defer their task: the dependency is the known culprit. The failure that opens the breaker, and a
+failed trial, also defer their task: the dependency is the known culprit.
 """
 
 from __future__ import annotations
@@ -102,24 +104,25 @@ class CircuitBreaker:
                 self._opened_at = self._clock()
                 self._trial_running = False
 
-    def call(
-        self,
-        fn: Callable[..., Any],
-        *args: Any,
-        counts: Callable[[BaseException], bool] = lambda e: True,
-    ) -> Any:
-        """Run `fn` through the breaker (sync); failures that `counts` accepts trip it."""
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` through the breaker (sync): any exception is a failure of the dependency."""
         self.before_call()
         try:
             result = fn(*args)
-        except BaseException as exc:
-            if counts(exc):
-                self.failed()
-            else:
-                self.succeeded()
+        except Exception as exc:
+            self.failed_and_defer(exc)
             raise
         self.succeeded()
         return result
+
+    def failed_and_defer(self, exc: BaseException) -> None:
+        """Record a failure; if the breaker is (now) open, blame the dependency, not the task."""
+        self.failed()
+        if self.state is not BreakerState.CLOSED:
+            raise Deferred(
+                f"{self.name} is unavailable (circuit open); waiting for it",
+                retry_after=max(self.retry_after(), 0.5),
+            ) from exc
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -51,8 +51,8 @@ class Scraper:
         breaker.before_call()
         try:
             page = await self.fetcher.fetch(url)
-        except Retryable:
-            breaker.failed()
+        except Retryable as exc:
+            breaker.failed_and_defer(exc)
             raise
         breaker.succeeded()  # a 404 or a blocked address says nothing against the site
         return page
