@@ -46,8 +46,24 @@ async def test_gateway_down_while_results_arrive(
         assert queued == 0, f"{queued} pings still queued: the worker did not drain them"
 
         print("T drained", time.monotonic() - started)
+        import nats as _n
+        from helpline.common import subjects as _s
+
+        _nc = await _n.connect(nats_server.url)
+        _ci = await _nc.jetstream().consumer_info(_s.events_stream(prefix), "gateway-tracker")
+        print(
+            "CI",
+            _ci.num_pending,
+            _ci.num_ack_pending,
+            _ci.num_waiting,
+            _ci.delivered,
+            _ci.ack_floor,
+        )
+        await _nc.close()
         async with gateway(nats_server.url, prefix, tmp_path, settings, name="gw-b") as second:
             print("T gw b", time.monotonic() - started)
+            _t = await settle(second.client, submitted, timeout_s=5)
+            print("AFTER5", _t.statuses, _t.unfinished())
             tally = await settle(second.client, submitted, timeout_s=30)
             print("T settled", time.monotonic() - started)
     finally:
