@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +126,7 @@ class Tally:
     tasks: int
     statuses: Counter[str]
     records: dict[str, dict[str, object]]
+    seconds: float
 
     @property
     def succeeded(self) -> int:
@@ -165,14 +166,15 @@ async def settle(client: httpx.AsyncClient, task_ids: Iterable[str], timeout_s: 
         if records[task_id]["status"] in TERMINAL:
             open_ids.discard(task_id)
 
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     while True:
         await asyncio.gather(*(read(t) for t in list(open_ids)))
         if not open_ids or time.monotonic() >= deadline:
             break
         await asyncio.sleep(0.5)
     statuses = Counter(str(records[t]["status"]) for t in ids)
-    return Tally(tasks=len(ids), statuses=statuses, records=records)
+    return Tally(len(ids), statuses, records, seconds=time.monotonic() - started)
 
 
 async def pending(nats_url: str, prefix: str, kind: Kind) -> tuple[int, int]:
@@ -187,3 +189,15 @@ async def pending(nats_url: str, prefix: str, kind: Kind) -> tuple[int, int]:
         )
     finally:
         await nc.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float, every_s: float = 0.2
+) -> bool:
+    """Poll `check` until it holds or the time is up; returns whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(every_s)
+    return await check()
