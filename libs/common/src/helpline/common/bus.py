@@ -62,6 +62,7 @@ class BusLayout:
     ack_wait_s: float = 60.0
     max_deliver: int = 4
     max_ack_pending: int = 1_000
+    bulk_concurrency: int = 2
     task_record_ttl_s: float = 7 * 24 * 3600.0
 
     @classmethod
@@ -71,6 +72,7 @@ class BusLayout:
             prefix=settings.bus_prefix,
             file_storage=settings.file_storage,
             replicas=settings.stream_replicas,
+            bulk_concurrency=settings.bulk_concurrency,
             stream_max_msgs=settings.stream_max_msgs,
             ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver,

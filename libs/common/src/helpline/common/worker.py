@@ -74,6 +74,7 @@ Result = dict[str, Any] | None | _ReportedLater
 T = TypeVar("T", bound=TaskMessage)
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _tracer = trace.get_tracer("helpline.worker")
+BATCH_PRIORITIES = frozenset({Priority.LOW, Priority.BULK})
 
 
 class Delivery:
@@ -312,6 +313,7 @@ class TaskConsumer:
         *,
         concurrency: int,
         policy: RetryPolicy,
+        bulk_concurrency: int | None = None,
         reserved_every: int = 10,
         priorities: tuple[Priority, ...] = subjects.PRIORITIES_HIGH_FIRST,
     ) -> None:
@@ -320,6 +322,11 @@ class TaskConsumer:
         self.model = model
         self.handler = handler
         self.concurrency = max(1, concurrency)
+        # Batch work (low and bulk) may hold only this many of the slots at once.
+        self.bulk_concurrency = min(
+            self.concurrency, max(1, bulk_concurrency or bus.layout.bulk_concurrency)
+        )
+        self.bulk_busy = 0
         self.policy = policy
         self.reserved_every = max(2, reserved_every)
         self.priorities = priorities
@@ -368,7 +375,12 @@ class TaskConsumer:
             self._arrived.set()
 
     def _pick(self) -> Priority | None:
-        ready = [p for p in self.priorities if p in self._waiting]
+        bulk_full = self.bulk_busy >= self.bulk_concurrency
+        ready = [
+            p
+            for p in self.priorities
+            if p in self._waiting and not (bulk_full and p in BATCH_PRIORITIES)
+        ]
         if not ready:
             return None
         self._picks += 1
@@ -385,19 +397,23 @@ class TaskConsumer:
             msg = self._waiting.pop(priority)
             self._room[priority].set()
             self.started_by_priority[priority] += 1
-            task = asyncio.create_task(self._run(Delivery(msg)))
+            task = asyncio.create_task(self._run(Delivery(msg), priority in BATCH_PRIORITIES))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, delivery: Delivery) -> None:
+    async def _run(self, delivery: Delivery, batch: bool) -> None:
         self.busy += 1
+        self.bulk_busy += batch
         try:
             await self.handle(delivery)
         except Exception:
             log.exception("settling a %s task failed; the bus will redeliver it", self.kind)
         finally:
             self.busy -= 1
+            self.bulk_busy -= batch
             self._slots.release()
+            if batch:
+                self._arrived.set()  # a batch slot freed: waiting batch work may go
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode, skip what is finished or poison, run and settle one delivery."""
@@ -441,6 +457,7 @@ class TaskConsumer:
         return {
             "kind": str(self.kind),
             "concurrency": self.concurrency,
+            "bulk_concurrency": self.bulk_concurrency,
             "busy": self.busy,
             "started": {str(p): n for p, n in self.started_by_priority.items()},
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
@@ -18,6 +19,7 @@ from helpline.common.messages import (
     MaintenanceTask,
     ScrapeTask,
     TaskMessage,
+    utcnow,
 )
 from helpline.common.subjects import Kind
 from helpline.gateway import deadletters
@@ -63,6 +65,10 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
+def deadline_after(seconds: float | None) -> datetime | None:
+    return utcnow() + timedelta(seconds=seconds) if seconds is not None else None
+
+
 def accepted(request: Request, task_id: str) -> Accepted:
     return Accepted(task_id=task_id, status_url=str(request.url_for("get_task", task_id=task_id)))
 
@@ -96,6 +102,7 @@ async def crawl(
     task = CrawlTask(
         task_id=task_id_for(Kind.CRAWL, key),
         priority=body.priority,
+        deadline=deadline_after(body.deadline_s),
         url=body.url,
         brand=body.brand,
         scope=scope,
@@ -111,6 +118,7 @@ async def scrape(
     task = ScrapeTask(
         task_id=task_id_for(Kind.SCRAPE, key),
         priority=body.priority,
+        deadline=deadline_after(body.deadline_s),
         url=body.url,
         brand=body.brand,
     )
@@ -125,9 +133,13 @@ async def ping(
     key: IdempotencyKey = None,
 ) -> JSONResponse:
     """A no-op maintenance task: proves the maintenance service is consuming."""
-    priority = body.priority if body else MaintenanceRequest().priority
+    body = body or MaintenanceRequest()
     task = MaintenanceTask(
-        task_id=task_id_for(Kind.MAINTENANCE, key), priority=priority, job="ping"
+        task_id=task_id_for(Kind.MAINTENANCE, key),
+        priority=body.priority,
+        deadline=deadline_after(body.deadline_s),
+        job="ping",
+        params={"delay_ms": body.delay_ms} if body.delay_ms else {},
     )
     return await submit(tasks, Kind.MAINTENANCE, task, request)
 
@@ -146,7 +158,9 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> QueryR
     timeout_s: float = request.app.state.query_timeout_s
     task_id = task_id_for(Kind.QUERY, None)
     try:
-        answer = await tasks.ask(body.question, body.brand, body.top_k, timeout_s, task_id)
+        answer = await tasks.ask(
+            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority
+        )
     except QueryTimeout as exc:
         raise HTTPException(504, f"the query was not answered before its deadline ({exc})") from exc
     except Overloaded as exc:

@@ -127,12 +127,18 @@ class Tasks:
         return out
 
     async def ask(
-        self, question: str, brand: str | None, top_k: int, timeout_s: float, task_id: str
+        self,
+        question: str,
+        brand: str | None,
+        top_k: int,
+        timeout_s: float,
+        task_id: str,
+        priority: Priority = Priority.CRITICAL,
     ) -> Answer:
-        """Publish a query at CRITICAL with our reply inbox and wait until its deadline."""
+        """Publish a query (critical unless told) with our reply inbox; wait until its deadline."""
         task = QueryTask(
             task_id=task_id,
-            priority=Priority.CRITICAL,
+            priority=priority,
             deadline=utcnow() + timedelta(seconds=timeout_s),
             question=question,
             brand=brand,
