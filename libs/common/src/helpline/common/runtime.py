@@ -76,6 +76,7 @@ class Host:
         for component in self.components:
             await component.start(self.bus)
             self._started.append(component)
+        await self.bus.watch_cancellations()
         await self.broker.start()
         for consumer in self.task_consumers:
             await consumer.start()
@@ -124,6 +125,7 @@ class Host:
             except Exception:
                 log.exception("stopping %s", component.name)
         self._started.clear()
+        await self.bus.close()
         await self.broker.stop()
 
     async def run_forever(self, stop: asyncio.Event) -> None:

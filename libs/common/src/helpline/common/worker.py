@@ -44,6 +44,7 @@ from helpline.common.errors import (
     HelplineError,
     Permanent,
     Retryable,
+    TaskCancelled,
 )
 from helpline.common.messages import (
     DeadLetter,
@@ -153,6 +154,11 @@ class TaskContext:
         self.report_id, self.report_kind = task.reported_as(kind)
         self._msg = msg
 
+    def checkpoint(self) -> None:
+        """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
+        if self.bus.is_cancelled(self.task.task_id, self.task.parent_id, self.report_id):
+            raise TaskCancelled("cancelled")
+
     async def keep_alive(self) -> None:
         """Tell the bus this long task is still running (resets ack_wait)."""
         await self._msg.in_progress()
@@ -203,6 +209,9 @@ async def run_task(
         raise
     except Deferred as exc:
         await _defer(ctx, msg, exc, policy)
+    except TaskCancelled as exc:
+        await ctx.event(EventType.CANCELLED, error=error_of(exc))
+        await msg.ack()
     except Permanent as exc:
         log.info("task %s failed: %s", ctx.task.task_id, exc.message)
         type_ = EventType.EXPIRED if isinstance(exc, DeadlineExpired) else EventType.FAILED
@@ -426,9 +435,12 @@ class TaskConsumer:
             except ValidationError as exc:
                 await _reject_poison(self.bus, self.kind, delivery, exc)
                 return
+            report_id, _ = task.reported_as(self.kind)
+            if self.bus.is_cancelled(task.task_id, task.parent_id, report_id):
+                await delivery.ack()  # the gateway already recorded the cancellation
+                return
             attempt = delivery.count
             if attempt > 1:
-                report_id, _ = task.reported_as(self.kind)
                 if await self.bus.task_finished(report_id):
                     await delivery.ack()
                     return

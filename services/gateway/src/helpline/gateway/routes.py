@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from helpline.common.messages import (
     utcnow,
 )
 from helpline.common.subjects import Kind
-from helpline.gateway import deadletters
+from helpline.gateway import deadletters, views
 from helpline.gateway.records import Status, TaskView
 from helpline.gateway.schemas import (
     Accepted,
@@ -182,6 +183,65 @@ async def get_task(task_id: str, tasks: TasksDep) -> TaskView:
     if record is None:
         raise HTTPException(404, f"no task with id {task_id!r}")
     return record.view()
+
+
+@api.delete(
+    "/tasks/{task_id}",
+    response_model=TaskView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+async def cancel_task(task_id: str, tasks: TasksDep) -> TaskView:
+    """Cancel a task that has not finished (and a parent's unfinished children); running work
+    stops at its next checkpoint."""
+    record = await tasks.get(task_id) if _valid_key(task_id) else None
+    if record is None:
+        raise HTTPException(404, f"no task with id {task_id!r}")
+    if record.status.terminal:
+        raise HTTPException(409, f"task {task_id} already {record.status}")
+    await tasks.cancel(record)
+    for _ in range(100):  # the tracker applies the cancellation within milliseconds
+        current = await tasks.get(task_id)
+        if current is not None and current.status is Status.CANCELLED:
+            return current.view()
+        await asyncio.sleep(0.02)
+    return (current or record).view()
+
+
+@api.get("/queues")
+async def queue_view(tasks: TasksDep) -> list[dict[str, Any]]:
+    """Per kind and priority: pending, in flight, redelivered, oldest waiting task's age."""
+    return await views.queues(tasks.bus)
+
+
+@api.get("/workers")
+async def worker_view(tasks: TasksDep) -> list[dict[str, Any]]:
+    """Per service: replicas seen through heartbeats, configured concurrency, busy, last seen."""
+    return views.workers(await tasks.replicas())
+
+
+@api.get("/system/status")
+async def system_status(tasks: TasksDep) -> dict[str, Any]:
+    """Health, queues, workers, open breakers and the bus, in one view."""
+    replicas = await tasks.replicas()
+    ready = await tasks.bus.streams_present()
+    open_breakers = [
+        {"replica": r["replica"], **b}
+        for r in replicas
+        for b in r.get("breakers", [])
+        if b["state"] != "closed"
+    ]
+    queue_rows = await views.queues(tasks.bus) if ready else []
+    return {
+        "status": "ok" if ready and not open_breakers else ("degraded" if ready else "down"),
+        "bus": {
+            "connected": tasks.bus.nc.is_connected,
+            "streams_present": ready,
+            "url": tasks.bus.nc.connected_url.netloc if tasks.bus.nc.connected_url else None,
+        },
+        "queues": queue_rows,
+        "workers": views.workers(replicas),
+        "open_breakers": open_breakers,
+    }
 
 
 @api.get("/tasks", response_model=list[TaskView])

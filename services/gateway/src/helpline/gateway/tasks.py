@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
 from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, kv_get
-from helpline.common.messages import Answer, QueryTask, TaskMessage, derived_id, new_task_id, utcnow
+from helpline.common.messages import (
+    Answer,
+    EventType,
+    QueryTask,
+    TaskError,
+    TaskEvent,
+    TaskMessage,
+    derived_id,
+    new_task_id,
+    utcnow,
+)
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway.records import Status, TaskRecord
 
@@ -111,6 +121,28 @@ class Tasks:
                 records.append(record)
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
+
+    async def cancel(self, record: TaskRecord) -> list[str]:
+        """Cancel a task and, for a parent, its unfinished children; returns the ids cancelled."""
+        children = [
+            r
+            for r in await self.records(kind=None, status=None, limit=1_000_000)
+            if r.parent_id == record.task_id and not r.status.terminal
+        ]
+        targets = [record, *children]
+        # First the flag every worker checks, then the records (through the tracker).
+        await self.bus.cancel([r.task_id for r in targets])
+        for target in targets:
+            await self.bus.emit(
+                TaskEvent(
+                    task_id=target.task_id,
+                    kind=target.kind,
+                    type=EventType.CANCELLED,
+                    error=TaskError(type="TaskCancelled", message="cancelled by request"),
+                    parent_id=target.parent_id,
+                )
+            )
+        return [r.task_id for r in targets]
 
     async def replicas(self) -> list[dict[str, Any]]:
         """What every live replica last reported (its heartbeat), by replica id."""

@@ -57,6 +57,7 @@ class Scraper:
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
         page = await self.fetch(task.url)
+        ctx.checkpoint()
         doc = await asyncio.to_thread(extract, page.text, page.url)
         chunks = await asyncio.to_thread(
             chunk_document, doc, self.limits.max_chars, self.limits.overlap_chars
