@@ -6,6 +6,7 @@ middleware, so W3C trace context rides in every message's headers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 TASKS_BUCKET = "tasks"
 CRAWLS_BUCKET = "crawls"
 DEFERRALS_BUCKET = "deferrals"
+CANCELS_BUCKET = "cancels"
 REPLICAS_BUCKET = "replicas"
 REPLICA_TTL_S = 30.0
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired", "cancelled"})
@@ -62,6 +64,7 @@ class BusLayout:
     ack_wait_s: float = 60.0
     max_deliver: int = 4
     max_ack_pending: int = 1_000
+    bulk_concurrency: int = 2
     task_record_ttl_s: float = 7 * 24 * 3600.0
 
     @classmethod
@@ -71,6 +74,7 @@ class BusLayout:
             prefix=settings.bus_prefix,
             file_storage=settings.file_storage,
             replicas=settings.stream_replicas,
+            bulk_concurrency=settings.bulk_concurrency,
             stream_max_msgs=settings.stream_max_msgs,
             ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
@@ -142,7 +146,9 @@ class Bus:
         self.broker = broker
         self.layout = layout
         self.breakers = BreakerBoard()
+        self.cancelled: set[str] = set()
         self._kv: dict[str, KeyValue] = {}
+        self._cancel_watch: asyncio.Task[None] | None = None
 
     @property
     def nc(self) -> Client:
@@ -199,6 +205,7 @@ class Bus:
         await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(CRAWLS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(DEFERRALS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
+        await self._ensure_bucket(CANCELS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
@@ -253,6 +260,33 @@ class Bus:
         except (APIError, TimeoutError):
             return False
         return True
+
+    async def cancel(self, task_ids: list[str]) -> None:
+        """Mark tasks cancelled for every replica (workers skip them or stop at a checkpoint)."""
+        kv = await self.kv(CANCELS_BUCKET)
+        for task_id in task_ids:
+            await kv.put(task_id, b"1")
+        self.cancelled.update(task_ids)
+
+    def is_cancelled(self, *task_ids: str | None) -> bool:
+        return any(t in self.cancelled for t in task_ids if t)
+
+    async def watch_cancellations(self) -> None:
+        """Keep `cancelled` current from the cancels bucket (in memory: no read per task)."""
+        kv = await self.kv(CANCELS_BUCKET)
+        watcher = await kv.watchall()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is not None and entry.key and entry.operation is None:
+                    self.cancelled.add(entry.key)
+
+        self._cancel_watch = asyncio.create_task(follow())
+
+    async def close(self) -> None:
+        if self._cancel_watch is not None:
+            self._cancel_watch.cancel()
+            self._cancel_watch = None
 
     async def deferrals(self, task_id: str) -> int:
         """How many deliveries of this task waited on an open breaker (not attempts)."""

@@ -6,6 +6,8 @@ HelplineError
     Deferred       -> nak until the dependency may be back (breaker open); no attempt spent
   Permanent        -> term, task failed (bad URL, blocked address, 404, parse failure)
     InputRejected  -> HTTP 4xx at the gateway with a clear message
+    TaskCancelled  -> ack, task cancelled (DELETE /api/v1/tasks/{id})
+    DeadlineExpired -> term, task expired
 ```
 
 The bus decides ack, nak or term from the class, in one place
@@ -54,6 +56,10 @@ class BlockedAddress(InputRejected):
 
     def __init__(self, message: str = "blocked address", *, field: str | None = "url") -> None:
         super().__init__(message, field=field)
+
+
+class TaskCancelled(Permanent):
+    """Someone cancelled the task (or its parent): stop at the next checkpoint."""
 
 
 class DeadlineExpired(Permanent):

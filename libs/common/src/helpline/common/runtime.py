@@ -19,15 +19,17 @@ from faststream.nats import NatsRouter
 from helpline.common.bus import REPLICAS_BUCKET, Bus, BusLayout, make_broker
 from helpline.common.messages import utcnow
 from helpline.common.settings import HelplineSettings
-from helpline.common.worker import RetryPolicy
+from helpline.common.worker import RetryPolicy, TaskConsumer
 
 log = logging.getLogger(__name__)
 
 
 class Component(Protocol):
-    """A service's part in a process: its subscribers and what it opens and closes."""
+    """A service's part in a process: its task pools, its other subscribers, what it opens."""
 
     name: str
+
+    def consumers(self, bus: Bus) -> list[TaskConsumer]: ...
 
     def routers(self, bus: Bus) -> list[NatsRouter]: ...
 
@@ -58,6 +60,7 @@ class Host:
         )
         self.bus = Bus(self.broker, BusLayout.from_settings(settings))
         self._started: list[Component] = []
+        self.task_consumers: list[TaskConsumer] = []
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
         self._started_at = utcnow()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -69,10 +72,14 @@ class Host:
         for component in self.components:
             for router in component.routers(self.bus):
                 self.broker.include_router(router)
+            self.task_consumers.extend(component.consumers(self.bus))
         for component in self.components:
             await component.start(self.bus)
             self._started.append(component)
+        await self.bus.watch_cancellations()
         await self.broker.start()
+        for consumer in self.task_consumers:
+            await consumer.start()
         self._heartbeat = asyncio.create_task(self._beat())
         log.info("started %s", ", ".join(c.name for c in self.components))
 
@@ -84,6 +91,7 @@ class Host:
             "started_at": self._started_at.isoformat(),
             "at": utcnow().isoformat(),
             "breakers": self.bus.breakers.snapshot(),
+            "pools": [c.report() for c in self.task_consumers],
         }
 
     async def _beat(self, every_s: float = 5.0) -> None:
@@ -101,9 +109,13 @@ class Host:
             self._heartbeat = None
             with contextlib.suppress(Exception):
                 await (await self.bus.kv(REPLICAS_BUCKET)).delete(self.replica_id)
+        grace = self.settings.shutdown_grace_s
         results = await asyncio.gather(
-            *(sub.stop() for sub in self.broker.subscribers), return_exceptions=True
+            *(consumer.stop(grace) for consumer in self.task_consumers),
+            *(sub.stop() for sub in self.broker.subscribers),
+            return_exceptions=True,
         )
+        self.task_consumers.clear()
         for result in results:
             if isinstance(result, BaseException):  # shutting down: report, keep closing
                 log.error("stopping a subscriber: %r", result)
@@ -113,6 +125,7 @@ class Host:
             except Exception:
                 log.exception("stopping %s", component.name)
         self._started.clear()
+        await self.bus.close()
         await self.broker.stop()
 
     async def run_forever(self, stop: asyncio.Event) -> None:

@@ -43,6 +43,11 @@ class HelplineSettings(BaseSettings):
     stream_max_msgs: int = Field(
         default=1_000_000, description="Per-kind stream limit; beyond it submits are refused."
     )
+    bulk_concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Of each pool's slots, how many low and bulk (batch) work may hold.",
+    )
     shutdown_grace_s: float = Field(
         default=30.0,
         description="On SIGTERM, how long in-flight tasks may finish before they are handed back.",

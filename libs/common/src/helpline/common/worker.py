@@ -12,6 +12,12 @@ settling, so a crash in between repeats an event (harmless) rather than loses on
 - A message that is not a valid task is dead-lettered at once (a poison message).
 - While a handler runs, the message's ack deadline is pushed back (`in_progress`).
 - A handler cancelled by shutdown hands its message back (nak) for another replica.
+
+`TaskConsumer` is a kind's worker pool in one process: one lingering pull per priority
+(the durable consumers every replica shares) keeps at most one message per priority
+waiting here; whenever one of `concurrency` slots frees, the highest waiting priority
+runs, except that every `reserved_every`-th slot goes to the lowest waiting one, so lower
+levels keep a small share and never starve.
 """
 
 from __future__ import annotations
@@ -26,10 +32,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.annotations import NatsMessage
 from nats.errors import NotJSMessageError
+from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from helpline.common import subjects
@@ -39,6 +44,7 @@ from helpline.common.errors import (
     HelplineError,
     Permanent,
     Retryable,
+    TaskCancelled,
 )
 from helpline.common.messages import (
     DeadLetter,
@@ -51,6 +57,9 @@ from helpline.common.messages import (
 from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
     from helpline.common.bus import Bus
 
 log = logging.getLogger(__name__)
@@ -65,6 +74,56 @@ REPORTED_LATER: Final = _ReportedLater()
 Result = dict[str, Any] | None | _ReportedLater
 T = TypeVar("T", bound=TaskMessage)
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+_tracer = trace.get_tracer("helpline.worker")
+BATCH_PRIORITIES = frozenset({Priority.LOW, Priority.BULK})
+
+
+class Delivery:
+    """One delivery of a JetStream message, settled at most once."""
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self.settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self.msg.data
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.msg.headers or {}
+
+    @property
+    def count(self) -> int:
+        """How many times the bus has delivered this message (1 on first delivery)."""
+        try:
+            meta = self.msg.metadata
+        except NotJSMessageError:
+            return 1
+        return int(meta.num_delivered) if meta and meta.num_delivered else 1
+
+    async def ack(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.msg.ack()
+
+    async def nack(self, delay: float | None = None) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.msg.nak(delay=delay)
+
+    async def reject(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.msg.term()
+
+    async def in_progress(self) -> None:
+        if not self.settled:
+            await self.msg.in_progress()
 
 
 @dataclass(frozen=True)
@@ -87,13 +146,18 @@ class RetryPolicy:
 class TaskContext:
     """What a handler may do besides computing its result: report progress, reach the bus."""
 
-    def __init__(self, bus: Bus, kind: Kind, task: TaskMessage, msg: NatsMessage, attempt: int):
+    def __init__(self, bus: Bus, kind: Kind, task: TaskMessage, msg: Delivery, attempt: int):
         self.bus = bus
         self.kind = kind
         self.task = task
         self.attempt = attempt
         self.report_id, self.report_kind = task.reported_as(kind)
         self._msg = msg
+
+    def checkpoint(self) -> None:
+        """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
+        if self.bus.is_cancelled(self.task.task_id, self.task.parent_id, self.report_id):
+            raise TaskCancelled("cancelled")
 
     async def keep_alive(self) -> None:
         """Tell the bus this long task is still running (resets ack_wait)."""
@@ -122,7 +186,7 @@ def error_of(exc: BaseException) -> TaskError:
 
 async def run_task(
     ctx: TaskContext,
-    msg: NatsMessage,
+    msg: Delivery,
     handler: Callable[[TaskContext], Awaitable[Result]],
     policy: RetryPolicy,
 ) -> None:
@@ -145,6 +209,9 @@ async def run_task(
         raise
     except Deferred as exc:
         await _defer(ctx, msg, exc, policy)
+    except TaskCancelled as exc:
+        await ctx.event(EventType.CANCELLED, error=error_of(exc))
+        await msg.ack()
     except Permanent as exc:
         log.info("task %s failed: %s", ctx.task.task_id, exc.message)
         type_ = EventType.EXPIRED if isinstance(exc, DeadlineExpired) else EventType.FAILED
@@ -166,7 +233,7 @@ async def _keep_alive(ctx: TaskContext, every_s: float) -> None:
         await ctx.keep_alive()
 
 
-async def _defer(ctx: TaskContext, msg: NatsMessage, exc: Deferred, policy: RetryPolicy) -> None:
+async def _defer(ctx: TaskContext, msg: Delivery, exc: Deferred, policy: RetryPolicy) -> None:
     delay = exc.retry_after if exc.retry_after is not None else policy.base_s
     await ctx.bus.add_deferral(ctx.task.task_id)
     await ctx.event(
@@ -178,7 +245,7 @@ async def _defer(ctx: TaskContext, msg: NatsMessage, exc: Deferred, policy: Retr
 
 
 async def _retry_or_dead_letter(
-    ctx: TaskContext, msg: NatsMessage, exc: Exception, policy: RetryPolicy
+    ctx: TaskContext, msg: Delivery, exc: Exception, policy: RetryPolicy
 ) -> None:
     err = error_of(exc)
     if not isinstance(exc, Retryable):
@@ -204,7 +271,7 @@ async def dead_letter(
     kind: Kind,
     task_id: str,
     priority: Priority | None,
-    msg: NatsMessage,
+    msg: Delivery,
     error: TaskError,
     attempts: int,
 ) -> None:
@@ -227,7 +294,7 @@ async def dead_letter(
     )
 
 
-async def _reject_poison(bus: Bus, kind: Kind, msg: NatsMessage, exc: ValidationError) -> None:
+async def _reject_poison(bus: Bus, kind: Kind, msg: Delivery, exc: ValidationError) -> None:
     """A message that is not a valid task: dead-letter it at once, fail its task if it names one."""
     task_id = ""
     with contextlib.suppress(ValueError, AttributeError, TypeError):
@@ -237,65 +304,172 @@ async def _reject_poison(bus: Bus, kind: Kind, msg: NatsMessage, exc: Validation
     )
     error = TaskError(type="InvalidMessage", message=f"not a valid {kind} task: {problems}")
     log.warning("poison message on %s: %s", kind, error.message)
-    await dead_letter(bus, kind, task_id or "unknown", None, msg, error, delivery_count(msg))
+    await dead_letter(bus, kind, task_id or "unknown", None, msg, error, msg.count)
     if task_id and _SUBJECT_TOKEN.match(task_id):
         await bus.emit(TaskEvent(task_id=task_id, kind=kind, type=EventType.FAILED, error=error))
     await msg.reject()
 
 
-def delivery_count(msg: NatsMessage) -> int:
-    """How many times the bus has delivered this message (1 on first delivery)."""
-    try:
-        meta = msg.raw_message.metadata
-    except NotJSMessageError:  # FastStream's in-memory test broker
-        return 1
-    return int(meta.num_delivered) if meta and meta.num_delivered else 1
+class TaskConsumer:
+    """One kind's worker pool in this process: priorities served highest first, with a share."""
 
+    def __init__(
+        self,
+        bus: Bus,
+        kind: Kind,
+        model: type[T],
+        handler: Callable[[T, TaskContext], Awaitable[Result]],
+        *,
+        concurrency: int,
+        policy: RetryPolicy,
+        bulk_concurrency: int | None = None,
+        reserved_every: int = 10,
+        priorities: tuple[Priority, ...] = subjects.PRIORITIES_HIGH_FIRST,
+    ) -> None:
+        self.bus = bus
+        self.kind = kind
+        self.model = model
+        self.handler = handler
+        self.concurrency = max(1, concurrency)
+        # Batch work (low and bulk) may hold only this many of the slots at once.
+        self.bulk_concurrency = min(
+            self.concurrency, max(1, bulk_concurrency or bus.layout.bulk_concurrency)
+        )
+        self.bulk_busy = 0
+        self.policy = policy
+        self.reserved_every = max(2, reserved_every)
+        self.priorities = priorities
+        self.busy = 0
+        self.started_by_priority: dict[Priority, int] = dict.fromkeys(priorities, 0)
+        self._waiting: dict[Priority, Msg] = {}
+        self._room: dict[Priority, asyncio.Event] = {}
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._picks = 0
+        self._stopping = False
 
-def subscribe_tasks(
-    router: NatsRouter,
-    bus: Bus,
-    kind: Kind,
-    model: type[T],
-    handler: Callable[[T, TaskContext], Awaitable[Result]],
-    *,
-    concurrency: int,
-    policy: RetryPolicy,
-    priorities: tuple[Priority, ...] = subjects.PRIORITIES_HIGH_FIRST,
-) -> None:
-    """Subscribe `handler` to every priority of `kind` through the shared durable consumers."""
-    lay = bus.layout
+    async def start(self) -> None:
+        """Bind the shared durable consumers and start pulling."""
+        js: JetStreamContext = self.bus.js
+        lay = self.bus.layout
+        for priority in self.priorities:
+            config = lay.consumer_config(self.kind, priority)
+            sub = await js.pull_subscribe_bind(
+                config.durable_name or "", lay.task_stream(self.kind)
+            )
+            room = self._room[priority] = asyncio.Event()
+            room.set()
+            self._loops.append(asyncio.create_task(self._pull(priority, sub, room)))
+        self._loops.append(asyncio.create_task(self._dispatch()))
 
-    async def consume(msg: NatsMessage) -> None:
+    async def _pull(
+        self, priority: Priority, sub: JetStreamContext.PullSubscription, room: asyncio.Event
+    ) -> None:
+        while not self._stopping:
+            await room.wait()
+            try:
+                msgs = await sub.fetch(1, timeout=5.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except Exception as exc:  # disconnected, server restarting: try again shortly
+                log.debug("pull %s-%s: %r", self.kind, priority, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not msgs:
+                continue
+            self._waiting[priority] = msgs[0]
+            room.clear()
+            self._arrived.set()
+
+    def _pick(self) -> Priority | None:
+        bulk_full = self.bulk_busy >= self.bulk_concurrency
+        ready = [
+            p
+            for p in self.priorities
+            if p in self._waiting and not (bulk_full and p in BATCH_PRIORITIES)
+        ]
+        if not ready:
+            return None
+        self._picks += 1
+        return ready[-1] if self._picks % self.reserved_every == 0 else ready[0]
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            await self._slots.acquire()
+            priority = self._pick()
+            while priority is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+                priority = self._pick()
+            msg = self._waiting.pop(priority)
+            self._room[priority].set()
+            self.started_by_priority[priority] += 1
+            task = asyncio.create_task(self._run(Delivery(msg), priority in BATCH_PRIORITIES))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, delivery: Delivery, batch: bool) -> None:
+        self.busy += 1
+        self.bulk_busy += batch
         try:
-            task = model.model_validate_json(msg.body)
-        except ValidationError as exc:
-            await _reject_poison(bus, kind, msg, exc)
-            return
-        delivered = delivery_count(msg)
-        attempt = delivered
-        if delivered > 1:
-            report_id, _ = task.reported_as(kind)
-            if await bus.task_finished(report_id):
-                await msg.ack()
+            await self.handle(delivery)
+        except Exception:
+            log.exception("settling a %s task failed; the bus will redeliver it", self.kind)
+        finally:
+            self.busy -= 1
+            self.bulk_busy -= batch
+            self._slots.release()
+            if batch:
+                self._arrived.set()  # a batch slot freed: waiting batch work may go
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Decode, skip what is finished or poison, run and settle one delivery."""
+        context = propagate.extract(delivery.headers)
+        with _tracer.start_as_current_span(
+            f"{delivery.subject} process", context=context, kind=trace.SpanKind.CONSUMER
+        ):
+            try:
+                task = self.model.model_validate_json(delivery.body)
+            except ValidationError as exc:
+                await _reject_poison(self.bus, self.kind, delivery, exc)
                 return
-            attempt = max(1, delivered - await bus.deferrals(task.task_id))
-        ctx = TaskContext(bus, kind, task, msg, attempt)
-        await run_task(ctx, msg, lambda c: handler(task, c), policy)
+            report_id, _ = task.reported_as(self.kind)
+            if self.bus.is_cancelled(task.task_id, task.parent_id, report_id):
+                await delivery.ack()  # the gateway already recorded the cancellation
+                return
+            attempt = delivery.count
+            if attempt > 1:
+                if await self.bus.task_finished(report_id):
+                    await delivery.ack()
+                    return
+                attempt = max(1, attempt - await self.bus.deferrals(task.task_id))
+            ctx = TaskContext(self.bus, self.kind, task, delivery, attempt)
+            await run_task(ctx, delivery, lambda c: self.handler(task, c), self.policy)
 
-    # FastStream reads the annotations to inject the message; with postponed evaluation they
-    # would stay strings it cannot resolve in this closure.
-    consume.__annotations__ = {"msg": NatsMessage, "return": None}
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking work; give running tasks `grace_s` to finish, then hand them back."""
+        self._stopping = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        for msg in self._waiting.values():  # pulled but never started: back at once
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self._waiting.clear()
+        if self._running:
+            _done, pending = await asyncio.wait(set(self._running), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
-    for priority in priorities:
-        config = lay.consumer_config(kind, priority)
-        router.subscriber(
-            config.filter_subject or "",
-            stream=JStream(lay.task_stream(kind), declare=False),
-            durable=config.durable_name,
-            config=config,
-            pull_sub=PullSub(batch_size=1, timeout=1.0),
-            max_workers=max(1, concurrency),
-            ack_policy=AckPolicy.MANUAL,
-            title=f"{kind}-{priority}",
-        )(consume)
+    def report(self) -> dict[str, Any]:
+        return {
+            "kind": str(self.kind),
+            "concurrency": self.concurrency,
+            "bulk_concurrency": self.bulk_concurrency,
+            "busy": self.busy,
+            "started": {str(p): n for p, n in self.started_by_priority.items()},
+        }

@@ -11,6 +11,7 @@ from faststream.nats import NatsRouter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from helpline.common.bus import Bus
+from helpline.common.worker import TaskConsumer
 from helpline.gateway.routes import api, probes
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
@@ -63,6 +64,9 @@ class GatewayComponent:
         self.settings = settings
         self.app = create_app(settings)
         self.tasks: Tasks | None = None
+
+    def consumers(self, bus: Bus) -> list[TaskConsumer]:
+        return []
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return [Tracker(bus).router(self.settings.tracker_concurrency)]

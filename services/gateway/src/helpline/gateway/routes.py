@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
@@ -18,9 +20,10 @@ from helpline.common.messages import (
     MaintenanceTask,
     ScrapeTask,
     TaskMessage,
+    utcnow,
 )
 from helpline.common.subjects import Kind
-from helpline.gateway import deadletters
+from helpline.gateway import deadletters, views
 from helpline.gateway.records import Status, TaskView
 from helpline.gateway.schemas import (
     Accepted,
@@ -63,6 +66,10 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
+def deadline_after(seconds: float | None) -> datetime | None:
+    return utcnow() + timedelta(seconds=seconds) if seconds is not None else None
+
+
 def accepted(request: Request, task_id: str) -> Accepted:
     return Accepted(task_id=task_id, status_url=str(request.url_for("get_task", task_id=task_id)))
 
@@ -96,6 +103,7 @@ async def crawl(
     task = CrawlTask(
         task_id=task_id_for(Kind.CRAWL, key),
         priority=body.priority,
+        deadline=deadline_after(body.deadline_s),
         url=body.url,
         brand=body.brand,
         scope=scope,
@@ -111,6 +119,7 @@ async def scrape(
     task = ScrapeTask(
         task_id=task_id_for(Kind.SCRAPE, key),
         priority=body.priority,
+        deadline=deadline_after(body.deadline_s),
         url=body.url,
         brand=body.brand,
     )
@@ -125,9 +134,13 @@ async def ping(
     key: IdempotencyKey = None,
 ) -> JSONResponse:
     """A no-op maintenance task: proves the maintenance service is consuming."""
-    priority = body.priority if body else MaintenanceRequest().priority
+    body = body or MaintenanceRequest()
     task = MaintenanceTask(
-        task_id=task_id_for(Kind.MAINTENANCE, key), priority=priority, job="ping"
+        task_id=task_id_for(Kind.MAINTENANCE, key),
+        priority=body.priority,
+        deadline=deadline_after(body.deadline_s),
+        job="ping",
+        params={"delay_ms": body.delay_ms} if body.delay_ms else {},
     )
     return await submit(tasks, Kind.MAINTENANCE, task, request)
 
@@ -146,7 +159,9 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> QueryR
     timeout_s: float = request.app.state.query_timeout_s
     task_id = task_id_for(Kind.QUERY, None)
     try:
-        answer = await tasks.ask(body.question, body.brand, body.top_k, timeout_s, task_id)
+        answer = await tasks.ask(
+            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority
+        )
     except QueryTimeout as exc:
         raise HTTPException(504, f"the query was not answered before its deadline ({exc})") from exc
     except Overloaded as exc:
@@ -168,6 +183,65 @@ async def get_task(task_id: str, tasks: TasksDep) -> TaskView:
     if record is None:
         raise HTTPException(404, f"no task with id {task_id!r}")
     return record.view()
+
+
+@api.delete(
+    "/tasks/{task_id}",
+    response_model=TaskView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+async def cancel_task(task_id: str, tasks: TasksDep) -> TaskView:
+    """Cancel a task that has not finished (and a parent's unfinished children); running work
+    stops at its next checkpoint."""
+    record = await tasks.get(task_id) if _valid_key(task_id) else None
+    if record is None:
+        raise HTTPException(404, f"no task with id {task_id!r}")
+    if record.status.terminal:
+        raise HTTPException(409, f"task {task_id} already {record.status}")
+    await tasks.cancel(record)
+    for _ in range(100):  # the tracker applies the cancellation within milliseconds
+        current = await tasks.get(task_id)
+        if current is not None and current.status is Status.CANCELLED:
+            return current.view()
+        await asyncio.sleep(0.02)
+    return (current or record).view()
+
+
+@api.get("/queues")
+async def queue_view(tasks: TasksDep) -> list[dict[str, Any]]:
+    """Per kind and priority: pending, in flight, redelivered, oldest waiting task's age."""
+    return await views.queues(tasks.bus)
+
+
+@api.get("/workers")
+async def worker_view(tasks: TasksDep) -> list[dict[str, Any]]:
+    """Per service: replicas seen through heartbeats, configured concurrency, busy, last seen."""
+    return views.workers(await tasks.replicas())
+
+
+@api.get("/system/status")
+async def system_status(tasks: TasksDep) -> dict[str, Any]:
+    """Health, queues, workers, open breakers and the bus, in one view."""
+    replicas = await tasks.replicas()
+    ready = await tasks.bus.streams_present()
+    open_breakers = [
+        {"replica": r["replica"], **b}
+        for r in replicas
+        for b in r.get("breakers", [])
+        if b["state"] != "closed"
+    ]
+    queue_rows = await views.queues(tasks.bus) if ready else []
+    return {
+        "status": "ok" if ready and not open_breakers else ("degraded" if ready else "down"),
+        "bus": {
+            "connected": tasks.bus.nc.is_connected,
+            "streams_present": ready,
+            "url": tasks.bus.nc.connected_url.netloc if tasks.bus.nc.connected_url else None,
+        },
+        "queues": queue_rows,
+        "workers": views.workers(replicas),
+        "open_breakers": open_breakers,
+    }
 
 
 @api.get("/tasks", response_model=list[TaskView])

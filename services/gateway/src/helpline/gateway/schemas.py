@@ -35,6 +35,14 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+DEADLINE = Field(
+    default=None,
+    gt=0,
+    le=7 * 24 * 3600,
+    description="Seconds from now after which the task is not run any more (status expired).",
+)
+
+
 class PageBody(Body):
     url: str = Field(description="An absolute http(s) URL.")
     brand: Brand
@@ -55,10 +63,12 @@ class CrawlRequest(PageBody):
         default=None, max_length=100, description="Path globs to skip."
     )
     priority: Priority = Priority.NORMAL
+    deadline_s: float | None = DEADLINE
 
 
 class ScrapeRequest(PageBody):
     priority: Priority = Priority.NORMAL
+    deadline_s: float | None = DEADLINE
 
 
 class QueryRequest(Body):
@@ -67,10 +77,17 @@ class QueryRequest(Body):
     ]
     brand: Brand | None = None
     top_k: int = Field(default=5, ge=1, le=20)
+    priority: Priority = Field(
+        default=Priority.CRITICAL, description="A customer is waiting: critical."
+    )
 
 
 class MaintenanceRequest(Body):
     priority: Priority = Priority.NORMAL
+    delay_ms: int = Field(
+        default=0, ge=0, le=60_000, description="Make the ping take this long (load tests)."
+    )
+    deadline_s: float | None = DEADLINE
 
 
 class Accepted(BaseModel):

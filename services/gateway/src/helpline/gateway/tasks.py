@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
 from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, kv_get
-from helpline.common.messages import Answer, QueryTask, TaskMessage, derived_id, new_task_id, utcnow
+from helpline.common.messages import (
+    Answer,
+    EventType,
+    QueryTask,
+    TaskError,
+    TaskEvent,
+    TaskMessage,
+    derived_id,
+    new_task_id,
+    utcnow,
+)
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway.records import Status, TaskRecord
 
@@ -112,6 +122,28 @@ class Tasks:
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
 
+    async def cancel(self, record: TaskRecord) -> list[str]:
+        """Cancel a task and, for a parent, its unfinished children; returns the ids cancelled."""
+        children = [
+            r
+            for r in await self.records(kind=None, status=None, limit=1_000_000)
+            if r.parent_id == record.task_id and not r.status.terminal
+        ]
+        targets = [record, *children]
+        # First the flag every worker checks, then the records (through the tracker).
+        await self.bus.cancel([r.task_id for r in targets])
+        for target in targets:
+            await self.bus.emit(
+                TaskEvent(
+                    task_id=target.task_id,
+                    kind=target.kind,
+                    type=EventType.CANCELLED,
+                    error=TaskError(type="TaskCancelled", message="cancelled by request"),
+                    parent_id=target.parent_id,
+                )
+            )
+        return [r.task_id for r in targets]
+
     async def replicas(self) -> list[dict[str, Any]]:
         """What every live replica last reported (its heartbeat), by replica id."""
         kv = await self.bus.kv(REPLICAS_BUCKET)
@@ -127,12 +159,18 @@ class Tasks:
         return out
 
     async def ask(
-        self, question: str, brand: str | None, top_k: int, timeout_s: float, task_id: str
+        self,
+        question: str,
+        brand: str | None,
+        top_k: int,
+        timeout_s: float,
+        task_id: str,
+        priority: Priority = Priority.CRITICAL,
     ) -> Answer:
-        """Publish a query at CRITICAL with our reply inbox and wait until its deadline."""
+        """Publish a query (critical unless told) with our reply inbox; wait until its deadline."""
         task = QueryTask(
             task_id=task_id,
-            priority=Priority.CRITICAL,
+            priority=priority,
             deadline=utcnow() + timedelta(seconds=timeout_s),
             question=question,
             brand=brand,

@@ -6,7 +6,8 @@ from faststream.nats import NatsRouter
 
 from helpline.common.bus import Bus
 from helpline.common.runtime import retry_policy
-from helpline.maintenance.handlers import build_router
+from helpline.common.worker import TaskConsumer
+from helpline.maintenance.handlers import build_consumers
 from helpline.maintenance.settings import MaintenanceSettings
 
 
@@ -17,13 +18,14 @@ class MaintenanceComponent:
         self.settings = settings
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
-        return [
-            build_router(
-                bus,
-                concurrency=self.settings.maintenance_concurrency,
-                policy=retry_policy(self.settings),
-            )
-        ]
+        return []
+
+    def consumers(self, bus: Bus) -> list[TaskConsumer]:
+        return build_consumers(
+            bus,
+            concurrency=self.settings.maintenance_concurrency,
+            policy=retry_policy(self.settings),
+        )
 
     async def start(self, bus: Bus) -> None:
         return None

@@ -7,7 +7,8 @@ from faststream.nats import NatsRouter
 from helpline.common.bus import Bus
 from helpline.common.knowledge import Knowledge, store_breaker
 from helpline.common.runtime import retry_policy
-from helpline.rag.handlers import build_router
+from helpline.common.worker import TaskConsumer
+from helpline.rag.handlers import build_consumers
 from helpline.rag.retrieval import Answerer
 from helpline.rag.settings import RagSettings
 
@@ -21,6 +22,9 @@ class RagComponent:
         self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
+        return []
+
+    def consumers(self, bus: Bus) -> list[TaskConsumer]:
         answerer = Answerer(
             self.knowledge.store,
             self.knowledge.model,
@@ -28,9 +32,9 @@ class RagComponent:
             self.settings.rag_candidates,
         )
         policy = retry_policy(self.settings)
-        return [
-            build_router(bus, answerer, concurrency=self.settings.rag_concurrency, policy=policy)
-        ]
+        return build_consumers(
+            bus, answerer, concurrency=self.settings.rag_concurrency, policy=policy
+        )
 
     async def start(self, bus: Bus) -> None:
         return None

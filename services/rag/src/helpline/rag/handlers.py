@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from faststream.nats import NatsRouter
-
 from helpline.common.bus import Bus
 from helpline.common.messages import Answer, QueryTask
 from helpline.common.subjects import Kind
-from helpline.common.worker import Result, RetryPolicy, TaskContext, error_of, subscribe_tasks
+from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext, error_of
 from helpline.rag.retrieval import Answerer
 
 
-def build_router(
+def build_consumers(
     bus: Bus, answerer: Answerer, *, concurrency: int, policy: RetryPolicy
-) -> NatsRouter:
-    router = NatsRouter()
+) -> list[TaskConsumer]:
 
     async def query(task: QueryTask, ctx: TaskContext) -> Result:
         try:
@@ -35,5 +32,4 @@ def build_router(
 
     # A question is worth answering once; its deadline is seconds away, so no retries.
     once = RetryPolicy(base_s=policy.base_s, cap_s=policy.cap_s, max_attempts=1)
-    subscribe_tasks(router, bus, Kind.QUERY, QueryTask, query, concurrency=concurrency, policy=once)
-    return router
+    return [TaskConsumer(bus, Kind.QUERY, QueryTask, query, concurrency=concurrency, policy=once)]

@@ -7,9 +7,10 @@ from faststream.nats import NatsRouter
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
 from helpline.common.runtime import retry_policy
+from helpline.common.worker import TaskConsumer
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
-from helpline.scraper.handlers import ChunkingLimits, Scraper, build_router
+from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
 from helpline.scraper.settings import ScraperSettings
 
 
@@ -21,6 +22,9 @@ class ScraperComponent:
         self.fetcher: Fetcher | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
+        return []
+
+    def consumers(self, bus: Bus) -> list[TaskConsumer]:
         s = self.settings
         self.fetcher = Fetcher(
             AllowList.parse(s.scraper_allowed_hosts),
@@ -35,9 +39,9 @@ class ScraperComponent:
             ChunkingLimits(s.chunk_max_chars, s.chunk_overlap_chars),
             BreakerPolicy(failures=s.breaker_host_failures, open_s=s.breaker_host_open_s),
         )
-        return [
-            build_router(bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s))
-        ]
+        return build_consumers(
+            bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s)
+        )
 
     async def start(self, bus: Bus) -> None:
         return None

@@ -6,8 +6,6 @@ import asyncio
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from faststream.nats import NatsRouter
-
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import CRAWLS_BUCKET, Bus
 from helpline.common.crawlstate import claim_page
@@ -21,7 +19,7 @@ from helpline.common.messages import (
     derived_id,
 )
 from helpline.common.subjects import Kind
-from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskContext, subscribe_tasks
+from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
 from helpline.scraper.chunking import chunk_document
 from helpline.scraper.extract import Document, extract
 from helpline.scraper.fetch import Fetcher, FetchResult
@@ -59,6 +57,7 @@ class Scraper:
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
         page = await self.fetch(task.url)
+        ctx.checkpoint()
         doc = await asyncio.to_thread(extract, page.text, page.url)
         chunks = await asyncio.to_thread(
             chunk_document, doc, self.limits.max_chars, self.limits.overlap_chars
@@ -133,12 +132,13 @@ class Scraper:
         return REPORTED_LATER
 
 
-def build_router(
+def build_consumers(
     bus: Bus, scraper: Scraper, *, concurrency: int, policy: RetryPolicy
-) -> NatsRouter:
-    router = NatsRouter()
-    subscribe_tasks(
-        router, bus, Kind.SCRAPE, ScrapeTask, scraper.scrape, concurrency=concurrency, policy=policy
-    )
-    subscribe_tasks(router, bus, Kind.CRAWL, CrawlTask, scraper.crawl, concurrency=2, policy=policy)
-    return router
+) -> list[TaskConsumer]:
+    return [
+        TaskConsumer(
+            bus, Kind.SCRAPE, ScrapeTask, scraper.scrape, concurrency=concurrency, policy=policy
+        ),
+        # Starting a crawl is one claim and one publish: two at a time is plenty.
+        TaskConsumer(bus, Kind.CRAWL, CrawlTask, scraper.crawl, concurrency=2, policy=policy),
+    ]

@@ -1,0 +1,79 @@
+"""Priorities behave as priorities: a critical task overtakes a bulk backlog, which still drains."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from pathlib import Path
+
+from conftest import start_system, stop_system
+from e2e_helpers import wait_terminal
+
+from helpline.common.embedding import Embedder
+from helpline.common.messages import MaintenanceTask, new_task_id
+from helpline.common.natsserver import NatsServer
+from helpline.common.subjects import Kind, Priority
+from helpline.gateway.tasks import Tasks
+
+BACKLOG = 1000
+LATE = 50
+
+
+async def submit_pings(tasks: Tasks, count: int, priority: Priority, delay_ms: int) -> list[str]:
+    ids = [new_task_id() for _ in range(count)]
+    for start in range(0, count, 100):
+        await asyncio.gather(
+            *(
+                tasks.submit(
+                    Kind.MAINTENANCE,
+                    MaintenanceTask(
+                        task_id=i, priority=priority, job="ping", params={"delay_ms": delay_ms}
+                    ),
+                )
+                for i in ids[start : start + 100]
+            )
+        )
+    return ids
+
+
+async def test_critical_overtakes_bulk_backlog_and_backlog_drains(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder
+) -> None:
+    system = await start_system(nats_server.url, prefix, tmp_path, model, maintenance_concurrency=2)
+    try:
+        gateway = system.host.components[0]
+        tasks: Tasks = gateway.tasks  # type: ignore[attr-defined]
+        backlog = await submit_pings(tasks, BACKLOG, Priority.BULK, delay_ms=3)
+        # Saturated: the pool is busy and the backlog is still there.
+        pool = next(c for c in system.host.task_consumers if c.kind is Kind.MAINTENANCE)
+        for _ in range(1000):
+            if pool.busy:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.busy > 0
+        late = await submit_pings(tasks, LATE, Priority.BULK, delay_ms=3)
+        submitted = time.monotonic()
+        critical = await system.client.post(
+            "/api/v1/maintenance/ping", json={"priority": "critical"}
+        )
+        record = await wait_terminal(system.client, critical.json()["task_id"])
+        waited = time.monotonic() - submitted
+        assert record["status"] == "succeeded"
+        critical_start = datetime.fromisoformat(record["started_at"])
+
+        # Every bulk task queued after saturation began started after the critical one.
+        for task_id in late:
+            done = await wait_terminal(system.client, task_id, timeout_s=120)
+            assert datetime.fromisoformat(done["started_at"]) > critical_start
+        # And the whole backlog drained.
+        for task_id in backlog:
+            assert (await wait_terminal(system.client, task_id, timeout_s=120))[
+                "status"
+            ] == "succeeded"
+        print(
+            f"PRIORITY backlog={BACKLOG} late={LATE} critical_wait_ms={waited * 1000:.1f} "
+            f"started={pool.started_by_priority}"
+        )
+    finally:
+        await stop_system(system)
