@@ -95,7 +95,12 @@ async def library_round_trip(nats_url: str, samples: int) -> list[float]:
     for _ in range(samples):
         task = MaintenanceTask(task_id=new_task_id(), job="ping")
         started = time.perf_counter()
-        await kv.create(task.task_id, json.dumps({"task_id": task.task_id, "kind": "maintenance", "status": "queued"}).encode())
+        await kv.create(
+            task.task_id,
+            json.dumps(
+                {"task_id": task.task_id, "kind": "maintenance", "status": "queued"}
+            ).encode(),
+        )
         await bus.submit(Kind.MAINTENANCE, task)
         while task.task_id not in done:
             await asyncio.sleep(0)
@@ -110,7 +115,9 @@ async def nats_throughput(nats_url: str, n: int) -> float:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await js.add_stream(name="BENCH", subjects=["bench.tasks"], retention="workqueue")
-    worker = subprocess.Popen([sys.executable, str(BENCH / "nats_peer.py"), nats_url, "BENCH", "bench.tasks", "4"])
+    worker = subprocess.Popen(
+        [sys.executable, str(BENCH / "nats_peer.py"), nats_url, "BENCH", "bench.tasks", "4"]
+    )
     replies = 0
     finished = asyncio.Event()
 
@@ -149,13 +156,35 @@ def celery_throughput(n: int) -> tuple[float | None, str]:
         if not shutil.which("redis-server"):
             return None, "no Redis reachable and no redis-server to start"
         port = free_port()
-        redis_server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        redis_server = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
         redis_url = f"redis://127.0.0.1:{port}/0"
         time.sleep(0.5)
     env = {**os.environ, "BENCH_REDIS_URL": redis_url}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celery_peer", "worker", "--pool", "threads", "--concurrency", "8", "--loglevel", "WARNING", "--without-heartbeat", "--without-gossip", "--without-mingle"],
-        cwd=BENCH, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_peer",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "8",
+            "--loglevel",
+            "WARNING",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=BENCH,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         os.environ["BENCH_REDIS_URL"] = redis_url
@@ -186,7 +215,10 @@ def main() -> None:
         root = Path(tmp)
         with NatsServer(root / "nats") as server:
             env = {"HELPLINE_LOG_LEVEL": "WARNING", "HELPLINE_MAINTENANCE_CONCURRENCY": "64"}
-            with ServiceProcess("gateway", server.url, root / "gw", env) as gateway, ServiceProcess("maintenance", server.url, root / "mt", env):
+            with (
+                ServiceProcess("gateway", server.url, root / "gw", env) as gateway,
+                ServiceProcess("maintenance", server.url, root / "mt", env),
+            ):
                 gateway_url = f"http://127.0.0.1:{gateway.port}"
                 trip = asyncio.run(library_round_trip(server.url, 200))
                 helpline = asyncio.run(helpline_throughput(server.url, gateway_url, n))
@@ -196,9 +228,13 @@ def main() -> None:
     print()
     print(f"{n} no-op tasks, 2 cores")
     print(f"Helpline (REST submit, durable records):   {helpline:8.0f} tasks/s")
-    print(f"bare nats-py (work queue + reply):         {bare:8.0f} tasks/s   Helpline/bare = {helpline / bare:.2f}")
+    print(
+        f"bare nats-py (work queue + reply):         {bare:8.0f} tasks/s   Helpline/bare = {helpline / bare:.2f}"
+    )
     if celery is not None:
-        print(f"Celery + Redis (threads, result backend):  {celery:8.0f} tasks/s   Helpline/Celery = {helpline / celery:.2f}")
+        print(
+            f"Celery + Redis (threads, result backend):  {celery:8.0f} tasks/s   Helpline/Celery = {helpline / celery:.2f}"
+        )
     else:
         print(f"Celery + Redis: not measured ({why})")
     print(

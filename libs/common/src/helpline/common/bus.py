@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.errors import Error as NatsError
 from nats.js import api
 from nats.js.errors import (
     APIError,
@@ -118,7 +119,9 @@ class BusLayout:
             filter_subject=subjects.events_wildcard(self.prefix),
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=30.0,
+            # Applying an event takes milliseconds: one a stopped or cut-off gateway held is
+            # back within seconds, not half a minute.
+            ack_wait=5.0,
             max_ack_pending=self.max_ack_pending,
         )
 
@@ -329,7 +332,7 @@ class Bus:
             )
         except APIError as exc:
             raise Overloaded(f"the {kind} queue is full; try again later") from exc
-        except TimeoutError as exc:
+        except (TimeoutError, NatsError) as exc:
             raise Overloaded("the bus did not acknowledge in time; try again later") from exc
 
     async def emit(self, event: TaskEvent) -> None:

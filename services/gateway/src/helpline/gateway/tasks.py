@@ -10,9 +10,12 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
-from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, kv_get
+from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
 from helpline.common.messages import (
     Answer,
     EventType,
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
 
 log = logging.getLogger(__name__)
+
+
+# What the NATS client raises when the server is down, restarting or too slow to answer.
+BUS_ERRORS = (TimeoutError, NatsTimeoutError, ConnectionClosedError, NoServersError, NatsError)
 
 
 class QueryTimeout(Exception):
@@ -74,26 +81,38 @@ class Tasks:
             fut.set_exception(exc)
 
     async def submit(self, kind: Kind, task: TaskMessage) -> tuple[TaskRecord, bool]:
-        """Create the queued record and publish; returns (record, created). Idempotent by id."""
+        """Create the queued record and publish; returns (record, created). Idempotent by id.
+
+        A record found still `queued` (a retry after a failed or timed-out submit) is
+        published again: the bus's duplicate window and the workers' check of finished
+        records make a second copy harmless, and a task that was never published now is.
+        """
         kv = await self.bus.kv(TASKS_BUCKET)
         record = TaskRecord(
             task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
         )
+        created = True
         try:
             await kv.create(task.task_id, record.to_bytes())
         except KeyWrongLastSequenceError:
             existing = await self.get(task.task_id)
-            if existing is not None:
+            if existing is None:
+                raise Overloaded("the task store is busy; try again later") from None
+            if existing.status is not Status.QUEUED:
                 return existing, False
-            raise
+            record, created = existing, False
+        except BUS_ERRORS as exc:
+            raise Overloaded("the bus did not answer in time; try again later") from exc
         try:
             await self.bus.submit(kind, task)
         except BaseException:
-            # Nothing half-way: the bus refused, so the record goes too.
-            with contextlib.suppress(Exception):
-                await kv.purge(task.task_id)
+            # Nothing half-way: the bus refused, so the record goes too (if the bus lets us;
+            # otherwise the retry finds it queued and publishes it).
+            if created:
+                with contextlib.suppress(Exception):
+                    await kv.purge(task.task_id)
             raise
-        return record, True
+        return record, created
 
     async def get(self, task_id: str) -> TaskRecord | None:
         kv = await self.bus.kv(TASKS_BUCKET)
