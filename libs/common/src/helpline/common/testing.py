@@ -97,46 +97,59 @@ class HelplineUp:
             "HELPLINE_HTTP_HOST": "127.0.0.1",
             **self.env,
         }
-        helpline = Path(sys.executable).parent / "helpline"
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [str(helpline), "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"helpline up exited ({self.process.returncode}); see {self.log_path}"
-                )
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response,
-            ):
-                if response.status == 200:
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"helpline up not ready within {timeout_s}s; see {self.log_path}")
+        self.process = _spawn(["up"], env, self.log_path)
+        try:
+            _wait_ready(self.process, f"{self.url}/readyz", timeout_s, self.log_path)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM and wait; returns the exit code."""
         proc, self.process = self.process, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return _terminate(proc, timeout_s)
 
     def __enter__(self) -> HelplineUp:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    helpline = Path(sys.executable).parent / "helpline"
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [str(helpline), *args], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log_path: Path) -> None:
+    """Until `url` answers 200; fails fast if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"helpline exited ({proc.returncode}); see {log_path}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"not ready within {timeout_s}s; see {log_path}")
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    """SIGTERM, wait, SIGKILL if it lingers; the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def _inherited_env() -> dict[str, str]:
@@ -170,31 +183,15 @@ class ServiceProcess:
             "HELPLINE_LOG_JSON": "false",
             **self.env,
         }
-        helpline = Path(sys.executable).parent / "helpline"
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [str(helpline), "run", self.service],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+        self.process = _spawn(["run", self.service], env, self.log_path)
+        try:
+            _wait_ready(
+                self.process, f"http://127.0.0.1:{self.port}/readyz", timeout_s, self.log_path
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.service} exited ({self.process.returncode}); see {self.log_path}"
-                )
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.port}/readyz", timeout=1
-                ) as response,
-            ):
-                if response.status == 200:
-                    return self
-            time.sleep(0.1)
-        self.kill()
-        raise TimeoutError(f"{self.service} not ready within {timeout_s}s; see {self.log_path}")
+        except BaseException:
+            self.kill()
+            raise
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no chance to hand anything back."""
@@ -206,16 +203,7 @@ class ServiceProcess:
     def terminate(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM and wait for the graceful exit; returns the exit code."""
         proc, self.process = self.process, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return _terminate(proc, timeout_s)
 
     def __enter__(self) -> ServiceProcess:
         return self.start()
