@@ -98,6 +98,7 @@ async def start_system(
     model: Embedder,
     *,
     store: VectorStore | None = None,
+    without: frozenset[str] = frozenset(),
     **extra: object,
 ) -> System:
     """Every service on one bus connection, as `helpline up` runs them, with a client for the API."""
@@ -122,6 +123,7 @@ async def start_system(
             settings_for(MaintenanceSettings, nats_url, prefix, data_dir, **extra)
         ),  # type: ignore[arg-type]
     ]
+    components = [c for c in components if c.name not in without]
     host = Host(gateway.settings, components, name=f"test-{prefix}")  # type: ignore[arg-type]
     await host.start()
     client = httpx.AsyncClient(

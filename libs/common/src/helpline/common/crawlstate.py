@@ -1,4 +1,7 @@
-"""A crawl's shared state in the `crawls` bucket: which URLs were claimed and how many.
+"""Crawls' and batches' shared state in the `crawls` bucket.
+
+Crawls: which URLs were claimed and how many. Batches: who is fetching now and when the
+next fetch may start, so `max_concurrent` and `delay_ms` hold across every replica.
 
 The scraper replicas claim pages here (so a page is scraped once per crawl, and
 `max_pages` holds across replicas); the gateway's tracker reads the page count to know
@@ -8,11 +11,14 @@ when every page of a crawl has finished.
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from helpline.common.bus import kv_get
+from helpline.common.messages import BatchLimits
 
 
 def _count_key(parent_id: str) -> str:
@@ -48,3 +54,55 @@ async def pages_claimed(kv: KeyValue, parent_id: str) -> int:
     """How many pages this crawl has claimed so far."""
     current = await kv_get(kv, _count_key(parent_id))
     return int(current[0]) if current else 0
+
+
+def _batch_key(parent_id: str) -> str:
+    return f"{parent_id}.gate"
+
+
+async def enter_batch_gate(
+    kv: KeyValue, parent_id: str, task_id: str, limits: BatchLimits, lease_s: float, now: float
+) -> float:
+    """Take a fetch slot of the batch; returns 0, or the seconds to wait before trying again.
+
+    Slots are leased: one held by a replica that died is free again after `lease_s`.
+    """
+    while True:
+        current = await kv_get(kv, _batch_key(parent_id))
+        state: dict[str, Any] = (
+            json.loads(current[0]) if current else {"holders": {}, "next_at": 0.0}
+        )
+        holders = {
+            t: at for t, at in state["holders"].items() if now - at < lease_s and t != task_id
+        }
+        if len(holders) >= limits.max_concurrent:
+            return 0.2
+        if now < state["next_at"]:
+            return float(state["next_at"]) - now
+        holders[task_id] = now
+        new = json.dumps({"holders": holders, "next_at": now + limits.delay_ms / 1000}).encode()
+        try:
+            if current is None:
+                await kv.create(_batch_key(parent_id), new)
+            else:
+                await kv.update(_batch_key(parent_id), new, last=current[1])
+        except KeyWrongLastSequenceError:
+            continue
+        return 0.0
+
+
+async def leave_batch_gate(kv: KeyValue, parent_id: str, task_id: str) -> None:
+    """Give the slot back."""
+    while True:
+        current = await kv_get(kv, _batch_key(parent_id))
+        if current is None:
+            return
+        state = json.loads(current[0])
+        if task_id not in state["holders"]:
+            return
+        del state["holders"][task_id]
+        try:
+            await kv.update(_batch_key(parent_id), json.dumps(state).encode(), last=current[1])
+        except KeyWrongLastSequenceError:
+            continue
+        return

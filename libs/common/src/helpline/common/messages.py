@@ -65,6 +65,13 @@ class CrawlScope(Message):
     exclude: list[str] = Field(default_factory=list)
 
 
+class BatchLimits(Message):
+    """How a batch's pages may be fetched, across every scraper replica together."""
+
+    max_concurrent: int = 5
+    delay_ms: int = 0
+
+
 class ScrapeTask(TaskMessage):
     """Fetch one page, extract and chunk it, hand the chunks to the embedder."""
 
@@ -72,6 +79,7 @@ class ScrapeTask(TaskMessage):
     brand: str
     depth: int = 0
     crawl: CrawlScope | None = None
+    batch: BatchLimits | None = None
 
 
 class CrawlTask(TaskMessage):

@@ -14,17 +14,19 @@ from fastapi.responses import JSONResponse
 from helpline.common.bus import Overloaded
 from helpline.common.errors import InputRejected
 from helpline.common.messages import (
+    BatchLimits,
     CrawlScope,
     CrawlTask,
     DeadLetter,
     MaintenanceTask,
     ScrapeTask,
     TaskMessage,
+    derived_id,
     utcnow,
 )
 from helpline.common.subjects import Kind
 from helpline.gateway import deadletters, views
-from helpline.gateway.records import Status, TaskView
+from helpline.gateway.records import Progress, Status, TaskRecord, TaskView
 from helpline.gateway.schemas import (
     Accepted,
     CrawlRequest,
@@ -36,6 +38,7 @@ from helpline.gateway.schemas import (
     ReplayAccepted,
     ReplayRequest,
     ReplicaBreakers,
+    ScrapeBatchRequest,
     ScrapeRequest,
     SourceOut,
 )
@@ -124,6 +127,42 @@ async def scrape(
         brand=body.brand,
     )
     return await submit(tasks, Kind.SCRAPE, task, request)
+
+
+@api.post("/scrape/batch", status_code=202, response_model=Accepted, responses=REFUSED)
+async def scrape_batch(
+    body: ScrapeBatchRequest, request: Request, tasks: TasksDep, key: IdempotencyKey = None
+) -> JSONResponse:
+    """Index a list of pages: a parent task whose progress counts its URLs; `max_concurrent`
+    and `delay_ms` hold across every scraper replica."""
+    parent_id = task_id_for(Kind.SCRAPE, key)
+    deadline = deadline_after(body.deadline_s)
+    limits = BatchLimits(max_concurrent=body.max_concurrent, delay_ms=body.delay_ms)
+    urls = list(dict.fromkeys(body.urls))
+    children: list[TaskMessage] = [
+        ScrapeTask(
+            task_id=derived_id(parent_id, url),
+            priority=body.priority,
+            deadline=deadline,
+            parent_id=parent_id,
+            url=url,
+            brand=body.brand,
+            batch=limits,
+        )
+        for url in urls
+    ]
+    parent = TaskRecord(
+        task_id=parent_id,
+        kind=Kind.SCRAPE,
+        priority=body.priority,
+        progress=Progress(done=0, total=len(urls)),
+    )
+    try:
+        record, _created = await tasks.submit_parent(Kind.SCRAPE, parent, children)
+    except Overloaded as exc:
+        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    body_out = accepted(request, record.task_id).model_copy(update={"status": record.status.value})
+    return JSONResponse(body_out.model_dump(), status_code=202)
 
 
 @api.post("/maintenance/ping", status_code=202, response_model=Accepted, responses=REFUSED)

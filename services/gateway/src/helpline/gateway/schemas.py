@@ -71,6 +71,32 @@ class ScrapeRequest(PageBody):
     deadline_s: float | None = DEADLINE
 
 
+class ScrapeBatchRequest(Body):
+    urls: list[str] = Field(
+        min_length=1, max_length=10_000, description="Pages to index, each a child task."
+    )
+    brand: Brand
+    max_concurrent: int = Field(
+        default=5, ge=1, le=100, description="Pages fetched at once, across replicas."
+    )
+    delay_ms: int = Field(
+        default=0, ge=0, le=60_000, description="Least time between two fetches' starts."
+    )
+    priority: Priority = Priority.LOW
+    deadline_s: float | None = DEADLINE
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, values: list[str]) -> list[str]:
+        checked = []
+        for index, value in enumerate(values):
+            try:
+                checked.append(check_http_url(value))
+            except ValueError as exc:
+                raise ValueError(f"urls[{index}] {exc}") from None
+        return checked
+
+
 class QueryRequest(Body):
     question: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)

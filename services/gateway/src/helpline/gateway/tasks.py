@@ -114,6 +114,42 @@ class Tasks:
             raise
         return record, created
 
+    async def submit_parent(
+        self, kind: Kind, parent: TaskRecord, children: list[TaskMessage]
+    ) -> tuple[TaskRecord, bool]:
+        """A parent record whose progress counts its children, then every child published.
+
+        The stream's room is checked first, so a batch that cannot fit is refused whole.
+        """
+        kv = await self.bus.kv(TASKS_BUCKET)
+        try:
+            info = await self.bus.js.stream_info(self.bus.layout.task_stream(kind))
+            room = (info.config.max_msgs or 0) - (info.state.messages or 0)
+            if info.config.max_msgs and info.config.max_msgs > 0 and room < len(children):
+                raise Overloaded(
+                    f"the {kind} queue has room for {max(room, 0)} tasks, not {len(children)}"
+                )
+            await kv.create(parent.task_id, parent.to_bytes())
+        except KeyWrongLastSequenceError:
+            existing = await self.get(parent.task_id)
+            if existing is None:
+                raise Overloaded("the task store is busy; try again later") from None
+            return existing, False
+        except BUS_ERRORS as exc:
+            raise Overloaded("the bus did not answer in time; try again later") from exc
+        for start in range(0, len(children), 200):
+            await asyncio.gather(*(self.bus.submit(kind, c) for c in children[start : start + 200]))
+        await self.bus.emit(
+            TaskEvent(
+                task_id=parent.task_id,
+                kind=kind,
+                type=EventType.STARTED,
+                priority=parent.priority,
+                attempt=1,
+            )
+        )
+        return parent, True
+
     async def get(self, task_id: str) -> TaskRecord | None:
         kv = await self.bus.kv(TASKS_BUCKET)
         current = await kv_get(kv, task_id)

@@ -38,6 +38,8 @@ class ScraperComponent:
             self.fetcher,
             ChunkingLimits(s.chunk_max_chars, s.chunk_overlap_chars),
             BreakerPolicy(failures=s.breaker_host_failures, open_s=s.breaker_host_open_s),
+            # A batch slot held by a replica that died is free again after this long.
+            batch_lease_s=s.scraper_timeout_s * 2 + 10,
         )
         return build_consumers(
             bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import CRAWLS_BUCKET, Bus
-from helpline.common.crawlstate import claim_page
-from helpline.common.errors import Permanent, Retryable
+from helpline.common.crawlstate import claim_page, enter_batch_gate, leave_batch_gate
+from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
+    BatchLimits,
     ChunkBatch,
     CrawlTask,
     EventType,
@@ -36,12 +38,18 @@ class Scraper:
     """Turns scrape and crawl tasks into chunk batches and child pages."""
 
     def __init__(
-        self, bus: Bus, fetcher: Fetcher, limits: ChunkingLimits, host_breaker: BreakerPolicy
+        self,
+        bus: Bus,
+        fetcher: Fetcher,
+        limits: ChunkingLimits,
+        host_breaker: BreakerPolicy,
+        batch_lease_s: float = 40.0,
     ) -> None:
         self.bus = bus
         self.fetcher = fetcher
         self.limits = limits
         self.host_breaker = host_breaker
+        self.lease_s = batch_lease_s
 
     async def fetch(self, url: str) -> FetchResult:
         """Fetch through the site's breaker: a site that keeps failing is left alone a while."""
@@ -56,7 +64,10 @@ class Scraper:
         return page
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
-        page = await self.fetch(task.url)
+        if task.batch is not None and task.parent_id is not None:
+            page = await self._fetch_in_batch(task, task.batch, task.parent_id)
+        else:
+            page = await self.fetch(task.url)
         ctx.checkpoint()
         doc = await asyncio.to_thread(extract, page.text, page.url)
         chunks = await asyncio.to_thread(
@@ -80,6 +91,21 @@ class Scraper:
             ),
         )
         return REPORTED_LATER
+
+    async def _fetch_in_batch(
+        self, task: ScrapeTask, limits: BatchLimits, parent_id: str
+    ) -> FetchResult:
+        """Fetch within the batch's limits, shared by every replica; waiting spends no attempt."""
+        gate = await self.bus.kv(CRAWLS_BUCKET)
+        wait = await enter_batch_gate(
+            gate, parent_id, task.task_id, limits, self.lease_s, time.time()
+        )
+        if wait:
+            raise Deferred("waiting for the batch's concurrency or delay", retry_after=wait)
+        try:
+            return await self.fetch(task.url)
+        finally:
+            await leave_batch_gate(gate, parent_id, task.task_id)
 
     async def _follow_links(self, task: ScrapeTask, doc: Document) -> None:
         scope, parent_id = task.crawl, task.parent_id
