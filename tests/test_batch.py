@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ async def test_batch_limits_hold_across_replicas_and_a_killed_replica_loses_noth
         for _ in range(200):  # until the batch is under way, then kill one replica
             if len(gauge.starts) >= 8:
                 break
-            time.sleep(0.02)
+            await asyncio.sleep(0.02)
         first.kill()
         record = await wait_terminal(system.client, batch_id, timeout_s=120)
         children = [
