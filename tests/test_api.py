@@ -124,3 +124,44 @@ async def test_probes_and_openapi(system: System) -> None:
         spec["paths"]
     )
     assert (await system.client.get("/docs")).status_code == 200
+
+
+async def test_embed_free_text_documents_then_answer_from_them(system: System) -> None:
+    documents = [
+        {
+            "id": "faq-refund",
+            "title": "Refunds",
+            "text": "Customers can request a refund within 30 days of purchase.\n\nRefunds reach the original card in five business days.",
+            "brand": "acme",
+        },
+        {
+            "id": "faq-shipping",
+            "title": "Shipping",
+            "text": "Orders ship from Rotterdam every weekday.",
+            "brand": "acme",
+        },
+    ]
+    response = await system.client.post("/api/v1/embed", json={"documents": documents})
+    assert response.status_code == 202, response.text
+    parent = await wait_terminal(system.client, response.json()["task_id"])
+    assert parent["status"] == "succeeded", parent
+    assert parent["kind"] == "embed"
+    assert parent["priority"] == "low"
+    assert parent["progress"] == {"done": 2, "total": 2}
+    answer = (
+        await system.client.post(
+            "/api/v1/query",
+            json={"question": "How long do I have to ask for my money back?", "brand": "acme"},
+        )
+    ).json()
+    assert answer["sources"][0]["url"] == "doc://acme/faq-refund"
+    assert answer["sources"][0]["title"] == "Refunds"
+    assert "30 days" in answer["answer"]
+
+
+async def test_embed_rejects_empty_text_naming_the_document(system: System) -> None:
+    response = await system.client.post(
+        "/api/v1/embed", json={"documents": [{"text": " ", "brand": "acme"}]}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "documents.0.text"

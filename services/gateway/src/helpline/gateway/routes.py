@@ -12,9 +12,11 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.responses import JSONResponse
 
 from helpline.common.bus import Overloaded
+from helpline.common.chunking import chunk_document, text_document
 from helpline.common.errors import InputRejected
 from helpline.common.messages import (
     BatchLimits,
+    ChunkBatch,
     CrawlScope,
     CrawlTask,
     DeadLetter,
@@ -24,13 +26,14 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Kind, Priority
 from helpline.gateway import deadletters, views
 from helpline.gateway.records import Progress, Status, TaskRecord, TaskView
 from helpline.gateway.schemas import (
     Accepted,
     CrawlRequest,
     DeadLetterView,
+    EmbedRequest,
     ErrorBody,
     MaintenanceRequest,
     QueryRequest,
@@ -88,6 +91,29 @@ async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request)
 
 async def submit(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> JSONResponse:
     body = await enqueue(tasks, kind, task, request)
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+async def submit_parent(
+    tasks: Tasks,
+    kind: Kind,
+    parent_id: str,
+    priority: Priority,
+    children: list[TaskMessage],
+    request: Request,
+) -> JSONResponse:
+    """A parent task whose progress counts `children`, all published; 503 if they cannot fit."""
+    parent = TaskRecord(
+        task_id=parent_id,
+        kind=kind,
+        priority=priority,
+        progress=Progress(done=0, total=len(children)),
+    )
+    try:
+        record, _created = await tasks.submit_parent(kind, parent, children)
+    except Overloaded as exc:
+        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    body = accepted(request, record.task_id).model_copy(update={"status": record.status.value})
     return JSONResponse(body.model_dump(), status_code=202)
 
 
@@ -151,18 +177,40 @@ async def scrape_batch(
         )
         for url in urls
     ]
-    parent = TaskRecord(
-        task_id=parent_id,
-        kind=Kind.SCRAPE,
-        priority=body.priority,
-        progress=Progress(done=0, total=len(urls)),
-    )
-    try:
-        record, _created = await tasks.submit_parent(Kind.SCRAPE, parent, children)
-    except Overloaded as exc:
-        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
-    body_out = accepted(request, record.task_id).model_copy(update={"status": record.status.value})
-    return JSONResponse(body_out.model_dump(), status_code=202)
+    return await submit_parent(tasks, Kind.SCRAPE, parent_id, body.priority, children, request)
+
+
+@api.post("/embed", status_code=202, response_model=Accepted, responses=REFUSED)
+async def embed_documents(
+    body: EmbedRequest, request: Request, tasks: TasksDep, key: IdempotencyKey = None
+) -> JSONResponse:
+    """Index text that is not on a web page (FAQ entries, tickets): a parent task with one
+    child per document."""
+    parent_id = task_id_for(Kind.EMBED, key)
+    deadline = deadline_after(body.deadline_s)
+    now = utcnow()
+    children: list[TaskMessage] = []
+    for index, doc in enumerate(body.documents):
+        doc_id = doc.id or str(index)
+        url = doc.url or f"doc://{doc.brand}/{doc_id}"
+        title = doc.title or doc.text[:80]
+        child_id = derived_id(parent_id, doc_id)
+        children.append(
+            ChunkBatch(
+                task_id=child_id,
+                priority=body.priority,
+                deadline=deadline,
+                parent_id=parent_id,
+                url=url,
+                title=title,
+                brand=doc.brand,
+                chunks=chunk_document(text_document(doc.text, url=url, title=title)),
+                fetched_at=now,
+                report_task_id=child_id,
+                report_kind=Kind.EMBED,
+            )
+        )
+    return await submit_parent(tasks, Kind.EMBED, parent_id, body.priority, children, request)
 
 
 @api.post("/maintenance/ping", status_code=202, response_model=Accepted, responses=REFUSED)

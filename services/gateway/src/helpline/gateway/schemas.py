@@ -97,6 +97,32 @@ class ScrapeBatchRequest(Body):
         return checked
 
 
+class EmbedDocument(Body):
+    id: (
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
+        ]
+        | None
+    ) = None
+    title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    url: str | None = Field(
+        default=None, description="Where the text lives, if anywhere; cited as the source."
+    )
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200_000)]
+    brand: Brand
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return check_http_url(value) if value is not None else None
+
+
+class EmbedRequest(Body):
+    documents: list[EmbedDocument] = Field(min_length=1, max_length=1000)
+    priority: Priority = Priority.LOW
+    deadline_s: float | None = DEADLINE
+
+
 class QueryRequest(Body):
     question: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import lxml.etree
 import lxml.html
 import trafilatura
 
+from helpline.common.chunking import Block, Document
 from helpline.common.errors import Permanent
 from helpline.scraper.urls import normalize_url
 
@@ -33,24 +33,6 @@ _BOILERPLATE_NAMES = re.compile(
     r"cookie|consent|gdpr|\b(?:feedback|helpful|breadcrumbs?|share|social|newsletter|rating|skip-link)\b",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class Block:
-    """One paragraph (or list, table, code sample) and the nearest heading above it."""
-
-    heading: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Document:
-    """A page's main content, in reading order, and every link found anywhere on it."""
-
-    url: str
-    title: str
-    blocks: list[Block]
-    links: list[str]
 
 
 def extract(html: str, url: str) -> Document:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import CRAWLS_BUCKET, Bus
+from helpline.common.chunking import Document, chunk_document
 from helpline.common.crawlstate import claim_page, enter_batch_gate, leave_batch_gate
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
@@ -22,8 +23,7 @@ from helpline.common.messages import (
 )
 from helpline.common.subjects import Kind
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
-from helpline.scraper.chunking import chunk_document
-from helpline.scraper.extract import Document, extract
+from helpline.scraper.extract import extract
 from helpline.scraper.fetch import Fetcher, FetchResult
 from helpline.scraper.urls import in_scope, normalize_url
 

@@ -1,4 +1,7 @@
-"""Cutting a document into self-describing chunks sized for embedding and retrieval."""
+"""Cutting a document into self-describing chunks sized for embedding and retrieval.
+
+Shared by the scraper (pages) and the gateway (free text sent to POST /api/v1/embed).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,34 @@ from dataclasses import dataclass
 from itertools import groupby
 
 from helpline.common.messages import Chunk
-from helpline.scraper.extract import Document
 
 # After a digit, "." is more often a list number or version ("1. Open", "v2. ") than an end.
 _SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?…。\uff01\uff1f])\s+")
 _PARAGRAPH = "\n\n"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One paragraph (or list, table, code sample) and the nearest heading above it."""
+
+    heading: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A page's main content, in reading order, and every link found anywhere on it."""
+
+    url: str
+    title: str
+    blocks: list[Block]
+    links: list[str]
+
+
+def text_document(text: str, *, url: str = "", title: str = "") -> Document:
+    """Plain text as a document: paragraphs split on blank lines, no headings, no links."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    return Document(url=url, title=title, blocks=[Block("", p) for p in paragraphs if p], links=[])
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ import itertools
 
 import pytest
 
-from helpline.scraper.chunking import chunk_document
-from helpline.scraper.extract import Block, Document
+from helpline.common.chunking import Block, Document, chunk_document, text_document
 
 
 def _doc(*blocks: tuple[str, str]) -> Document:
@@ -157,3 +156,11 @@ def test_chunking_is_deterministic() -> None:
 def test_invalid_limits_are_rejected(max_chars: int, overlap: int) -> None:
     with pytest.raises(ValueError, match="max_chars"):
         chunk_document(_doc(("H", "x")), max_chars, overlap)
+
+
+def test_text_document_splits_paragraphs_and_chunks_them() -> None:
+    doc = text_document("First paragraph  here.\n\n\nSecond   one.", url="doc://b/1", title="T")
+    assert [b.text for b in doc.blocks] == ["First paragraph here.", "Second one."]
+    chunks = chunk_document(doc)
+    assert "First paragraph here." in chunks[0].text
+    assert chunks[0].content_hash
