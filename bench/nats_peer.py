@@ -17,7 +17,7 @@ async def main(url: str, stream: str, subject: str, concurrency: int) -> None:
     async def work() -> None:
         while True:
             try:
-                msgs = await sub.fetch(64, timeout=1)
+                msgs = await sub.fetch(64, timeout=0.05)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             for msg in msgs:

@@ -1,0 +1,113 @@
+"""Critical query latency when idle and under a 10,000-page bulk re-index.
+
+Runs the real `helpline up`, indexes the sample site (tests/site), measures critical
+queries one at a time while idle; then submits a bulk batch of 10,000 distinct page URLs
+(the site's pages with a cache-busting query, so every page is fetched, extracted,
+chunked and embedded again: scrapers and embedder saturated) and measures the same
+queries while it runs. Target: loaded p99 at most 1.5x idle p99.
+
+    uv run python bench/priority.py [--backlog 10000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from helpline.common.testing import HelplineUp, serve_site
+
+SITE = Path(__file__).resolve().parent.parent / "tests" / "site"
+PAGES = [
+    "index.html",
+    "getting-started/install.html",
+    "config/wifi.html",
+    "config/firewall.html",
+    "maintenance/firmware.html",
+    "troubleshooting/reset.html",
+    "troubleshooting/leds.html",
+]
+QUESTIONS = [
+    "How long do I hold the reset button?",
+    "What does error FW-409 mean?",
+    "How do I set up a guest network?",
+    "When are firmware updates installed?",
+    "What does a red internet light mean?",
+]
+
+
+def wait_terminal(client: httpx.Client, task_id: str) -> dict:
+    while True:
+        record = client.get(f"/api/v1/tasks/{task_id}").json()
+        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+            return record
+        time.sleep(0.2)
+
+
+def latencies(client: httpx.Client, count: int) -> list[float]:
+    out = []
+    for i in range(count):
+        started = time.perf_counter()
+        response = client.post(
+            "/api/v1/query", json={"question": QUESTIONS[i % len(QUESTIONS)], "brand": "acme"}
+        )
+        response.raise_for_status()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    env = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_LEVEL": "WARNING"}
+    with (
+        tempfile.TemporaryDirectory(prefix="helpline-priority-") as tmp,
+        serve_site(SITE) as site,
+        HelplineUp(Path(tmp) / "data", env) as up,
+        httpx.Client(base_url=up.url, timeout=60) as client,
+    ):
+        crawl = client.post(
+            "/api/v1/crawl", json={"url": f"{site}/index.html", "brand": "acme"}
+        ).json()
+        wait_terminal(client, crawl["task_id"])
+        latencies(client, 20)  # warm-up
+        idle = latencies(client, args.queries)
+        urls = [f"{site}/{PAGES[i % len(PAGES)]}?rev={i}" for i in range(args.backlog)]
+        batch = client.post(
+            "/api/v1/scrape/batch",
+            json={"urls": urls, "brand": "reindex", "priority": "bulk", "max_concurrent": 6},
+        )
+        batch.raise_for_status()
+        time.sleep(3)  # let the pools fill
+        queues = {(q["kind"], q["priority"]): q for q in client.get("/api/v1/queues").json()}
+        loaded = latencies(client, args.queries)
+        waiting = queues[("scrape", "bulk")]["pending"]
+        progress = client.get(f"/api/v1/tasks/{batch.json()['task_id']}").json()["progress"]
+        client.delete(f"/api/v1/tasks/{batch.json()['task_id']}")
+    print()
+    print(
+        f"critical queries, {args.queries} each, one at a time; bulk backlog {args.backlog} pages"
+    )
+    print(
+        f"idle:   p50 {p(idle, 50):.1f} ms, p99 {p(idle, 99):.1f} ms, mean {statistics.fmean(idle):.1f} ms"
+    )
+    print(
+        f"loaded: p50 {p(loaded, 50):.1f} ms, p99 {p(loaded, 99):.1f} ms, mean {statistics.fmean(loaded):.1f} ms "
+        f"({waiting} bulk pages waiting when measured, {progress['done']}/{progress['total']} done at the end)"
+    )
+    print(f"loaded p99 / idle p99 = {p(loaded, 99) / p(idle, 99):.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
