@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from helpline.common.subjects import Kind, Priority
 
@@ -171,9 +171,6 @@ class TaskEvent(Message):
     error: TaskError | None = None
     progress_done: int | None = None
     progress_total: int | None = None
-
-
-HttpUrl = AnyHttpUrl
 
 
 class DeadLetter(Message):
