@@ -21,7 +21,7 @@ async def test_crawl_then_answer_with_cited_source(system: System, docs_site: st
     assert parent["status"] == "succeeded", parent
     assert parent["kind"] == "crawl"
     result = parent["result"]
-    # 9 HTML pages index; the 404, the PDF and the page that times out fail.
+    # 9 HTML pages index; the 404, the broken PDF and the page that times out fail.
     assert result["pages_ok"] == 9, result
     assert result["pages_failed"] == 3, result
     assert result["chunks_indexed"] >= 9
@@ -58,7 +58,7 @@ async def test_children_records_and_failures_are_readable(system: System, docs_s
     reasons = sorted(c["error"]["message"] for c in children if c["status"] == "failed")
     assert len(reasons) == 3, [(c["status"], c["error"], c["result"]) for c in children]
     assert any("404" in r for r in reasons), reasons
-    assert any("not an HTML page" in r for r in reasons), reasons
+    assert any("could not read the PDF" in r for r in reasons), reasons
     assert any("timed out" in r for r in reasons), reasons
     assert all(c["finished_at"] and c["started_at"] for c in children)
     del failed

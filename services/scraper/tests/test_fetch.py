@@ -88,6 +88,10 @@ def _handler(site: Site, release: threading.Event) -> type[BaseHTTPRequestHandle
                     release.wait(10)
                 case "/pdf":
                     self._send(200, b"%PDF-1.7", {"Content-Type": "application/pdf"})
+                case "/pdf-unlabelled":
+                    self._send(200, b"%PDF-1.7", {"Content-Type": "application/octet-stream"})
+                case "/zip":
+                    self._send(200, b"PK\x03\x04", {"Content-Type": "application/zip"})
                 case "/hop":
                     self._send(302, b"", {"Location": "/page"})
                 case "/hop-absolute":
@@ -225,8 +229,17 @@ async def test_refused_connection_is_retryable(fetcher: Fetcher) -> None:
 
 
 async def test_non_html_is_permanent(site: Site, fetcher: Fetcher) -> None:
-    with pytest.raises(Permanent, match=r"not an HTML page \(content type application/pdf\)"):
-        await fetcher.fetch(site.url("/pdf"))
+    with pytest.raises(Permanent, match=r"not an HTML page \(content type application/zip\)"):
+        await fetcher.fetch(site.url("/zip"))
+
+
+@pytest.mark.parametrize("path", ["/pdf", "/pdf-unlabelled"])
+async def test_pdfs_are_accepted_by_content_type_or_signature(
+    site: Site, fetcher: Fetcher, path: str
+) -> None:
+    result = await fetcher.fetch(site.url(path))
+    assert result.is_pdf
+    assert result.body == b"%PDF-1.7"
 
 
 async def test_xhtml_is_accepted(site: Site, fetcher: Fetcher) -> None:
@@ -236,7 +249,7 @@ async def test_xhtml_is_accepted(site: Site, fetcher: Fetcher) -> None:
 
 async def test_accepted_content_types_are_configurable(site: Site) -> None:
     async with Fetcher(LOOPBACK, content_types={"application/pdf"}) as fetcher:
-        assert (await fetcher.fetch(site.url("/pdf"))).text == "%PDF-1.7"
+        assert (await fetcher.fetch(site.url("/pdf"))).body == b"%PDF-1.7"
         with pytest.raises(Permanent, match="content type text/html"):
             await fetcher.fetch(site.url("/page"))
 

@@ -44,6 +44,11 @@ CRAWLS_BUCKET = "crawls"
 DEFERRALS_BUCKET = "deferrals"
 CANCELS_BUCKET = "cancels"
 REPLICAS_BUCKET = "replicas"
+# Per indexed page: validators for conditional GETs, chunk count, links (`pagestate`).
+PAGES_BUCKET = "pages"
+# Per scraped host: when the next request may start, shared by every scraper replica.
+HOSTS_BUCKET = "hosts"
+HOSTS_TTL_S = 24 * 3600.0
 REPLICA_TTL_S = 30.0
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired", "cancelled"})
 DUPLICATE_WINDOW_S = 120.0
@@ -210,6 +215,8 @@ class Bus:
         await self._ensure_bucket(DEFERRALS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(CANCELS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
+        await self._ensure_bucket(PAGES_BUCKET, ttl=0, history=1)
+        await self._ensure_bucket(HOSTS_BUCKET, ttl=HOSTS_TTL_S, history=1)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:

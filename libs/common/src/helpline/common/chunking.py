@@ -19,10 +19,14 @@ _PARAGRAPH = "\n\n"
 
 @dataclass(frozen=True)
 class Block:
-    """One paragraph (or list, table, code sample) and the nearest heading above it."""
+    """One paragraph (or list, table, code sample) and the nearest heading above it.
+
+    `page` is the PDF page it is printed on (1-based); None for web pages.
+    """
 
     heading: str
     text: str
+    page: int | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Document:
     title: str
     blocks: list[Block]
     links: list[str]
+    # The page's <link rel="canonical">, absolute, when it has one.
+    canonical: str | None = None
 
 
 def text_document(text: str, *, url: str = "", title: str = "") -> Document:
@@ -53,8 +59,9 @@ def chunk_document(doc: Document, max_chars: int = 700, overlap_chars: int = 100
     """Split `doc` into chunks of at most `max_chars`, each starting with its section heading."""
     if max_chars <= 0 or not 0 <= overlap_chars < max_chars:
         raise ValueError("need max_chars > 0 and 0 <= overlap_chars < max_chars")
-    texts: list[tuple[str, str]] = []
-    for heading, blocks in groupby(doc.blocks, key=lambda b: b.heading.strip()):
+    texts: list[tuple[str, str, int | None]] = []
+    # A chunk never spans two PDF pages, so each can be cited with its page.
+    for (heading, page), blocks in groupby(doc.blocks, key=lambda b: (b.heading.strip(), b.page)):
         paragraphs = [b.text.strip() for b in blocks if b.text.strip()]
         if not paragraphs:
             continue
@@ -62,16 +69,23 @@ def chunk_document(doc: Document, max_chars: int = 700, overlap_chars: int = 100
         heading_line = _truncate(heading, max_chars // 4)
         budget = max_chars - (len(heading_line) + 1 if heading_line else 0)
         for body in _pack(paragraphs, budget, overlap_chars):
-            texts.append((heading_line, f"{heading_line}\n{body}" if heading_line else body))
+            texts.append((heading_line, f"{heading_line}\n{body}" if heading_line else body, page))
     return [
         Chunk(
             text=text,
             position=position,
             heading=heading,
-            content_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            page=page,
+            content_hash=_hash(text, page),
         )
-        for position, (heading, text) in enumerate(texts)
+        for position, (heading, text, page) in enumerate(texts)
     ]
+
+
+def _hash(text: str, page: int | None) -> str:
+    # A paragraph that moves to another page must be stored again: its citation changed.
+    key = text if page is None else f"{page}\x1f{text}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _pack(paragraphs: list[str], budget: int, overlap_chars: int) -> list[str]:

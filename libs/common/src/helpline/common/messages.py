@@ -95,10 +95,27 @@ class Chunk(Message):
     position: int
     heading: str = ""
     content_hash: str
+    # The PDF page (1-based) the chunk is printed on; sources cite it as `url#page=N`.
+    page: int | None = None
+
+
+class PageState(Message):
+    """What the scraper remembers of an indexed page, for the next re-scrape (conditional GET)."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    chunks: int = 0
+    title: str = ""
+    links: list[str] = Field(default_factory=list)
 
 
 class ChunkBatch(TaskMessage):
-    """Chunks of one document to embed and index; the embedder reports on `report_task_id`."""
+    """Chunks of one document to embed and index; the embedder reports on `report_task_id`.
+
+    With `page_key`, the embedder stores `page_state` under it in the `pages` bucket once the
+    chunks are indexed (or deletes the key when `page_state` is None: the page is gone).
+    """
 
     url: str
     title: str
@@ -107,6 +124,8 @@ class ChunkBatch(TaskMessage):
     fetched_at: datetime
     report_task_id: str
     report_kind: Kind = Kind.SCRAPE
+    page_key: str | None = None
+    page_state: PageState | None = None
 
     def reported_as(self, kind: Kind) -> tuple[str, Kind]:
         return self.report_task_id, self.report_kind

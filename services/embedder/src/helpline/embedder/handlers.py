@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from helpline.common.bus import Bus
+from helpline.common.bus import PAGES_BUCKET, Bus
 from helpline.common.messages import ChunkBatch
+from helpline.common.pagestate import save_page_state
 from helpline.common.subjects import Kind
 from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext
 from helpline.embedder.indexing import Indexer
@@ -13,7 +14,14 @@ def build_consumers(
     bus: Bus, indexer: Indexer, *, concurrency: int, policy: RetryPolicy
 ) -> list[TaskConsumer]:
     async def embed(batch: ChunkBatch, ctx: TaskContext) -> Result:
-        return await indexer.index(batch)
+        result = await indexer.index(batch)
+        if batch.page_key is not None:
+            # Only now is the page in the index: the next re-scrape may ask "changed since?".
+            state = batch.page_state
+            if state is not None:
+                state = state.model_copy(update={"chunks": len(batch.chunks)})
+            await save_page_state(await bus.kv(PAGES_BUCKET), batch.page_key, state)
+        return result
 
     return [
         TaskConsumer(bus, Kind.EMBED, ChunkBatch, embed, concurrency=concurrency, policy=policy)

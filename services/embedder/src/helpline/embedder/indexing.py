@@ -49,6 +49,7 @@ class Indexer:
                         "position": chunk.position,
                         "content_hash": chunk.content_hash,
                         "fetched_at": fetched_at,
+                        **_page_fields(batch.url, chunk.page),
                     },
                 )
                 for (pid, chunk), vector in zip(changed, vectors, strict=True)
@@ -57,10 +58,20 @@ class Indexer:
         stale = [pid for pid in existing if pid not in wanted]
         if stale:
             await guarded(self.breaker, self.store.delete, stale)
+        new = sum(1 for pid, _ in changed if pid not in existing)
         return {
             "url": batch.url,
             "chunks_indexed": len(wanted),
             "embedded": len(changed),
+            "new": new,
+            "changed": len(changed) - new,
             "unchanged": len(wanted) - len(changed),
             "removed": len(stale),
         }
+
+
+def _page_fields(url: str, page: int | None) -> dict[str, Any]:
+    """A PDF chunk is cited at its page: `source_url` is what a source links to."""
+    if page is None:
+        return {}
+    return {"page": page, "source_url": f"{url}#page={page}"}

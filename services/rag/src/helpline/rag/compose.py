@@ -123,7 +123,8 @@ def merge_pages(hits: list[Hit]) -> list[_Page]:
     """One entry per page, best score first, its passages in score order."""
     pages: dict[str, _Page] = {}
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
-        url = str(hit.payload.get("url", ""))
+        # A PDF chunk's source is its page (`url#page=N`), so each page is cited on its own.
+        url = str(hit.payload.get("source_url") or hit.payload.get("url", ""))
         page = pages.get(url)
         if page is None:
             page = pages[url] = _Page(

@@ -5,12 +5,13 @@ from __future__ import annotations
 from faststream.nats import NatsRouter
 
 from helpline.common.breaker import BreakerPolicy
-from helpline.common.bus import Bus
+from helpline.common.bus import HOSTS_BUCKET, Bus
 from helpline.common.runtime import retry_policy
 from helpline.common.worker import TaskConsumer
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
 from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
+from helpline.scraper.politeness import Politeness
 from helpline.scraper.settings import ScraperSettings
 
 
@@ -32,6 +33,14 @@ class ScraperComponent:
             timeout_s=s.scraper_timeout_s,
             max_bytes=s.scraper_max_bytes,
             max_redirects=s.scraper_max_redirects,
+            max_header_bytes=s.scraper_max_header_bytes,
+        )
+        politeness = Politeness(
+            self.fetcher,
+            lambda: bus.kv(HOSTS_BUCKET),
+            host_interval_s=s.scraper_host_interval_s,
+            obey_robots=s.scraper_obey_robots,
+            robots_ttl_s=s.scraper_robots_ttl_s,
         )
         scraper = Scraper(
             bus,
@@ -40,6 +49,7 @@ class ScraperComponent:
             BreakerPolicy(failures=s.breaker_host_failures, open_s=s.breaker_host_open_s),
             # A batch slot held by a replica that died is free again after this long.
             batch_lease_s=s.scraper_timeout_s * 2 + 10,
+            politeness=politeness,
         )
         return build_consumers(
             bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s)

@@ -49,7 +49,9 @@ def extract(html: str, url: str) -> Document:
     # Pruned before trafilatura too: on short pages it falls back to dumping the whole body.
     content = _pruned(copy.deepcopy(root))
     blocks = _main_blocks(copy.deepcopy(content), url) or _fallback_blocks(content)
-    return Document(url=url, title=title, blocks=blocks, links=links)
+    return Document(
+        url=url, title=title, blocks=blocks, links=links, canonical=_canonical(root, url)
+    )
 
 
 def _main_blocks(root: Any, url: str) -> list[Block]:
@@ -218,6 +220,14 @@ def _links(root: Any, url: str) -> list[str]:
         if link is not None:
             links[link] = None
     return list(links)
+
+
+def _canonical(root: Any, url: str) -> str | None:
+    """The absolute http(s) URL of the first <link rel="canonical">, if any."""
+    for link in root.xpath("//link[@rel and @href]"):
+        if "canonical" in str(link.get("rel", "")).lower().split():
+            return normalize_url(str(link.get("href")), url)
+    return None
 
 
 def _squash(text: Any) -> str:

@@ -5,27 +5,37 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
-from helpline.common.bus import CRAWLS_BUCKET, Bus
-from helpline.common.chunking import Document, chunk_document
+from helpline.common.bus import CRAWLS_BUCKET, HOSTS_BUCKET, PAGES_BUCKET, Bus
+from helpline.common.chunking import chunk_document
 from helpline.common.crawlstate import claim_page, enter_batch_gate, leave_batch_gate
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
     BatchLimits,
+    Chunk,
     ChunkBatch,
     CrawlTask,
     EventType,
+    PageState,
     ScrapeTask,
     TaskEvent,
     derived_id,
+    utcnow,
 )
+from helpline.common.pagestate import load_page_state, page_key
 from helpline.common.subjects import Kind
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
 from helpline.scraper.extract import extract
-from helpline.scraper.fetch import Fetcher, FetchResult
-from helpline.scraper.urls import in_scope, normalize_url
+from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
+from helpline.scraper.pdf import extract_pdf
+from helpline.scraper.politeness import Politeness
+from helpline.scraper.urls import canonical_url, in_scope, normalize_url
+
+# Remembered per page so an unchanged (304) crawl page still leads to the pages it links.
+MAX_REMEMBERED_LINKS = 5_000
 
 
 @dataclass(frozen=True)
@@ -44,19 +54,30 @@ class Scraper:
         limits: ChunkingLimits,
         host_breaker: BreakerPolicy,
         batch_lease_s: float = 40.0,
+        politeness: Politeness | None = None,
     ) -> None:
         self.bus = bus
         self.fetcher = fetcher
         self.limits = limits
         self.host_breaker = host_breaker
         self.lease_s = batch_lease_s
+        self.politeness = politeness or Politeness(
+            fetcher, lambda: bus.kv(HOSTS_BUCKET), obey_robots=False
+        )
 
-    async def fetch(self, url: str) -> FetchResult:
-        """Fetch through the site's breaker: a site that keeps failing is left alone a while."""
+    async def fetch(self, url: str, validators: Validators | None = None) -> FetchResult:
+        """Fetch politely, through the site's breaker: a site that keeps failing is left alone."""
+        robots = await self.politeness.check(url)
+        await self.politeness.wait_turn(url, robots)
         breaker = self.bus.breakers.get(f"host:{urlsplit(url).hostname}", self.host_breaker)
         breaker.before_call()
         try:
-            page = await self.fetcher.fetch(url)
+            page = await self.fetcher.fetch(url, validators)
+        except Deferred as exc:
+            # The site named its own pause (Retry-After): every replica keeps it.
+            if exc.retry_after is not None:
+                await self.politeness.hold(url, exc.retry_after)
+            raise
         except Retryable as exc:
             breaker.failed_and_defer(exc)
             raise
@@ -64,36 +85,93 @@ class Scraper:
         return page
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
-        if task.batch is not None and task.parent_id is not None:
-            page = await self._fetch_in_batch(task, task.batch, task.parent_id)
-        else:
-            page = await self.fetch(task.url)
+        pages_kv = await self.bus.kv(PAGES_BUCKET)
+        key = page_key(task.brand, task.url)
+        previous = await load_page_state(pages_kv, key)
+        validators = (
+            Validators(previous.etag, previous.last_modified) if previous is not None else None
+        )
+        try:
+            if task.batch is not None and task.parent_id is not None:
+                page = await self._fetch_in_batch(task, task.batch, task.parent_id, validators)
+            else:
+                page = await self.fetch(task.url, validators)
+        except PageGone:
+            if previous is None:
+                raise
+            # Indexed before, gone now: its chunks leave the index (the embedder reports it).
+            await self._submit(task, previous.url, previous.title, [], key, None, utcnow())
+            return REPORTED_LATER
         ctx.checkpoint()
-        doc = await asyncio.to_thread(extract, page.text, page.url)
+        if page.not_modified and previous is not None:
+            if task.crawl is not None and task.parent_id is not None:
+                await self._follow_links(task, previous.links)
+            return {
+                "url": previous.url,
+                "not_modified": True,
+                "chunks_indexed": previous.chunks,
+                "embedded": 0,
+                "new": 0,
+                "changed": 0,
+                "unchanged": previous.chunks,
+                "removed": 0,
+            }
+        if page.is_pdf:
+            doc = await asyncio.to_thread(extract_pdf, page.body, page.url)
+        else:
+            doc = await asyncio.to_thread(extract, page.text, page.url)
         chunks = await asyncio.to_thread(
             chunk_document, doc, self.limits.max_chars, self.limits.overlap_chars
         )
         if task.crawl is not None and task.parent_id is not None:
-            await self._follow_links(task, doc)
+            await self._follow_links(task, doc.links)
+        url = canonical_url(page.url, doc.canonical)
+        title = doc.title or url
+        validators = page.validators
+        state = PageState(
+            url=url,
+            etag=validators.etag,
+            last_modified=validators.last_modified,
+            title=title,
+            links=doc.links[:MAX_REMEMBERED_LINKS],
+        )
+        await self._submit(task, url, title, chunks, key, state, page.fetched_at)
+        return REPORTED_LATER
+
+    async def _submit(
+        self,
+        task: ScrapeTask,
+        url: str,
+        title: str,
+        chunks: list[Chunk],
+        key: str,
+        state: PageState | None,
+        fetched_at: datetime,
+    ) -> None:
         await self.bus.submit(
             Kind.EMBED,
             ChunkBatch(
                 task_id=derived_id(task.task_id, "embed"),
                 priority=task.priority,
                 deadline=task.deadline,
-                url=page.url,
-                title=doc.title or page.url,
+                url=url,
+                title=title,
                 brand=task.brand,
                 chunks=chunks,
-                fetched_at=page.fetched_at,
+                fetched_at=fetched_at,
                 report_task_id=task.task_id,
                 report_kind=Kind.SCRAPE,
+                page_key=key,
+                page_state=state,
             ),
         )
-        return REPORTED_LATER
 
     async def _fetch_in_batch(
-        self, task: ScrapeTask, limits: BatchLimits, parent_id: str
+        self,
+        task: ScrapeTask,
+        limits: BatchLimits,
+        parent_id: str,
+        validators: Validators | None = None,
     ) -> FetchResult:
         """Fetch within the batch's limits, shared by every replica; waiting spends no attempt."""
         gate = await self.bus.kv(CRAWLS_BUCKET)
@@ -103,17 +181,17 @@ class Scraper:
         if wait:
             raise Deferred("waiting for the batch's concurrency or delay", retry_after=wait)
         try:
-            return await self.fetch(task.url)
+            return await self.fetch(task.url, validators)
         finally:
             await leave_batch_gate(gate, parent_id, task.task_id)
 
-    async def _follow_links(self, task: ScrapeTask, doc: Document) -> None:
+    async def _follow_links(self, task: ScrapeTask, links: list[str]) -> None:
         scope, parent_id = task.crawl, task.parent_id
         if scope is None or parent_id is None or task.depth >= scope.max_depth:
             return
         crawls = await self.bus.kv(CRAWLS_BUCKET)
-        for link in doc.links:
-            if not in_scope(link, scope):
+        for link in links:
+            if not in_scope(link, scope) or not await self.politeness.allowed(link):
                 continue
             if not await claim_page(crawls, parent_id, link, scope.max_pages):
                 continue
@@ -155,6 +233,13 @@ class Scraper:
         # Submitted even when already claimed: a redelivered crawl re-publishes its first page,
         # which the bus's duplicate window (same task id) drops if it was already sent.
         await self._start_page(task.task_id, task, root, 0)
+        if task.scope.max_depth > 0:
+            # Pages only the sitemap knows of (not linked from the start page's subtree).
+            for url in await self.politeness.sitemap_urls(root):
+                if not in_scope(url, task.scope) or not await self.politeness.allowed(url):
+                    continue
+                if await claim_page(crawls, task.task_id, url, task.scope.max_pages):
+                    await self._start_page(task.task_id, task, url, 1)
         return REPORTED_LATER
 
 

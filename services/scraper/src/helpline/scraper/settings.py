@@ -22,6 +22,20 @@ class ScraperSettings(HelplineSettings):
     scraper_max_redirects: int = Field(
         default=5, description="Redirect hops followed, each re-checked."
     )
+    scraper_max_header_bytes: int = Field(
+        default=32_768, description="Largest response header block accepted."
+    )
+    scraper_obey_robots: bool = Field(
+        default=True, description="Follow robots.txt (RFC 9309), Crawl-delay included."
+    )
+    scraper_host_interval_s: float = Field(
+        default=0.1,
+        description="Least time between two requests to one host, across every replica "
+        "(a site's Crawl-delay lengthens it).",
+    )
+    scraper_robots_ttl_s: float = Field(
+        default=3600.0, description="How long a site's robots.txt is kept before it is read again."
+    )
     chunk_max_chars: int = Field(
         default=700,
         description="Longest chunk, in characters (about 150 tokens: the model is several times faster below 256).",

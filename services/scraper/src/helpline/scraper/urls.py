@@ -79,6 +79,16 @@ def same_site(url: str, root: str) -> bool:
     return _site_host(pa.hostname) == _site_host(pb.hostname) and pa.port == pb.port
 
 
+def canonical_url(url: str, canonical: str | None) -> str:
+    """The page's declared canonical URL if it is http(s) on the same site, else `url`."""
+    if canonical is None:
+        return url
+    normalized = normalize_url(canonical)
+    if normalized is None or not same_site(normalized, url):
+        return url
+    return normalized
+
+
 def in_scope(url: str, scope: CrawlScope) -> bool:
     """Whether a crawl limited by `scope` may visit `url`."""
     normalized, root = normalize_url(url), normalize_url(scope.root_url)
