@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import threading
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from helpline.scraper.fetch import (
     DEFAULT_USER_AGENT,
     Fetcher,
     GuardedTransport,
+    Validators,
     decode_body,
     parse_retry_after,
 )
@@ -90,6 +93,29 @@ def _handler(site: Site, release: threading.Event) -> type[BaseHTTPRequestHandle
                     self._send(200, b"%PDF-1.7", {"Content-Type": "application/pdf"})
                 case "/pdf-unlabelled":
                     self._send(200, b"%PDF-1.7", {"Content-Type": "application/octet-stream"})
+                case "/gzip":
+                    self._send(
+                        200, gzip.compress(PAGE.encode()), html | {"Content-Encoding": "gzip"}
+                    )
+                case "/deflate-raw":
+                    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+                    raw = packer.compress(PAGE.encode()) + packer.flush()
+                    self._send(200, raw, html | {"Content-Encoding": "deflate"})
+                case "/brotli":
+                    self._send(200, b"\x0b\x02\x80hi\x03", html | {"Content-Encoding": "br"})
+                case "/bomb":
+                    bomb = gzip.compress(b"<p>" + b"a" * 50_000 + b"</p>")
+                    self._send(200, bomb, html | {"Content-Encoding": "gzip"})
+                case "/etag":
+                    if self.headers.get("If-None-Match") == '"v1"':
+                        self._send(304, b"", {"ETag": '"v1"'}, length=False)
+                    else:
+                        self._send(
+                            200,
+                            PAGE.encode(),
+                            html
+                            | {"ETag": '"v1"', "Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"},
+                        )
                 case "/zip":
                     self._send(200, b"PK\x03\x04", {"Content-Type": "application/zip"})
                 case "/hop":
@@ -375,3 +401,27 @@ async def test_every_redirect_hop_is_checked_even_with_an_injected_transport() -
         with pytest.raises(BlockedAddress):
             await fetcher.fetch("http://93.184.215.14/start")
     assert seen == ["http://93.184.215.14/start"]
+
+
+@pytest.mark.parametrize("path", ["/gzip", "/deflate-raw"])
+async def test_compressed_pages_are_inflated(site: Site, fetcher: Fetcher, path: str) -> None:
+    assert (await fetcher.fetch(site.url(path))).text == PAGE
+
+
+async def test_unsupported_encodings_are_refused(site: Site, fetcher: Fetcher) -> None:
+    with pytest.raises(Permanent, match="unsupported content encoding"):
+        await fetcher.fetch(site.url("/brotli"))
+
+
+async def test_the_size_cap_counts_inflated_bytes(site: Site, fetcher: Fetcher) -> None:
+    with pytest.raises(Permanent, match="response larger than 1000 bytes"):
+        await fetcher.fetch(site.url("/bomb"))
+
+
+async def test_conditional_get_reports_an_unchanged_page(site: Site, fetcher: Fetcher) -> None:
+    first = await fetcher.fetch(site.url("/etag"))
+    assert first.validators == Validators('"v1"', "Wed, 21 Oct 2015 07:28:00 GMT")
+    again = await fetcher.fetch(site.url("/etag"), first.validators)
+    assert again.not_modified
+    assert site.requests[-1][1]["if-none-match"] == '"v1"'
+    assert site.requests[-1][1]["if-modified-since"] == "Wed, 21 Oct 2015 07:28:00 GMT"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from faststream.nats import NatsRouter
 
 from helpline.common.breaker import BreakerPolicy
@@ -11,6 +13,7 @@ from helpline.common.worker import TaskConsumer
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
 from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
+from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
 from helpline.scraper.settings import ScraperSettings
 
@@ -21,6 +24,7 @@ class ScraperComponent:
     def __init__(self, settings: ScraperSettings) -> None:
         self.settings = settings
         self.fetcher: Fetcher | None = None
+        self.parser: Parser | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return []
@@ -35,6 +39,7 @@ class ScraperComponent:
             max_redirects=s.scraper_max_redirects,
             max_header_bytes=s.scraper_max_header_bytes,
         )
+        self.parser = Parser(processes=s.scraper_extract_processes)
         politeness = Politeness(
             self.fetcher,
             lambda: bus.kv(HOSTS_BUCKET),
@@ -50,6 +55,7 @@ class ScraperComponent:
             # A batch slot held by a replica that died is free again after this long.
             batch_lease_s=s.scraper_timeout_s * 2 + 10,
             politeness=politeness,
+            parser=self.parser,
         )
         return build_consumers(
             bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s)
@@ -61,3 +67,5 @@ class ScraperComponent:
     async def stop(self) -> None:
         if self.fetcher is not None:
             await self.fetcher.aclose()
+        if self.parser is not None:
+            await asyncio.to_thread(self.parser.close)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +9,6 @@ from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import CRAWLS_BUCKET, HOSTS_BUCKET, PAGES_BUCKET, Bus
-from helpline.common.chunking import chunk_document
 from helpline.common.crawlstate import claim_page, enter_batch_gate, leave_batch_gate
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
@@ -28,9 +26,8 @@ from helpline.common.messages import (
 from helpline.common.pagestate import load_page_state, page_key
 from helpline.common.subjects import Kind
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
-from helpline.scraper.extract import extract
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
-from helpline.scraper.pdf import extract_pdf
+from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
 from helpline.scraper.urls import canonical_url, in_scope, normalize_url
 
@@ -55,12 +52,14 @@ class Scraper:
         host_breaker: BreakerPolicy,
         batch_lease_s: float = 40.0,
         politeness: Politeness | None = None,
+        parser: Parser | None = None,
     ) -> None:
         self.bus = bus
         self.fetcher = fetcher
         self.limits = limits
         self.host_breaker = host_breaker
         self.lease_s = batch_lease_s
+        self.parser = parser or Parser()
         self.politeness = politeness or Politeness(
             fetcher, lambda: bus.kv(HOSTS_BUCKET), obey_robots=False
         )
@@ -116,12 +115,12 @@ class Scraper:
                 "unchanged": previous.chunks,
                 "removed": 0,
             }
-        if page.is_pdf:
-            doc = await asyncio.to_thread(extract_pdf, page.body, page.url)
-        else:
-            doc = await asyncio.to_thread(extract, page.text, page.url)
-        chunks = await asyncio.to_thread(
-            chunk_document, doc, self.limits.max_chars, self.limits.overlap_chars
+        doc, chunks = await self.parser.parse(
+            page.url,
+            page.text,
+            page.body if page.is_pdf else None,
+            self.limits.max_chars,
+            self.limits.overlap_chars,
         )
         if task.crawl is not None and task.parent_id is not None:
             await self._follow_links(task, doc.links)

@@ -33,6 +33,11 @@ class ScraperSettings(HelplineSettings):
         description="Least time between two requests to one host, across every replica "
         "(a site's Crawl-delay lengthens it).",
     )
+    scraper_extract_processes: int = Field(
+        default=0,
+        description="Worker processes extracting pages (0: a thread, one core in all); "
+        "set it to the cores the scraper may use.",
+    )
     scraper_robots_ttl_s: float = Field(
         default=3600.0, description="How long a site's robots.txt is kept before it is read again."
     )

@@ -1,0 +1,49 @@
+"""A fetched page to its document and chunks, in worker processes when there are cores to spare.
+
+Extraction is pure Python over lxml trees and holds the GIL: threads give one core in all.
+`Parser(processes=N)` runs it in N spawned worker processes instead (spawned, not forked:
+the scraper's process has threads, and a fork copies their locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
+
+from helpline.common.chunking import Document, chunk_document
+from helpline.common.messages import Chunk
+from helpline.scraper.extract import extract
+from helpline.scraper.pdf import extract_pdf
+
+
+def parse_page(
+    url: str, html: str, pdf: bytes | None, max_chars: int, overlap_chars: int
+) -> tuple[Document, list[Chunk]]:
+    """Extract an HTML page (or a PDF, when `pdf` is given) and chunk it."""
+    doc = extract_pdf(pdf, url) if pdf is not None else extract(html, url)
+    return doc, chunk_document(doc, max_chars, overlap_chars)
+
+
+class Parser:
+    """Runs `parse_page` in a process pool (`processes` > 0) or in a thread."""
+
+    def __init__(self, processes: int = 0) -> None:
+        self._pool: Executor | None = None
+        if processes > 0:
+            self._pool = ProcessPoolExecutor(
+                max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+            )
+
+    async def parse(
+        self, url: str, html: str, pdf: bytes | None, max_chars: int, overlap_chars: int
+    ) -> tuple[Document, list[Chunk]]:
+        args = (url, html, pdf, max_chars, overlap_chars)
+        if self._pool is None:
+            return await asyncio.to_thread(parse_page, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, parse_page, *args)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import pytest
+
+from helpline.scraper.parsing import Parser
+
+PAGE = (
+    "<html><head><title>Reset</title></head><body><main><h1>Reset</h1>"
+    "<p>Hold the reset button for twelve seconds.</p><a href='/next.html'>next</a>"
+    "</main></body></html>"
+)
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+async def test_pages_parse_in_a_thread_or_in_worker_processes(processes: int) -> None:
+    parser = Parser(processes=processes)
+    try:
+        doc, chunks = await parser.parse("http://docs.example/reset.html", PAGE, None, 700, 100)
+    finally:
+        parser.close()
+    assert doc.title == "Reset"
+    assert doc.links == ["http://docs.example/next.html"]
+    assert chunks[0].text.startswith("Reset\nHold the reset button for twelve seconds.")
