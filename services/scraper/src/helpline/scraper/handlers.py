@@ -9,7 +9,12 @@ from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import CRAWLS_BUCKET, HOSTS_BUCKET, PAGES_BUCKET, Bus
-from helpline.common.crawlstate import claim_page, enter_batch_gate, leave_batch_gate
+from helpline.common.crawlstate import (
+    claim_page,
+    enter_batch_gate,
+    leave_batch_gate,
+    pages_claimed,
+)
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
     BatchLimits,
@@ -239,6 +244,8 @@ class Scraper:
                     continue
                 if await claim_page(crawls, task.task_id, url, task.scope.max_pages):
                     await self._start_page(task.task_id, task, url, 1)
+                elif await pages_claimed(crawls, task.task_id) >= task.scope.max_pages:
+                    break  # a sitemap may list far more pages than the crawl may take
         return REPORTED_LATER
 
 
