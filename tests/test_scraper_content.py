@@ -84,7 +84,10 @@ def _page(sections: dict[str, str]) -> bytes:
 
 @pytest.fixture
 def mutable_site(tmp_path: Path) -> Iterator[tuple[str, MutableSite]]:
-    site = MutableSite(pages={"/hub.html": _page(SECTIONS), "/manual.pdf": MANUAL})
+    index = b'<html><body><main><p>Guides for the hub.</p><a href="/hub.html">Hub</a></main></body></html>'
+    site = MutableSite(
+        pages={"/index.html": index, "/hub.html": _page(SECTIONS), "/manual.pdf": MANUAL}
+    )
     routes = {path: site.route(path) for path in site.pages}
     with serve_site(tmp_path, routes=routes) as url:
         yield url, site
@@ -174,3 +177,25 @@ async def test_rescrapes_embed_only_what_changed_and_drop_removed_pages(
     after = await scrape(system, url)
     assert after["status"] == "failed"
     assert "404" in after["error"]["message"]
+
+
+async def test_a_recrawl_of_unchanged_pages_embeds_nothing_and_still_follows_links(
+    system: System, mutable_site: tuple[str, MutableSite]
+) -> None:
+    base, site = mutable_site
+
+    async def crawl() -> dict[str, Any]:
+        body = {"url": f"{base}/index.html", "brand": "acme", "max_pages": 10}
+        response = await system.client.post("/api/v1/crawl", json=body)
+        assert response.status_code == 202, response.text
+        return await wait_terminal(system.client, response.json()["task_id"])
+
+    first = await crawl()
+    assert first["status"] == "succeeded", first
+    assert first["result"]["pages_ok"] == 2, first
+    second = await crawl()
+    assert second["status"] == "succeeded", second
+    # Both pages answered 304, and the unchanged index still led to the hub page.
+    assert second["result"]["pages_ok"] == 2, second
+    assert second["result"]["chunks_indexed"] == first["result"]["chunks_indexed"]
+    assert sorted(site.hits[-2:]) == [("/hub.html", 304), ("/index.html", 304)]

@@ -107,7 +107,8 @@ class PageState(Message):
     last_modified: str | None = None
     chunks: int = 0
     title: str = ""
-    links: list[str] = Field(default_factory=list)
+    # Kept for crawl pages only (None: not kept), so a 304 still leads to the linked pages.
+    links: list[str] | None = None
 
 
 class ChunkBatch(TaskMessage):

@@ -37,7 +37,7 @@ from helpline.scraper.politeness import Politeness
 from helpline.scraper.urls import canonical_url, in_scope, normalize_url
 
 # Remembered per page so an unchanged (304) crawl page still leads to the pages it links.
-MAX_REMEMBERED_LINKS = 5_000
+MAX_REMEMBERED_LINKS = 2_000
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,13 @@ class Scraper:
         pages_kv = await self.bus.kv(PAGES_BUCKET)
         key = page_key(task.brand, task.url)
         previous = await load_page_state(pages_kv, key)
+        crawling = task.crawl is not None and task.parent_id is not None
+        # A crawl page may be skipped as unchanged only if its links were kept to follow.
+        conditional = previous is not None and (not crawling or previous.links is not None)
         validators = (
-            Validators(previous.etag, previous.last_modified) if previous is not None else None
+            Validators(previous.etag, previous.last_modified)
+            if previous is not None and conditional
+            else None
         )
         try:
             if task.batch is not None and task.parent_id is not None:
@@ -108,8 +113,8 @@ class Scraper:
             return REPORTED_LATER
         ctx.checkpoint()
         if page.not_modified and previous is not None:
-            if task.crawl is not None and task.parent_id is not None:
-                await self._follow_links(task, previous.links)
+            if crawling:
+                await self._follow_links(task, previous.links or [])
             return {
                 "url": previous.url,
                 "not_modified": True,
@@ -127,7 +132,7 @@ class Scraper:
             self.limits.max_chars,
             self.limits.overlap_chars,
         )
-        if task.crawl is not None and task.parent_id is not None:
+        if crawling:
             await self._follow_links(task, doc.links)
         url = canonical_url(page.url, doc.canonical)
         title = doc.title or url
@@ -137,7 +142,7 @@ class Scraper:
             etag=validators.etag,
             last_modified=validators.last_modified,
             title=title,
-            links=doc.links[:MAX_REMEMBERED_LINKS],
+            links=doc.links[:MAX_REMEMBERED_LINKS] if crawling else None,
         )
         await self._submit(task, url, title, chunks, key, state, page.fetched_at)
         return REPORTED_LATER
