@@ -11,6 +11,7 @@ from helpline.common.worker import TaskConsumer
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
 from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
+from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
 from helpline.scraper.settings import ScraperSettings
 
 
@@ -20,6 +21,7 @@ class ScraperComponent:
     def __init__(self, settings: ScraperSettings) -> None:
         self.settings = settings
         self.fetcher: Fetcher | None = None
+        self.renderer: Renderer | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return []
@@ -33,6 +35,27 @@ class ScraperComponent:
             max_bytes=s.scraper_max_bytes,
             max_redirects=s.scraper_max_redirects,
         )
+        self.renderer = Renderer(
+            BrowserPool(
+                AllowList.parse(s.scraper_allowed_hosts),
+                BrowserOptions(
+                    executable_path=s.browser_executable_path,
+                    pages=s.browser_pages,
+                    page_uses=s.browser_page_uses,
+                    browser_uses=s.browser_uses,
+                    max_rss_mb=s.browser_max_rss_mb,
+                    timeout_s=s.browser_timeout_s,
+                    settle_s=s.browser_settle_s,
+                    min_text_chars=s.render_min_text_chars,
+                    max_bytes=s.scraper_max_bytes,
+                    user_agent=s.scraper_user_agent,
+                ),
+            ),
+            bus.breakers.get(
+                "browser",
+                BreakerPolicy(failures=s.breaker_browser_failures, open_s=s.breaker_browser_open_s),
+            ),
+        )
         scraper = Scraper(
             bus,
             self.fetcher,
@@ -40,6 +63,7 @@ class ScraperComponent:
             BreakerPolicy(failures=s.breaker_host_failures, open_s=s.breaker_host_open_s),
             # A batch slot held by a replica that died is free again after this long.
             batch_lease_s=s.scraper_timeout_s * 2 + 10,
+            renderer=self.renderer,
         )
         return build_consumers(
             bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s)
@@ -51,3 +75,5 @@ class ScraperComponent:
     async def stop(self) -> None:
         if self.fetcher is not None:
             await self.fetcher.aclose()
+        if self.renderer is not None:
+            await self.renderer.pool.close()

@@ -25,6 +25,7 @@ from helpline.common.subjects import Kind
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
 from helpline.scraper.extract import extract
 from helpline.scraper.fetch import Fetcher, FetchResult
+from helpline.scraper.render import Renderer
 from helpline.scraper.urls import in_scope, normalize_url
 
 
@@ -44,12 +45,14 @@ class Scraper:
         limits: ChunkingLimits,
         host_breaker: BreakerPolicy,
         batch_lease_s: float = 40.0,
+        renderer: Renderer | None = None,
     ) -> None:
         self.bus = bus
         self.fetcher = fetcher
         self.limits = limits
         self.host_breaker = host_breaker
         self.lease_s = batch_lease_s
+        self.renderer = renderer
 
     async def fetch(self, url: str) -> FetchResult:
         """Fetch through the site's breaker: a site that keeps failing is left alone a while."""
@@ -68,6 +71,8 @@ class Scraper:
             page = await self._fetch_in_batch(task, task.batch, task.parent_id)
         else:
             page = await self.fetch(task.url)
+        if self.renderer is not None:
+            page = await self.renderer.maybe_render(page, task.render)
         ctx.checkpoint()
         doc = await asyncio.to_thread(extract, page.text, page.url)
         chunks = await asyncio.to_thread(
@@ -132,6 +137,7 @@ class Scraper:
             brand=origin.brand,
             depth=depth,
             crawl=scope,
+            render=origin.render,
         )
         # The record exists (and the parent counts it) before the page can finish.
         await self.bus.emit(
