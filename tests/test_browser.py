@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from e2e_helpers import wait_terminal
 
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.embedding import Embedder
+from helpline.common.errors import Retryable
 from helpline.common.messages import RenderMode, utcnow
 from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.testing import serve_site
@@ -164,8 +168,25 @@ def site(tmp_path_factory: pytest.TempPathFactory, canary: Canary) -> Iterator[s
     (root / "hop.html").write_text(
         f'<html><body><script>location.href = "{canary_url}/navigated";</script></body></html>'
     )
-    with serve_site(root) as url:
+    (root / "stuck.html").write_text(
+        '<html><body><div id="app"></div><script src="/slow.js"></script></body></html>'
+    )
+    with serve_site(root, routes={"/slow.js": _slow_script}) as url:
         yield url
+
+
+SLOW_SCRIPT_REQUESTED = threading.Event()
+
+
+def _slow_script(request: SimpleHTTPRequestHandler) -> None:
+    SLOW_SCRIPT_REQUESTED.set()
+    time.sleep(2.0)
+    with contextlib.suppress(OSError):
+        request.send_response(200)
+        request.send_header("Content-Type", "text/javascript")
+        request.send_header("Content-Length", "2")
+        request.end_headers()
+        request.wfile.write(b"1;")
 
 
 def options(chromium: str, **extra: object) -> BrowserOptions:
@@ -289,6 +310,32 @@ async def test_pool_reuses_pages_recycles_and_leaves_no_process(site: str, chrom
         await pool.close()
     assert marked_processes(marker) == []
     assert all(group_members(g) == [] for g in groups)
+
+
+async def test_a_browser_crash_is_retried_counted_and_recovered(site: str, chromium: str) -> None:
+    pool = BrowserPool(AllowList.parse("127.0.0.1"), options(chromium))
+    renderer = Renderer(pool, breaker())
+    stuck = fetched(
+        f"{site}/stuck.html", (await asyncio.to_thread(_get, f"{site}/stuck.html")).decode()
+    )
+    try:
+        SLOW_SCRIPT_REQUESTED.clear()
+        rendering = asyncio.create_task(renderer.render(stuck))
+        await asyncio.to_thread(SLOW_SCRIPT_REQUESTED.wait, 15)
+        for pid in marked_processes(pool.marker):
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with pytest.raises(Retryable, match="browser failed"):
+            await rendering
+        assert renderer.breaker.snapshot()["consecutive_failures"] == 1
+        html = (await asyncio.to_thread(_get, f"{site}/portal.html")).decode()
+        page = await renderer.render(fetched(f"{site}/portal.html", html))
+        assert "seven seconds" in page.text
+        assert pool.launches == 2
+        assert renderer.breaker.snapshot()["consecutive_failures"] == 0
+    finally:
+        await pool.close()
+    assert marked_processes(pool.marker) == []
 
 
 def test_a_killed_scraper_leaves_no_browser(site: str, chromium: str) -> None:

@@ -54,7 +54,7 @@ from helpline.common.messages import RenderMode, utcnow
 from helpline.scraper.fetch import FetchResult, GuardedTransport
 from helpline.scraper.guard import AllowList, resolve_checked
 
-_SCRIPT = re.compile(rb"<script\b", re.IGNORECASE)
+_SCRIPT = re.compile(r"<script\b", re.IGNORECASE)
 _INVISIBLE = ("script", "style", "noscript", "template")
 # What text extraction never needs; skipping them also keeps the guard's work small.
 _SKIPPED_RESOURCES = frozenset({"image", "media", "font"})
@@ -117,7 +117,7 @@ def needs_browser(page: FetchResult, mode: RenderMode, min_text_chars: int) -> b
         return False
     if mode is RenderMode.ALWAYS:
         return True
-    if not _SCRIPT.search(page.text.encode("utf-8", errors="ignore")):
+    if not _SCRIPT.search(page.text):
         return False
     return visible_text_length(page.text) < min_text_chars
 
@@ -282,6 +282,13 @@ class BrowserPool:
         )
 
     async def _give_back(self, slot: _Slot, ok: bool, run: _BrowserRun | None) -> None:
+        if ok:
+            try:
+                # Stop the page's scripts and forget its cookies before the next site's page.
+                await slot.page.goto("about:blank")
+                await slot.context.clear_cookies()
+            except PlaywrightError:
+                ok = False
         slot.state = _RenderState()
         if run is not None and not run.retiring and await self._worn_out(run):
             run.retiring = True
@@ -386,21 +393,22 @@ class BrowserPool:
 
     async def _intercept(self, slot: _Slot, route: Route) -> None:
         state = slot.state
-        request = route.request
         state.requests += 1
         state.inflight += 1
         state.last_activity = time.monotonic()
         try:
-            await self._answer(slot, state, route, request)
-        except PlaywrightError:
-            pass  # the page went away (closed, navigated) while we answered
+            async with asyncio.timeout(self.options.timeout_s):
+                await self._answer(state, route, route.request)
+        except Exception:
+            # Whatever went wrong (a slow drip, a page that went away, a pool shutting down),
+            # the request gets no answer from the network.
+            with contextlib.suppress(Exception):
+                await route.abort("failed")
         finally:
             state.inflight -= 1
             state.last_activity = time.monotonic()
 
-    async def _answer(
-        self, slot: _Slot, state: _RenderState, route: Route, request: Request
-    ) -> None:
+    async def _answer(self, state: _RenderState, route: Route, request: Request) -> None:
         main_navigation = request.is_navigation_request() and request.frame.parent_frame is None
         if main_navigation and state.preloaded is not None:
             url, body, content_type = state.preloaded
