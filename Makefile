@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
 
-.PHONY: up test lint typecheck contracts bench-query bench-embedding bench-throughput bench-priority deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-embedding bench-throughput bench-priority bench-render deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -37,6 +37,9 @@ bench-throughput: install
 
 bench-priority: install
 	$(UV) run python bench/priority.py
+
+bench-render: install
+	$(UV) run python bench/render.py
 
 deploy-check: install
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/validate.sh

@@ -43,7 +43,7 @@ class ScraperComponent:
                     pages=s.browser_pages,
                     page_uses=s.browser_page_uses,
                     browser_uses=s.browser_uses,
-                    max_rss_mb=s.browser_max_rss_mb,
+                    max_memory_mb=s.browser_max_memory_mb,
                     timeout_s=s.browser_timeout_s,
                     settle_s=s.browser_settle_s,
                     min_text_chars=s.render_min_text_chars,

@@ -128,7 +128,7 @@ class BrowserOptions:
     pages: int = 4
     page_uses: int = 50
     browser_uses: int = 1000
-    max_rss_mb: int = 1500
+    max_memory_mb: int = 1500
     timeout_s: float = 20.0
     settle_s: float = 2.0
     min_text_chars: int = 200
@@ -303,8 +303,8 @@ class BrowserPool:
             return True
         if run.process_group is None or run.renders % 10:
             return False
-        rss = await asyncio.to_thread(_group_rss_bytes, run.process_group)
-        return rss > self.options.max_rss_mb * 1024 * 1024
+        used = await asyncio.to_thread(_group_memory_bytes, run.process_group)
+        return used > self.options.max_memory_mb * 1024 * 1024
 
     async def _close_slot(self, slot: _Slot) -> None:
         with contextlib.suppress(PlaywrightError):
@@ -599,10 +599,21 @@ def _find_process_group(marker: str) -> int | None:
     return None
 
 
-def _group_rss_bytes(pgid: int) -> int:
-    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+def _group_memory_bytes(pgid: int) -> int:
+    """Memory of a process group: the sum of its processes' proportional set sizes.
+
+    Chromium's processes share most of their pages, so summing RSS would count them many times.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
     total = 0
     for pid in group_members(pgid):
+        rollup = _read(f"/proc/{pid}/smaps_rollup")
+        pss = next(
+            (line.split()[1] for line in rollup.splitlines() if line.startswith(b"Pss:")), None
+        )
+        if pss is not None:
+            total += int(pss) * 1024
+            continue
         parts = _read(f"/proc/{pid}/statm").split()
         if len(parts) > 1:
             total += int(parts[1]) * page

@@ -51,8 +51,9 @@ class ScraperSettings(HelplineSettings):
     browser_uses: int = Field(
         default=1000, ge=1, description="Renders before the browser is restarted."
     )
-    browser_max_rss_mb: int = Field(
-        default=1500, description="Browser memory (all its processes) that restarts it."
+    browser_max_memory_mb: int = Field(
+        default=1500,
+        description="Browser memory (proportional set size of all its processes) that restarts it.",
     )
     browser_timeout_s: float = Field(default=20.0, description="Per-page render timeout.")
     browser_settle_s: float = Field(
