@@ -24,7 +24,7 @@ from e2e_helpers import wait_terminal
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.embedding import Embedder
 from helpline.common.errors import Retryable
-from helpline.common.messages import RenderMode, utcnow
+from helpline.common.messages import utcnow
 from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.testing import serve_site
 from helpline.scraper.app import ScraperComponent
@@ -33,7 +33,6 @@ from helpline.scraper.guard import AllowList
 from helpline.scraper.render import (
     BrowserOptions,
     BrowserPool,
-    BrowserUnavailable,
     Renderer,
     group_members,
     marked_processes,
@@ -377,21 +376,19 @@ def test_a_killed_scraper_leaves_no_browser(site: str, chromium: str) -> None:
     assert marked_processes(marker) == []
 
 
-async def test_without_a_browser_only_pages_that_need_one_fail() -> None:
-    pool = BrowserPool(AllowList(), BrowserOptions(executable_path="/nonexistent/chromium"))
+async def test_a_browser_past_its_memory_limit_is_restarted(site: str, chromium: str) -> None:
+    # Memory is checked every tenth render; no Chromium fits in 1 MB.
+    pool = BrowserPool(AllowList.parse("127.0.0.1"), options(chromium, max_memory_mb=1))
     renderer = Renderer(pool, breaker())
+    plain = fetched(f"{site}/plain.html", f"<p>{FILLER}</p>")
     try:
-        plain = fetched("http://example.test/", f"<p>{FILLER}</p><script>1</script>")
-        assert await renderer.maybe_render(plain, RenderMode.AUTO) is plain
-        thin = fetched("http://example.test/app", "<div id=app></div><script>1</script>")
-        assert await renderer.maybe_render(thin, RenderMode.NEVER) is thin
-        with pytest.raises(BrowserUnavailable, match="needs a browser"):
-            await renderer.maybe_render(thin, RenderMode.AUTO)
-        with pytest.raises(BrowserUnavailable, match="needs a browser"):
-            await renderer.maybe_render(plain, RenderMode.ALWAYS)
+        for _ in range(11):
+            await renderer.render(plain)
+        assert pool.launches == 2
+        assert pool.pages_opened == 2
     finally:
         await pool.close()
-    assert pool.launches == 0
+    assert marked_processes(pool.marker) == []
 
 
 def _get(url: str) -> bytes:

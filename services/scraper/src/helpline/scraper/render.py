@@ -326,6 +326,8 @@ class BrowserPool:
                 return run
             if run is not None:
                 run.retiring = True
+            if self.options.executable_path:
+                self.executable()  # a missing browser fails before the driver starts
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
             executable = self.executable()
@@ -477,24 +479,22 @@ class Renderer:
     async def render(self, fetched: FetchResult) -> FetchResult:
         """Load `fetched` (its HTML is served to the browser as is) and return the rendered DOM."""
         self.breaker.before_call()
+        crashed = False
         try:
-            async with asyncio.timeout(self.pool.options.timeout_s + self.pool.options.settle_s):
-                html, url = await self._render(fetched)
-        except BrowserUnavailable:
-            self.breaker.succeeded()
-            raise
-        except (BlockedAddress, Retryable):
-            raise
-        except (TimeoutError, PlaywrightTimeoutError) as exc:
-            self.breaker.succeeded()  # a slow site says nothing against the browser
-            raise Retryable(f"timed out rendering {fetched.url}") from exc
+            html, url = await self._render(fetched)
         except _BrowserCrashed as exc:
+            crashed = True
             self.breaker.failed_and_defer(exc)
             raise Retryable(f"the browser failed rendering {fetched.url}") from exc
+        except (TimeoutError, PlaywrightTimeoutError) as exc:
+            raise Retryable(f"timed out rendering {fetched.url}") from exc
         except PlaywrightError as exc:
-            self.breaker.succeeded()
             raise Retryable(f"could not render {fetched.url}: {_first_line(exc)}") from exc
-        self.breaker.succeeded()
+        finally:
+            # Only a browser that died counts against it: a slow or broken site, a blocked
+            # address or a missing browser do not (and a half-open trial must be released).
+            if not crashed:
+                self.breaker.succeeded()
         return FetchResult(
             url=url,
             status=fetched.status,
@@ -506,6 +506,7 @@ class Renderer:
 
     async def _render(self, fetched: FetchResult) -> tuple[str, str]:
         options = self.pool.options
+        # Waiting for a free page is not part of the render's time: each render is bounded.
         async with self.pool.page() as slot:
             slot.state.preloaded = (
                 fetched.url,
@@ -513,9 +514,10 @@ class Renderer:
                 "text/html; charset=utf-8",
             )
             try:
-                await slot.page.goto(fetched.url, wait_until="load")
-                await _settle(slot, options.settle_s, options.min_text_chars)
-                return await slot.page.content(), slot.page.url
+                async with asyncio.timeout(options.timeout_s + options.settle_s):
+                    await slot.page.goto(fetched.url, wait_until="load")
+                    await _settle(slot, options.settle_s, options.min_text_chars)
+                    return await slot.page.content(), slot.page.url
             except PlaywrightTimeoutError:
                 raise
             except PlaywrightError as exc:
