@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
 
-.PHONY: up test lint typecheck contracts bench-query bench-embedding bench-throughput bench-priority bench-crawl deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-embedding bench-throughput bench-priority bench-crawl bench-render deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -40,6 +40,9 @@ bench-priority: install
 
 bench-crawl: install
 	$(UV) run python bench/crawl.py $(ARGS)
+
+bench-render: install
+	$(UV) run python bench/render.py
 
 deploy-check: install
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/validate.sh

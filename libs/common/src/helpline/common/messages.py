@@ -72,6 +72,14 @@ class BatchLimits(Message):
     delay_ms: int = 0
 
 
+class RenderMode(StrEnum):
+    """Whether a page goes through the browser: `auto` renders only thin pages with scripts."""
+
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
 class ScrapeTask(TaskMessage):
     """Fetch one page, extract and chunk it, hand the chunks to the embedder."""
 
@@ -80,6 +88,7 @@ class ScrapeTask(TaskMessage):
     depth: int = 0
     crawl: CrawlScope | None = None
     batch: BatchLimits | None = None
+    render: RenderMode = RenderMode.AUTO
 
 
 class CrawlTask(TaskMessage):
@@ -88,6 +97,7 @@ class CrawlTask(TaskMessage):
     url: str
     brand: str
     scope: CrawlScope
+    render: RenderMode = RenderMode.AUTO
 
 
 class Chunk(Message):

@@ -136,6 +136,7 @@ async def crawl(
         url=body.url,
         brand=body.brand,
         scope=scope,
+        render=body.render,
     )
     return await submit(tasks, Kind.CRAWL, task, request)
 
@@ -151,6 +152,7 @@ async def scrape(
         deadline=deadline_after(body.deadline_s),
         url=body.url,
         brand=body.brand,
+        render=body.render,
     )
     return await submit(tasks, Kind.SCRAPE, task, request)
 
@@ -174,6 +176,7 @@ async def scrape_batch(
             url=url,
             brand=body.brand,
             batch=limits,
+            render=body.render,
         )
         for url in urls
     ]

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from helpline.common.messages import RenderMode
 from helpline.common.subjects import Priority
 
 Brand = Annotated[
@@ -34,6 +35,11 @@ def check_http_url(value: str) -> str:
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+RENDER = Field(
+    default=RenderMode.AUTO,
+    description="Browser rendering: auto (only pages with scripts and little text), always, never.",
+)
 
 DEADLINE = Field(
     default=None,
@@ -64,11 +70,13 @@ class CrawlRequest(PageBody):
     )
     priority: Priority = Priority.NORMAL
     deadline_s: float | None = DEADLINE
+    render: RenderMode = RENDER
 
 
 class ScrapeRequest(PageBody):
     priority: Priority = Priority.NORMAL
     deadline_s: float | None = DEADLINE
+    render: RenderMode = RENDER
 
 
 class ScrapeBatchRequest(Body):
@@ -84,6 +92,7 @@ class ScrapeBatchRequest(Body):
     )
     priority: Priority = Priority.LOW
     deadline_s: float | None = DEADLINE
+    render: RenderMode = RENDER
 
     @field_validator("urls")
     @classmethod

@@ -15,6 +15,7 @@ from helpline.scraper.guard import AllowList
 from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
+from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
 from helpline.scraper.settings import ScraperSettings
 
 
@@ -25,6 +26,7 @@ class ScraperComponent:
         self.settings = settings
         self.fetcher: Fetcher | None = None
         self.parser: Parser | None = None
+        self.renderer: Renderer | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return []
@@ -47,6 +49,27 @@ class ScraperComponent:
             obey_robots=s.scraper_obey_robots,
             robots_ttl_s=s.scraper_robots_ttl_s,
         )
+        self.renderer = Renderer(
+            BrowserPool(
+                AllowList.parse(s.scraper_allowed_hosts),
+                BrowserOptions(
+                    executable_path=s.browser_executable_path,
+                    pages=s.browser_pages,
+                    page_uses=s.browser_page_uses,
+                    browser_uses=s.browser_uses,
+                    max_memory_mb=s.browser_max_memory_mb,
+                    timeout_s=s.browser_timeout_s,
+                    settle_s=s.browser_settle_s,
+                    min_text_chars=s.render_min_text_chars,
+                    max_bytes=s.scraper_max_bytes,
+                    user_agent=s.scraper_user_agent,
+                ),
+            ),
+            bus.breakers.get(
+                "browser",
+                BreakerPolicy(failures=s.breaker_browser_failures, open_s=s.breaker_browser_open_s),
+            ),
+        )
         scraper = Scraper(
             bus,
             self.fetcher,
@@ -56,6 +79,7 @@ class ScraperComponent:
             batch_lease_s=s.scraper_timeout_s * 2 + 10,
             politeness=politeness,
             parser=self.parser,
+            renderer=self.renderer,
         )
         return build_consumers(
             bus, scraper, concurrency=s.scraper_concurrency, policy=retry_policy(s)
@@ -69,3 +93,5 @@ class ScraperComponent:
             await self.fetcher.aclose()
         if self.parser is not None:
             await asyncio.to_thread(self.parser.close)
+        if self.renderer is not None:
+            await self.renderer.pool.close()

@@ -34,6 +34,7 @@ from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskCons
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
+from helpline.scraper.render import Renderer
 from helpline.scraper.urls import canonical_url, in_scope, normalize_url
 
 # Remembered per page so an unchanged (304) crawl page still leads to the pages it links.
@@ -58,6 +59,7 @@ class Scraper:
         batch_lease_s: float = 40.0,
         politeness: Politeness | None = None,
         parser: Parser | None = None,
+        renderer: Renderer | None = None,
     ) -> None:
         self.bus = bus
         self.fetcher = fetcher
@@ -68,6 +70,7 @@ class Scraper:
         self.politeness = politeness or Politeness(
             fetcher, lambda: bus.kv(HOSTS_BUCKET), obey_robots=False
         )
+        self.renderer = renderer
 
     async def fetch(self, url: str, validators: Validators | None = None) -> FetchResult:
         """Fetch politely, through the site's breaker: a site that keeps failing is left alone."""
@@ -111,6 +114,8 @@ class Scraper:
             # Indexed before, gone now: its chunks leave the index (the embedder reports it).
             await self._submit(task, previous.url, previous.title, [], key, None, utcnow())
             return REPORTED_LATER
+        if self.renderer is not None and not page.not_modified:
+            page = await self.renderer.maybe_render(page, task.render)
         ctx.checkpoint()
         if page.not_modified and previous is not None:
             if crawling:
@@ -219,6 +224,7 @@ class Scraper:
             brand=origin.brand,
             depth=depth,
             crawl=scope,
+            render=origin.render,
         )
         # The record exists (and the parent counts it) before the page can finish.
         await self.bus.emit(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 
 from helpline.common.settings import HelplineSettings
@@ -53,4 +55,36 @@ class ScraperSettings(HelplineSettings):
     )
     breaker_host_open_s: float = Field(
         default=30.0, description="How long a site's breaker stays open."
+    )
+    # Browser rendering (render.py).
+    browser_executable_path: str = Field(
+        default_factory=lambda: (
+            "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else ""
+        ),
+        description="Chromium to render with (Debian's by default); empty: Playwright's own.",
+    )
+    browser_pages: int = Field(default=4, ge=1, description="Pages rendered at once per replica.")
+    browser_page_uses: int = Field(
+        default=50, ge=1, description="Renders before a page (and its context) is replaced."
+    )
+    browser_uses: int = Field(
+        default=1000, ge=1, description="Renders before the browser is restarted."
+    )
+    browser_max_memory_mb: int = Field(
+        default=1500,
+        description="Browser memory (proportional set size of all its processes) that restarts it.",
+    )
+    browser_timeout_s: float = Field(default=20.0, description="Per-page render timeout.")
+    browser_settle_s: float = Field(
+        default=2.0, description="Longest wait after load for a page's scripts to fill it in."
+    )
+    render_min_text_chars: int = Field(
+        default=200,
+        description="With render=auto, pages with less visible text and scripts are rendered.",
+    )
+    breaker_browser_failures: int = Field(
+        default=5, description="Browser crashes that open its breaker."
+    )
+    breaker_browser_open_s: float = Field(
+        default=45.0, description="How long the browser breaker stays open."
     )
