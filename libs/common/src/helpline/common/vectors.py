@@ -3,8 +3,9 @@
 Points are chunks of documentation pages. Their payload carries at least `brand`,
 `url` and `content_hash`, the three fields with keyword indexes. Each point has a dense
 vector (the unnamed default, cosine) and a sparse lexical vector (`SPARSE_VECTOR`, with
-Qdrant's IDF modifier; see `helpline.common.lexical`). A search given both runs them as
-two prefetches and fuses the rankings with reciprocal-rank fusion.
+Qdrant's IDF modifier; see `helpline.common.lexical`). A search given both asks for the two
+rankings in one batch request and fuses them with reciprocal-rank fusion (`fuse`), here
+rather than in Qdrant: the weak lexical hits are cut first, which needs their scores.
 
 A collection created before hybrid retrieval has no sparse vector; opening it raises
 `MissingSparseVector`, which says how to re-create it (delete it, then re-crawl).
@@ -30,6 +31,7 @@ from helpline.common.lexical import SparseVector
 
 __all__ = [
     "INDEXED_FIELDS",
+    "LEXICAL_CUT",
     "RRF_K",
     "SPARSE_VECTOR",
     "EdgeStore",
@@ -39,8 +41,10 @@ __all__ = [
     "QdrantServerStore",
     "VectorLike",
     "VectorStore",
+    "fuse",
     "open_store",
     "point_id",
+    "rrf",
 ]
 
 VectorLike = Sequence[float] | npt.NDArray[np.floating[Any]]
@@ -52,6 +56,10 @@ INDEXED_FIELDS = ("brand", "url", "content_hash")
 SPARSE_VECTOR = "lexical"
 #: Reciprocal-rank fusion constant: a point at rank r (from 0) of a list adds 1 / (RRF_K + r).
 RRF_K = 10
+#: Lexical hits scoring below this fraction of the best lexical hit are left out of the fusion:
+#: RRF sees only ranks, and a chunk sharing one common word with the question would
+#: otherwise count as much as one holding the exact error code the question asks about.
+LEXICAL_CUT = 0.5
 
 _SCROLL_PAGE = 256
 
@@ -143,6 +151,12 @@ def _prefetch_limit(limit: int) -> int:
 def _scaled(rrf_score: float, rankings: int) -> float:
     """A fused RRF score as a fraction of the best possible (first in every ranking)."""
     return rrf_score * RRF_K / rankings
+
+
+def fuse(dense: Sequence[Hit], lexical: Sequence[Hit], limit: int) -> list[Hit]:
+    """The dense and the lexical ranking fused by RRF, weak lexical hits left out."""
+    floor = lexical[0].score * LEXICAL_CUT if lexical else 0.0
+    return rrf([dense, [hit for hit in lexical if hit.score >= floor]], limit)
 
 
 def rrf(rankings: Sequence[Sequence[Hit]], limit: int) -> list[Hit]:
@@ -245,22 +259,20 @@ class EdgeStore(VectorStore):
         lexical = edge.Query.Nearest(
             edge.SparseVector(sparse.indices, sparse.values), using=SPARSE_VECTOR
         )
-        request = edge.QueryRequest(
-            limit=limit,
-            prefetches=[
-                edge.Prefetch(
-                    limit=_prefetch_limit(limit), query=q, filter=_edge_filter(brand=brand)
-                )
-                for q in (dense, lexical)
-            ],
-            # The stub's ScoringQueryType omits Fusion's nested classes; the binding takes them.
-            query=edge.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
-            filter=_edge_filter(brand=brand),
-            with_payload=True,
-        )
-        return [
-            Hit(str(p.id), _scaled(p.score, 2), p.payload or {}) for p in self._shard.query(request)
+        requests = [
+            edge.QueryRequest(
+                limit=_prefetch_limit(limit),
+                query=query,
+                filter=_edge_filter(brand=brand),
+                with_payload=True,
+            )
+            for query in (dense, lexical)
         ]
+        rankings = [
+            [Hit(str(p.id), p.score, p.payload or {}) for p in points]
+            for points in self._shard.query_batch(edge.QueryBatchRequest(requests))
+        ]
+        return fuse(rankings[0], rankings[1], limit)
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
         """Point id -> content_hash of every point stored for this page."""
@@ -400,8 +412,7 @@ class QdrantServerStore(VectorStore):
                 with_payload=True,
             )
             return [Hit(str(p.id), p.score, p.payload or {}) for p in response.points]
-        # Both rankings in one request, fused here: a server's RRF takes a k only from
-        # Qdrant 1.16, and this keeps the scores identical to Edge's.
+        # Both rankings in one request, fused here as for Edge (see `fuse`).
         candidates = _prefetch_limit(limit)
         requests = [
             qm.QueryRequest(query=dense, filter=query_filter, limit=candidates, with_payload=True),
@@ -418,7 +429,7 @@ class QdrantServerStore(VectorStore):
             [Hit(str(p.id), p.score, p.payload or {}) for p in response.points]
             for response in responses
         ]
-        return rrf(rankings, limit)
+        return fuse(rankings[0], rankings[1], limit)
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
         """Point id -> content_hash of every point stored for this page."""
