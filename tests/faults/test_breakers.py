@@ -40,9 +40,11 @@ class FailingStore:
         self._check()
         self.inner.delete(ids)
 
-    def search(self, vector: Any, limit: int, brand: str | None = None) -> list[Hit]:
+    def search(
+        self, vector: Any, limit: int, brand: str | None = None, sparse: Any = None
+    ) -> list[Hit]:
         self._check()
-        return self.inner.search(vector, limit, brand)
+        return self.inner.search(vector, limit, brand, sparse)
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
         self._check()

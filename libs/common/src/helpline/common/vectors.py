@@ -1,7 +1,14 @@
 """The vector store: one interface over Qdrant Edge (in process) and a Qdrant server.
 
 Points are chunks of documentation pages. Their payload carries at least `brand`,
-`url` and `content_hash`, the three fields with keyword indexes.
+`url` and `content_hash`, the three fields with keyword indexes. Each point has a dense
+vector (the unnamed default, cosine) and a sparse lexical vector (`SPARSE_VECTOR`, with
+Qdrant's IDF modifier; see `helpline.common.lexical`). A search given both asks for the two
+rankings in one batch request and fuses them with reciprocal-rank fusion (`fuse`), here
+rather than in Qdrant: the weak lexical hits are cut first, which needs their scores.
+
+A collection created before hybrid retrieval has no sparse vector; opening it raises
+`MissingSparseVector`, which says how to re-create it (delete it, then re-crawl).
 """
 
 from __future__ import annotations
@@ -20,16 +27,24 @@ import qdrant_edge as edge
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from helpline.common.lexical import SparseVector
+
 __all__ = [
     "INDEXED_FIELDS",
+    "LEXICAL_CUT",
+    "RRF_K",
+    "SPARSE_VECTOR",
     "EdgeStore",
     "Hit",
     "IndexedPoint",
+    "MissingSparseVector",
     "QdrantServerStore",
     "VectorLike",
     "VectorStore",
+    "fuse",
     "open_store",
     "point_id",
+    "rrf",
 ]
 
 VectorLike = Sequence[float] | npt.NDArray[np.floating[Any]]
@@ -37,7 +52,20 @@ VectorLike = Sequence[float] | npt.NDArray[np.floating[Any]]
 #: Payload fields filtered on, indexed as keywords before any point is written.
 INDEXED_FIELDS = ("brand", "url", "content_hash")
 
+#: Name of the sparse lexical vector; the dense vector is the unnamed default.
+SPARSE_VECTOR = "lexical"
+#: Reciprocal-rank fusion constant: a point at rank r (from 0) of a list adds 1 / (RRF_K + r).
+RRF_K = 10
+#: Lexical hits scoring below this fraction of the best lexical hit are left out of the fusion:
+#: RRF sees only ranks, and a chunk sharing one common word with the question would
+#: otherwise count as much as one holding the exact error code the question asks about.
+LEXICAL_CUT = 0.5
+
 _SCROLL_PAGE = 256
+
+
+class MissingSparseVector(RuntimeError):
+    """The collection predates hybrid retrieval: it must be re-created and re-crawled."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +75,16 @@ class IndexedPoint:
     id: str
     vector: VectorLike
     payload: dict[str, Any]
+    sparse: SparseVector | None = None
 
 
 @dataclass(frozen=True)
 class Hit:
-    """A search result: the point's id, its cosine similarity and its payload."""
+    """A search result: the point's id, its score and its payload.
+
+    The score is the cosine similarity for a dense search; for a hybrid search, the fused
+    reciprocal-rank score scaled to (0, 1]: 1 is first in both rankings.
+    """
 
     id: str
     score: float
@@ -79,8 +112,14 @@ class VectorStore(Protocol):
         """Remove points by id; unknown ids are ignored."""
         ...
 
-    def search(self, vector: VectorLike, limit: int, brand: str | None = None) -> list[Hit]:
-        """The `limit` nearest points, best first, only from `brand` when given."""
+    def search(
+        self,
+        vector: VectorLike,
+        limit: int,
+        brand: str | None = None,
+        sparse: SparseVector | None = None,
+    ) -> list[Hit]:
+        """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
         ...
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
@@ -103,6 +142,37 @@ def _as_list(vector: VectorLike, dim: int) -> list[float]:
     return values
 
 
+def _prefetch_limit(limit: int) -> int:
+    # Each ranking contributes more candidates than are returned, so a point ranked well
+    # by one and moderately by the other is still seen by both.
+    return max(2 * limit, 20)
+
+
+def _scaled(rrf_score: float, rankings: int) -> float:
+    """A fused RRF score as a fraction of the best possible (first in every ranking)."""
+    return rrf_score * RRF_K / rankings
+
+
+def fuse(dense: Sequence[Hit], lexical: Sequence[Hit], limit: int) -> list[Hit]:
+    """The dense and the lexical ranking fused by RRF, weak lexical hits left out."""
+    floor = lexical[0].score * LEXICAL_CUT if lexical else 0.0
+    return rrf([dense, [hit for hit in lexical if hit.score >= floor]], limit)
+
+
+def rrf(rankings: Sequence[Sequence[Hit]], limit: int) -> list[Hit]:
+    """Reciprocal-rank fusion of rankings (best first), scored as `_scaled` fractions."""
+    scores: dict[str, float] = {}
+    hits: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking):
+            scores[hit.id] = scores.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
+            hits.setdefault(hit.id, hit)
+    best = sorted(scores, key=lambda point: scores[point], reverse=True)[:limit]
+    return [
+        Hit(point, _scaled(scores[point], len(rankings)), hits[point].payload) for point in best
+    ]
+
+
 class EdgeStore(VectorStore):
     """A Qdrant Edge shard in a local folder, used in process.
 
@@ -120,11 +190,21 @@ class EdgeStore(VectorStore):
         self._flush_interval = flush_interval
         self._flush_lock = threading.Lock()
         config = edge.EdgeConfig(
-            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+            sparse_vectors={SPARSE_VECTOR: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
         )
         if path.is_dir() and any(path.iterdir()):
-            # Passing the config makes load fail on a shard of another dimension.
-            self._shard = edge.EdgeShard.load(str(path), config)
+            # Passing the config makes load fail on a shard of another dimension, or one
+            # created before it had a sparse vector.
+            try:
+                self._shard = edge.EdgeShard.load(str(path), config)
+            except Exception as exc:
+                if SPARSE_VECTOR in str(exc):
+                    raise MissingSparseVector(
+                        f"the index at {path} has no sparse vector {SPARSE_VECTOR!r} (it predates "
+                        "hybrid retrieval): stop Helpline, delete that folder and crawl again"
+                    ) from exc
+                raise
         else:
             path.mkdir(parents=True, exist_ok=True)
             self._shard = edge.EdgeShard.create(str(path), config)
@@ -145,7 +225,7 @@ class EdgeStore(VectorStore):
         """Insert points, replacing any stored under the same id."""
         if not points:
             return
-        batch = [edge.Point(p.id, _as_list(p.vector, self.dim), p.payload) for p in points]
+        batch = [edge.Point(p.id, self._vectors(p), p.payload) for p in points]
         self._shard.update(edge.UpdateOperation.upsert_points(batch))
         self._after_write()
 
@@ -156,15 +236,43 @@ class EdgeStore(VectorStore):
         self._shard.update(edge.UpdateOperation.delete_points(list(ids)))
         self._after_write()
 
-    def search(self, vector: VectorLike, limit: int, brand: str | None = None) -> list[Hit]:
-        """The `limit` nearest points, best first, only from `brand` when given."""
-        request = edge.QueryRequest(
-            limit=limit,
-            query=edge.Query.Nearest(_as_list(vector, self.dim)),
-            filter=_edge_filter(brand=brand),
-            with_payload=True,
+    def _vectors(self, point: IndexedPoint) -> dict[str, edge.NamedVector]:
+        vectors: dict[str, edge.NamedVector] = {"": _as_list(point.vector, self.dim)}
+        if point.sparse is not None and point.sparse.indices:
+            vectors[SPARSE_VECTOR] = edge.SparseVector(point.sparse.indices, point.sparse.values)
+        return vectors
+
+    def search(
+        self,
+        vector: VectorLike,
+        limit: int,
+        brand: str | None = None,
+        sparse: SparseVector | None = None,
+    ) -> list[Hit]:
+        """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
+        dense = edge.Query.Nearest(_as_list(vector, self.dim))
+        if sparse is None or not sparse.indices:
+            request = edge.QueryRequest(
+                limit=limit, query=dense, filter=_edge_filter(brand=brand), with_payload=True
+            )
+            return [Hit(str(p.id), p.score, p.payload or {}) for p in self._shard.query(request)]
+        lexical = edge.Query.Nearest(
+            edge.SparseVector(sparse.indices, sparse.values), using=SPARSE_VECTOR
         )
-        return [Hit(str(p.id), p.score, p.payload or {}) for p in self._shard.query(request)]
+        requests = [
+            edge.QueryRequest(
+                limit=_prefetch_limit(limit),
+                query=query,
+                filter=_edge_filter(brand=brand),
+                with_payload=True,
+            )
+            for query in (dense, lexical)
+        ]
+        rankings = [
+            [Hit(str(p.id), p.score, p.payload or {}) for p in points]
+            for points in self._shard.query_batch(edge.QueryBatchRequest(requests))
+        ]
+        return fuse(rankings[0], rankings[1], limit)
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
         """Point id -> content_hash of every point stored for this page."""
@@ -229,17 +337,27 @@ class QdrantServerStore(VectorStore):
         self.dim = dim
 
     def ensure_collection(self) -> None:
-        """Create the collection (default dense vector, cosine) and its keyword indexes."""
+        """Create the collection (dense cosine + sparse IDF vectors) and its keyword indexes."""
         if not self.client.collection_exists(self.collection):
             try:
                 self.client.create_collection(
                     self.collection,
                     vectors_config=qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE),
+                    sparse_vectors_config={
+                        SPARSE_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)
+                    },
                 )
             except Exception:
                 # Another replica may have created it between the check and the call.
                 if not self.client.collection_exists(self.collection):
                     raise
+        sparse = self.client.get_collection(self.collection).config.params.sparse_vectors or {}
+        if SPARSE_VECTOR not in sparse:
+            raise MissingSparseVector(
+                f"collection {self.collection!r} has no sparse vector {SPARSE_VECTOR!r} (it "
+                "predates hybrid retrieval): delete the collection "
+                f"(DELETE /collections/{self.collection}), restart and crawl again"
+            )
         for field in INDEXED_FIELDS:
             # Idempotent on the server; local mode keeps no payload indexes and warns.
             self.client.create_payload_index(
@@ -253,8 +371,7 @@ class QdrantServerStore(VectorStore):
         self.client.upsert(
             self.collection,
             points=[
-                qm.PointStruct(id=p.id, vector=_as_list(p.vector, self.dim), payload=p.payload)
-                for p in points
+                qm.PointStruct(id=p.id, vector=self._vectors(p), payload=p.payload) for p in points
             ],
             wait=True,
         )
@@ -268,16 +385,51 @@ class QdrantServerStore(VectorStore):
             self.collection, points_selector=qm.PointIdsList(points=points), wait=True
         )
 
-    def search(self, vector: VectorLike, limit: int, brand: str | None = None) -> list[Hit]:
-        """The `limit` nearest points, best first, only from `brand` when given."""
-        response = self.client.query_points(
-            self.collection,
-            query=_as_list(vector, self.dim),
-            query_filter=_server_filter(brand=brand),
-            limit=limit,
-            with_payload=True,
-        )
-        return [Hit(str(p.id), p.score, p.payload or {}) for p in response.points]
+    def _vectors(self, point: IndexedPoint) -> dict[str, qm.Vector]:
+        vectors: dict[str, qm.Vector] = {"": _as_list(point.vector, self.dim)}
+        if point.sparse is not None and point.sparse.indices:
+            vectors[SPARSE_VECTOR] = qm.SparseVector(
+                indices=point.sparse.indices, values=point.sparse.values
+            )
+        return vectors
+
+    def search(
+        self,
+        vector: VectorLike,
+        limit: int,
+        brand: str | None = None,
+        sparse: SparseVector | None = None,
+    ) -> list[Hit]:
+        """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
+        dense = _as_list(vector, self.dim)
+        query_filter = _server_filter(brand=brand)
+        if sparse is None or not sparse.indices:
+            response = self.client.query_points(
+                self.collection,
+                query=dense,
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+            )
+            return [Hit(str(p.id), p.score, p.payload or {}) for p in response.points]
+        # Both rankings in one request, fused here as for Edge (see `fuse`).
+        candidates = _prefetch_limit(limit)
+        requests = [
+            qm.QueryRequest(query=dense, filter=query_filter, limit=candidates, with_payload=True),
+            qm.QueryRequest(
+                query=qm.SparseVector(indices=sparse.indices, values=sparse.values),
+                using=SPARSE_VECTOR,
+                filter=query_filter,
+                limit=candidates,
+                with_payload=True,
+            ),
+        ]
+        responses = self.client.query_batch_points(self.collection, requests)
+        rankings = [
+            [Hit(str(p.id), p.score, p.payload or {}) for p in response.points]
+            for response in responses
+        ]
+        return fuse(rankings[0], rankings[1], limit)
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:
         """Point id -> content_hash of every point stored for this page."""

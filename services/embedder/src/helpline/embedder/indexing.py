@@ -8,6 +8,7 @@ from typing import Any
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import guarded
+from helpline.common.lexical import encode_document
 from helpline.common.messages import ChunkBatch
 from helpline.common.vectors import IndexedPoint, VectorStore, point_id
 
@@ -40,6 +41,8 @@ class Indexer:
                 IndexedPoint(
                     id=pid,
                     vector=vector,
+                    # The page title joins the lexical vector: chunks rarely repeat it.
+                    sparse=encode_document(f"{batch.title}\n{chunk.text}"),
                     payload={
                         "url": batch.url,
                         "title": batch.title,
