@@ -117,6 +117,8 @@ class QueryTask(TaskMessage):
     brand: str | None = None
     top_k: int = 5
     reply_to: str | None = None
+    # Set by the gateway when answers are cached: rag stores its answer under this key.
+    cache_key: str | None = None
 
 
 class Source(Message):
@@ -132,6 +134,10 @@ class Answer(Message):
     sources: list[Source]
     duration_ms: float = 0.0
     error: str | None = None
+    # "llm" (generated from the sources) or "extractive" (sentences quoted from them).
+    answer_mode: str = "extractive"
+    # Why a configured language model did not answer (the extractive answer stands in).
+    fallback_reason: str | None = None
 
 
 class MaintenanceTask(TaskMessage):

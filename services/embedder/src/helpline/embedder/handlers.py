@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpline.common.answercache import bump_generation
 from helpline.common.bus import Bus
 from helpline.common.messages import ChunkBatch
 from helpline.common.subjects import Kind
@@ -13,7 +14,12 @@ def build_consumers(
     bus: Bus, indexer: Indexer, *, concurrency: int, policy: RetryPolicy
 ) -> list[TaskConsumer]:
     async def embed(batch: ChunkBatch, ctx: TaskContext) -> Result:
-        return await indexer.index(batch)
+        result = await indexer.index(batch)
+        # Before the page is reported done: once it is, no stale answer may be served. A
+        # redelivery bumps too: the attempt that committed the change may have died before.
+        if result.get("embedded") or result.get("removed") or ctx.attempt > 1:
+            await bump_generation(bus, batch.brand)
+        return result
 
     return [
         TaskConsumer(bus, Kind.EMBED, ChunkBatch, embed, concurrency=concurrency, policy=policy)

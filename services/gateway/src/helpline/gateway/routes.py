@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from helpline.common.answercache import AnswerCache
 from helpline.common.bus import Overloaded
 from helpline.common.chunking import chunk_document, text_document
 from helpline.common.errors import InputRejected
 from helpline.common.messages import (
+    Answer,
     BatchLimits,
     ChunkBatch,
     CrawlScope,
@@ -31,6 +36,8 @@ from helpline.gateway import deadletters, views
 from helpline.gateway.records import Progress, Status, TaskRecord, TaskView
 from helpline.gateway.schemas import (
     Accepted,
+    CacheCleared,
+    CacheStats,
     CrawlRequest,
     DeadLetterView,
     EmbedRequest,
@@ -45,7 +52,7 @@ from helpline.gateway.schemas import (
     ScrapeRequest,
     SourceOut,
 )
-from helpline.gateway.tasks import QueryTimeout, Tasks, task_id_for
+from helpline.gateway.tasks import BUS_ERRORS, QueryTimeout, Tasks, task_id_for
 
 api = APIRouter(prefix="/api/v1")
 probes = APIRouter()
@@ -236,18 +243,59 @@ async def ping(
     "/query",
     response_model=QueryResponse,
     responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "The answer; with `stream: true`, server-sent events "
+            "`sources`, `delta` (answer text, in order) and `done`.",
+        },
+        502: {"model": ErrorBody, "description": "Answering failed."},
         504: {"model": ErrorBody, "description": "No answer before the deadline."},
         **REFUSED,
     },
 )
-async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> QueryResponse:
-    """Answer a question from the indexed documentation, with numbered sources."""
+async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Response:
+    """Answer a question from the indexed documentation, with numbered sources.
+
+    A question asked before (same normalised text, brand and top_k, and no change to the
+    brand's index since) is answered from the answer cache without going to rag.
+    """
     started = time.perf_counter()
-    timeout_s: float = request.app.state.query_timeout_s
     task_id = task_id_for(Kind.QUERY, None)
+    answer, cached = await _answer(body, request, tasks, task_id)
+    result = QueryResponse(
+        answer=answer.answer,
+        sources=[SourceOut.model_validate(s.model_dump()) for s in answer.sources],
+        task_id=task_id,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        cached=cached,
+        answer_mode=answer.answer_mode,
+        fallback_reason=answer.fallback_reason,
+    )
+    if body.stream:
+        return StreamingResponse(
+            _answer_events(result),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+async def _answer(
+    body: QueryRequest, request: Request, tasks: Tasks, task_id: str
+) -> tuple[Answer, bool]:
+    """The answer (from the cache, or asked of rag) and whether it was cached."""
+    key = tasks.cache.key(body.question, body.brand, body.top_k) if tasks.cache else None
+    if key is not None and tasks.cache is not None:
+        try:
+            hit = await tasks.cache.get(key)
+        except BUS_ERRORS:
+            hit = None  # the cache is an optimisation: ask rag instead
+        if hit is not None:
+            return hit, True
+    timeout_s: float = request.app.state.query_timeout_s
     try:
         answer = await tasks.ask(
-            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority
+            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
         )
     except QueryTimeout as exc:
         raise HTTPException(504, f"the query was not answered before its deadline ({exc})") from exc
@@ -255,12 +303,69 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> QueryR
         raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
     if answer.error:
         raise HTTPException(502, f"the query failed: {answer.error}")
-    return QueryResponse(
-        answer=answer.answer,
-        sources=[SourceOut.model_validate(s.model_dump()) for s in answer.sources],
-        task_id=task_id,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    return answer, False
+
+
+_PIECE = re.compile(r"\S+\s*")
+WORDS_PER_DELTA = 4
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def _answer_events(result: QueryResponse) -> AsyncIterator[bytes]:
+    """The answer as server-sent events: its sources, the text in pieces, then a summary.
+
+    The pieces are cut from the finished answer (rag answers in one message); joined in
+    order they are exactly `answer`.
+    """
+    yield _sse("sources", {"sources": [s.model_dump() for s in result.sources]})
+    words = _PIECE.findall(result.answer)
+    lead = result.answer[: len(result.answer) - len(result.answer.lstrip())]
+    for start in range(0, len(words), WORDS_PER_DELTA):
+        piece = "".join(words[start : start + WORDS_PER_DELTA])
+        if start == 0:
+            piece = lead + piece
+        yield _sse("delta", {"text": piece})
+    yield _sse(
+        "done",
+        {
+            "task_id": result.task_id,
+            "duration_ms": result.duration_ms,
+            "cached": result.cached,
+            "answer_mode": result.answer_mode,
+            "fallback_reason": result.fallback_reason,
+        },
     )
+
+
+@api.get("/cache/stats", response_model=CacheStats)
+async def cache_stats(tasks: TasksDep) -> CacheStats:
+    """The answer cache: this replica's hits and misses, and the shared bucket's size."""
+    cache = _cache(tasks)
+    try:
+        stats = await cache.stats()
+    except BUS_ERRORS as exc:
+        raise HTTPException(503, "the bus did not answer in time; try again later") from exc
+    return CacheStats.model_validate(dataclasses.asdict(stats))
+
+
+@api.post("/cache/clear", response_model=CacheCleared)
+async def cache_clear(tasks: TasksDep) -> CacheCleared:
+    """Drop every cached answer, for every gateway replica."""
+    cache = _cache(tasks)
+    try:
+        cleared = await cache.clear()
+    except BUS_ERRORS as exc:
+        raise HTTPException(503, "the bus did not answer in time; try again later") from exc
+    return CacheCleared(cleared=cleared)
+
+
+def _cache(tasks: Tasks) -> AnswerCache:
+    if tasks.cache is None:
+        raise HTTPException(404, "the answer cache is turned off (HELPLINE_ANSWER_CACHE=false)")
+    return tasks.cache
 
 
 @api.get("/tasks/{task_id}", response_model=TaskView, responses={404: {"model": ErrorBody}})

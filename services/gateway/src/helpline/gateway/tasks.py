@@ -15,6 +15,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
+from helpline.common.answercache import AnswerCache, Generations
 from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
 from helpline.common.messages import (
     Answer,
@@ -53,16 +54,21 @@ def task_id_for(kind: Kind, idempotency_key: str | None) -> str:
 class Tasks:
     """The gateway's side of the bus: create records, publish, wait for answers."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, *, answer_cache: bool = True) -> None:
         self.bus = bus
         self._inbox = f"{bus.layout.prefix}.replies.{uuid.uuid4().hex}"
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._sub: Subscription | None = None
+        self._generations = Generations()
+        self.cache = AnswerCache(bus, self._generations) if answer_cache else None
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        if self.cache is not None:
+            await self._generations.start(self.bus)
 
     async def stop(self) -> None:
+        await self._generations.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -221,8 +227,12 @@ class Tasks:
         timeout_s: float,
         task_id: str,
         priority: Priority = Priority.CRITICAL,
+        cache_key: str | None = None,
     ) -> Answer:
-        """Publish a query (critical unless told) with our reply inbox; wait until its deadline."""
+        """Publish a query (critical unless told) with our reply inbox; wait until its deadline.
+
+        With `cache_key`, rag also stores its answer in the answer cache under that key.
+        """
         task = QueryTask(
             task_id=task_id,
             priority=priority,
@@ -231,6 +241,7 @@ class Tasks:
             brand=brand,
             top_k=top_k,
             reply_to=f"{self._inbox}.{task_id}",
+            cache_key=cache_key,
         )
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
