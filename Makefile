@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
 
-.PHONY: up test lint typecheck contracts bench-query bench-embedding bench-throughput bench-priority deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-cache bench-embedding bench-throughput bench-priority deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -28,6 +28,9 @@ test: lint typecheck contracts
 
 bench-query: install
 	$(UV) run python bench/query_latency.py
+
+bench-cache: install
+	$(UV) run python bench/answer_cache.py
 
 bench-embedding: install
 	$(UV) run python bench/embedding.py

@@ -129,6 +129,12 @@ async def test_stats_and_clear(indexed: System) -> None:
     assert (await ask(system, ACME_Q, "acme"))["cached"] is False
     assert (await ask(system, ACME_Q, "acme"))["cached"] is True
 
+    # A request may bypass the cache: answered by rag, not counted, nothing stored.
+    assert (await ask(system, ACME_Q, "acme", cache=False))["cached"] is False
+    assert (await ask(system, GLOBEX_Q, "globex", cache=False))["cached"] is False
+    stats = (await system.client.get("/api/v1/cache/stats")).json()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (2, 3, 1)
+
 
 def parse_events(raw: str) -> list[tuple[str, dict[str, object]]]:
     """Server-sent events as (event, data); every event must have both, and data is JSON."""

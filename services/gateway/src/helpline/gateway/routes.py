@@ -284,7 +284,11 @@ async def _answer(
     body: QueryRequest, request: Request, tasks: Tasks, task_id: str
 ) -> tuple[Answer, bool]:
     """The answer (from the cache, or asked of rag) and whether it was cached."""
-    key = tasks.cache.key(body.question, body.brand, body.top_k) if tasks.cache else None
+    key = (
+        tasks.cache.key(body.question, body.brand, body.top_k)
+        if tasks.cache is not None and body.cache
+        else None
+    )
     if key is not None and tasks.cache is not None:
         try:
             hit = await tasks.cache.get(key)

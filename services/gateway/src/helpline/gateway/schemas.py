@@ -132,6 +132,10 @@ class QueryRequest(Body):
     priority: Priority = Field(
         default=Priority.CRITICAL, description="A customer is waiting: critical."
     )
+    cache: bool = Field(
+        default=True,
+        description="false: neither read nor write the answer cache (a fresh answer).",
+    )
     stream: bool = Field(
         default=False,
         description="Answer as server-sent events (sources, delta..., done) instead of JSON.",
