@@ -33,6 +33,8 @@ class ChatServer:
     server: ThreadingHTTPServer
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    # Streamed replies stop half-way without `data: [DONE]` (a connection cut mid-answer).
+    break_streams: list[bool] = field(default_factory=lambda: [False])
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -43,6 +45,7 @@ class ChatServer:
 def chat_server() -> Iterator[ChatServer]:
     recorded: list[dict[str, Any]] = []
     headers: list[dict[str, str]] = []
+    break_streams = [False]
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
@@ -54,6 +57,9 @@ def chat_server() -> Iterator[ChatServer]:
             headers.append(dict(self.headers))
             if self.path != "/v1/chat/completions":
                 self.send_error(404)
+                return
+            if body.get("stream"):
+                self.stream_reply(body["model"])
                 return
             reply = {
                 "id": "chatcmpl-test",
@@ -74,11 +80,28 @@ def chat_server() -> Iterator[ChatServer]:
             self.end_headers()
             self.wfile.write(data)
 
+        def stream_reply(self, model: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            # Small pieces, so markers like "[3]" and "[2, 9]" arrive split across chunks.
+            pieces = [REPLY[i : i + 3] for i in range(0, len(REPLY), 3)]
+            if break_streams[0]:
+                pieces = pieces[: len(pieces) // 2]
+            for piece in pieces:
+                chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": piece}}]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            if not break_streams[0]:
+                self.wfile.write(b"data: [DONE]\n\n")
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    chat = ChatServer(f"http://127.0.0.1:{server.server_address[1]}/v1", server, recorded, headers)
+    chat = ChatServer(
+        f"http://127.0.0.1:{server.server_address[1]}/v1", server, recorded, headers, break_streams
+    )
     try:
         yield chat
     finally:
@@ -170,18 +193,58 @@ async def test_model_down_opens_the_breaker_and_extractive_answers_continue(
     assert len(chat_server.requests) == 1
 
 
-async def test_streamed_generated_answer(system_with_llm: System) -> None:
-    async with system_with_llm.client.stream(
-        "POST", "/api/v1/query", json={"question": QUESTION, "brand": "acme", "stream": True}
+def read_events(raw: str) -> list[tuple[str, dict[str, Any]]]:
+    assert raw.endswith("\n\n")
+    events = []
+    for block in raw.strip("\n").split("\n\n"):
+        name, data = block.split("\n")
+        assert name.startswith("event: ")
+        assert data.startswith("data: ")
+        events.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return events
+
+
+async def stream(system: System, question: str) -> list[tuple[str, dict[str, Any]]]:
+    async with system.client.stream(
+        "POST", "/api/v1/query", json={"question": question, "brand": "acme", "stream": True}
     ) as response:
         assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
         raw = "".join([chunk async for chunk in response.aiter_text()])
-    blocks = [b for b in raw.split("\n\n") if b]
-    events = [
-        (b.split("\n")[0].removeprefix("event: "), json.loads(b.split("\n")[1][6:])) for b in blocks
-    ]
-    assert events[0][0] == "sources"
-    assert events[-1][0] == "done"
-    assert events[-1][1]["answer_mode"] == "llm"
+    return read_events(raw)
+
+
+async def test_streamed_generated_answer_passes_the_models_pieces_through(
+    system_with_llm: System, chat_server: ChatServer
+) -> None:
+    events = await stream(system_with_llm, QUESTION)
+    names = [name for name, _data in events]
+    assert names[0] == "sources"
+    assert names[-1] == "done"
+    assert set(names[1:-1]) == {"delta"}
+    # The model's pieces, repaired on the way, not one finished answer cut up afterwards.
+    assert len(names) > 10
     text = "".join(data["text"] for name, data in events if name == "delta")
     assert text == "The X200 router has a warranty of two years [1]. Keep your receipt."
+    assert events[-1][1]["answer_mode"] == "llm"
+    assert events[-1][1]["cached"] is False
+    assert chat_server.requests[-1]["stream"] is True
+
+
+async def test_stream_broken_off_resets_to_the_extractive_answer(
+    system_with_llm: System, chat_server: ChatServer
+) -> None:
+    chat_server.break_streams[0] = True
+    events = await stream(system_with_llm, QUESTION)
+    names = [name for name, _data in events]
+    assert names[0] == "sources"
+    assert names[-1] == "done"
+    assert names.count("reset") == 1
+    after = names.index("reset")
+    assert "delta" in names[1:after]
+    text = "".join(data["text"] for name, data in events[after:] if name == "delta")
+    assert "two years" in text
+    assert "[1]" in text
+    done = events[-1][1]
+    assert done["answer_mode"] == "extractive"
+    assert done["fallback_reason"] == "language model stream broke off"

@@ -9,7 +9,13 @@ import httpx
 import pytest
 
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
-from helpline.rag.llm import LanguageModel, ModelUnavailable, Passage, fix_citations
+from helpline.rag.llm import (
+    CitationFilter,
+    LanguageModel,
+    ModelUnavailable,
+    Passage,
+    fix_citations,
+)
 
 PASSAGES = [Passage("Reset", "http://d/reset", "Hold 12 s."), Passage("Wifi", "http://d/w", "x")]
 
@@ -81,3 +87,13 @@ async def test_timeout_is_unavailable() -> None:
     with pytest.raises(ModelUnavailable, match="timed out"):
         await llm.answer("q", PASSAGES)
     assert llm.breaker.state == "closed"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 100])
+def test_citation_filter_on_pieces_matches_the_whole(size: int) -> None:
+    text = "  Hold it [1] for 12 s [3][2, 9]. Then [2] release [7] , done [1"
+    repair = CitationFilter(2)
+    pieces = [repair.feed(text[i : i + size]) for i in range(0, len(text), size)]
+    pieces.append(repair.flush())
+    assert "".join(pieces) == fix_citations(text, 2)
+    assert fix_citations(text, 2) == "Hold it [1] for 12 s [2]. Then [2] release, done [1"

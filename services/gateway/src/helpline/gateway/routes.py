@@ -7,7 +7,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -20,6 +20,7 @@ from helpline.common.chunking import chunk_document, text_document
 from helpline.common.errors import InputRejected
 from helpline.common.messages import (
     Answer,
+    AnswerPart,
     BatchLimits,
     ChunkBatch,
     CrawlScope,
@@ -27,6 +28,7 @@ from helpline.common.messages import (
     DeadLetter,
     MaintenanceTask,
     ScrapeTask,
+    Source,
     TaskMessage,
     derived_id,
     utcnow,
@@ -246,7 +248,9 @@ async def ping(
         200: {
             "content": {"text/event-stream": {}},
             "description": "The answer; with `stream: true`, server-sent events "
-            "`sources`, `delta` (answer text, in order) and `done`.",
+            "`sources`, `delta` (answer text, in order), then `done`; `reset` (drop the text "
+            "so far: the model failed part-way, the extractive answer follows) and `error` "
+            "(`status`, `detail`) may occur once streaming began.",
         },
         502: {"model": ErrorBody, "description": "Answering failed."},
         504: {"model": ErrorBody, "description": "No answer before the deadline."},
@@ -261,42 +265,44 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Respon
     """
     started = time.perf_counter()
     task_id = task_id_for(Kind.QUERY, None)
-    answer, cached = await _answer(body, request, tasks, task_id)
-    result = QueryResponse(
-        answer=answer.answer,
-        sources=[SourceOut.model_validate(s.model_dump()) for s in answer.sources],
-        task_id=task_id,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        cached=cached,
-        answer_mode=answer.answer_mode,
-        fallback_reason=answer.fallback_reason,
-    )
-    if body.stream:
-        return StreamingResponse(
-            _answer_events(result),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    return Response(result.model_dump_json(), media_type="application/json")
-
-
-async def _answer(
-    body: QueryRequest, request: Request, tasks: Tasks, task_id: str
-) -> tuple[Answer, bool]:
-    """The answer (from the cache, or asked of rag) and whether it was cached."""
     key = (
         tasks.cache.key(body.question, body.brand, body.top_k)
         if tasks.cache is not None and body.cache
         else None
     )
-    if key is not None and tasks.cache is not None:
-        try:
-            hit = await tasks.cache.get(key)
-        except BUS_ERRORS:
-            hit = None  # the cache is an optimisation: ask rag instead
-        if hit is not None:
-            return hit, True
+    answer = await _cached(tasks, key)
+    cached = answer is not None
     timeout_s: float = request.app.state.query_timeout_s
+    if answer is None and body.stream:
+        try:
+            replies = await tasks.ask_streaming(
+                body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+            )
+        except Overloaded as exc:
+            raise HTTPException(
+                503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from exc
+        return _event_stream(_live_events(replies, task_id, started))
+    if answer is None:
+        answer = await _ask(body, tasks, task_id, timeout_s, key)
+    result = _response(answer, task_id, started, cached=cached)
+    if body.stream:
+        return _event_stream(_answer_events(result))
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+async def _cached(tasks: Tasks, key: str | None) -> Answer | None:
+    if key is None or tasks.cache is None:
+        return None
+    try:
+        return await tasks.cache.get(key)
+    except BUS_ERRORS:
+        return None  # the cache is an optimisation: ask rag instead
+
+
+async def _ask(
+    body: QueryRequest, tasks: Tasks, task_id: str, timeout_s: float, key: str | None
+) -> Answer:
     try:
         answer = await tasks.ask(
             body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
@@ -307,32 +313,52 @@ async def _answer(
         raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
     if answer.error:
         raise HTTPException(502, f"the query failed: {answer.error}")
-    return answer, False
+    return answer
+
+
+def _response(answer: Answer, task_id: str, started: float, *, cached: bool) -> QueryResponse:
+    return QueryResponse(
+        answer=answer.answer,
+        sources=[SourceOut.model_validate(s.model_dump()) for s in answer.sources],
+        task_id=task_id,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        cached=cached,
+        answer_mode=answer.answer_mode,
+        fallback_reason=answer.fallback_reason,
+    )
 
 
 _PIECE = re.compile(r"\S+\s*")
 WORDS_PER_DELTA = 4
 
 
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 def _sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def _answer_events(result: QueryResponse) -> AsyncIterator[bytes]:
-    """The answer as server-sent events: its sources, the text in pieces, then a summary.
+def _sources_event(sources: list[Source] | list[SourceOut]) -> bytes:
+    return _sse("sources", {"sources": [s.model_dump() for s in sources]})
 
-    The pieces are cut from the finished answer (rag answers in one message); joined in
-    order they are exactly `answer`.
-    """
-    yield _sse("sources", {"sources": [s.model_dump() for s in result.sources]})
-    words = _PIECE.findall(result.answer)
-    lead = result.answer[: len(result.answer) - len(result.answer.lstrip())]
+
+def _deltas(text: str) -> Iterator[bytes]:
+    """A finished text as `delta` events of a few words each; joined, exactly `text`."""
+    words = _PIECE.findall(text)
+    lead = text[: len(text) - len(text.lstrip())]
     for start in range(0, len(words), WORDS_PER_DELTA):
         piece = "".join(words[start : start + WORDS_PER_DELTA])
-        if start == 0:
-            piece = lead + piece
-        yield _sse("delta", {"text": piece})
-    yield _sse(
+        yield _sse("delta", {"text": lead + piece if start == 0 else piece})
+
+
+def _done_event(result: QueryResponse) -> bytes:
+    return _sse(
         "done",
         {
             "task_id": result.task_id,
@@ -342,6 +368,53 @@ async def _answer_events(result: QueryResponse) -> AsyncIterator[bytes]:
             "fallback_reason": result.fallback_reason,
         },
     )
+
+
+async def _answer_events(result: QueryResponse) -> AsyncIterator[bytes]:
+    """A finished answer (cached, or extractive) as events: sources, deltas, done."""
+    yield _sources_event(result.sources)
+    for delta in _deltas(result.answer):
+        yield delta
+    yield _done_event(result)
+
+
+async def _live_events(
+    replies: AsyncIterator[AnswerPart | Answer], task_id: str, started: float
+) -> AsyncIterator[bytes]:
+    """Rag's replies as events while they come: sources, deltas as generated, done.
+
+    An extractive answer arrives whole and is cut into deltas here. If the model failed
+    after some text was sent, `reset` tells the client to drop that text; the extractive
+    answer's deltas follow. Failures after the stream began are `error` events.
+    """
+    sources_sent = False
+    streamed: list[str] = []
+    try:
+        async for reply in replies:
+            if isinstance(reply, AnswerPart):
+                if reply.sources is not None and not sources_sent:
+                    sources_sent = True
+                    yield _sources_event(reply.sources)
+                if reply.text:
+                    streamed.append(reply.text)
+                    yield _sse("delta", {"text": reply.text})
+                continue
+            if reply.error:
+                yield _sse("error", {"status": 502, "detail": f"the query failed: {reply.error}"})
+                return
+            if not sources_sent:
+                yield _sources_event(reply.sources)
+            if streamed and "".join(streamed) != reply.answer:
+                streamed.clear()
+                yield _sse("reset", {"reason": reply.fallback_reason})
+            if not streamed:
+                for delta in _deltas(reply.answer):
+                    yield delta
+            yield _done_event(_response(reply, task_id, started, cached=False))
+            return
+    except QueryTimeout as exc:
+        detail = f"the query was not answered before its deadline ({exc})"
+        yield _sse("error", {"status": 504, "detail": detail})
 
 
 @api.get("/cache/stats", response_model=CacheStats)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,9 @@ from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 from helpline.common.answercache import AnswerCache, Generations
 from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
 from helpline.common.messages import (
+    REPLY_PART_HEADER,
     Answer,
+    AnswerPart,
     EventType,
     QueryTask,
     TaskError,
@@ -58,6 +61,7 @@ class Tasks:
         self.bus = bus
         self._inbox = f"{bus.layout.prefix}.replies.{uuid.uuid4().hex}"
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
+        self._streams: dict[str, asyncio.Queue[AnswerPart | Answer]] = {}
         self._sub: Subscription | None = None
         self._generations = Generations()
         self.cache = AnswerCache(bus, self._generations) if answer_cache else None
@@ -75,9 +79,25 @@ class Tasks:
             self._sub = None
         for fut in self._waiting.values():
             fut.cancel()
+        for stream in self._streams.values():
+            stream.put_nowait(
+                Answer(task_id="", answer="", sources=[], error="the gateway is stopping")
+            )
 
     async def _on_reply(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
+        stream = self._streams.get(task_id)
+        if stream is not None:
+            item: AnswerPart | Answer
+            try:
+                if msg.headers and msg.headers.get(REPLY_PART_HEADER):
+                    item = AnswerPart.model_validate_json(msg.data)
+                else:
+                    item = Answer.model_validate_json(msg.data)
+            except ValueError:
+                item = Answer(task_id=task_id, answer="", sources=[], error="unreadable reply")
+            stream.put_nowait(item)
+            return
         fut = self._waiting.get(task_id)
         if fut is None or fut.done():
             return
@@ -252,3 +272,55 @@ class Tasks:
             raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
         finally:
             self._waiting.pop(task_id, None)
+
+    async def ask_streaming(
+        self,
+        question: str,
+        brand: str | None,
+        top_k: int,
+        timeout_s: float,
+        task_id: str,
+        priority: Priority = Priority.CRITICAL,
+        cache_key: str | None = None,
+    ) -> AsyncIterator[AnswerPart | Answer]:
+        """Publish a streamed query; returns its replies as they come, the final `Answer` last.
+
+        Publishing happens here (an `Overloaded` bus is reported before anything streams);
+        the iterator raises `QueryTimeout` if the deadline passes first.
+        """
+        task = QueryTask(
+            task_id=task_id,
+            priority=priority,
+            deadline=utcnow() + timedelta(seconds=timeout_s),
+            question=question,
+            brand=brand,
+            top_k=top_k,
+            reply_to=f"{self._inbox}.{task_id}",
+            cache_key=cache_key,
+            stream=True,
+        )
+        replies: asyncio.Queue[AnswerPart | Answer] = asyncio.Queue()
+        self._streams[task_id] = replies
+        try:
+            await self.submit(Kind.QUERY, task)
+        except BaseException:
+            self._streams.pop(task_id, None)
+            raise
+        return self._follow(task_id, replies, timeout_s)
+
+    async def _follow(
+        self, task_id: str, replies: asyncio.Queue[AnswerPart | Answer], timeout_s: float
+    ) -> AsyncIterator[AnswerPart | Answer]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(replies.get(), max(deadline - loop.time(), 0))
+                except TimeoutError as exc:
+                    raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
+                yield item
+                if isinstance(item, Answer):
+                    return
+        finally:
+            self._streams.pop(task_id, None)

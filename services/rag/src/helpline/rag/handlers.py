@@ -6,7 +6,7 @@ import logging
 
 from helpline.common.answercache import ANSWERS_BUCKET, store_answer
 from helpline.common.bus import Bus
-from helpline.common.messages import Answer, QueryTask
+from helpline.common.messages import REPLY_PART_HEADER, Answer, AnswerPart, QueryTask
 from helpline.common.subjects import Kind
 from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext, error_of
 from helpline.rag.answering import Responder
@@ -19,8 +19,14 @@ def build_consumers(
 ) -> list[TaskConsumer]:
 
     async def query(task: QueryTask, ctx: TaskContext) -> Result:
+        reply_to = task.reply_to
+
+        async def emit(part: AnswerPart) -> None:
+            if reply_to:
+                await bus.broker.publish(part, reply_to, headers={REPLY_PART_HEADER: "1"})
+
         try:
-            answer = await responder.answer(task)
+            answer = await responder.answer(task, emit)
         except Exception as exc:
             # The gateway is waiting: tell it now rather than let it time out.
             if task.reply_to:
