@@ -33,7 +33,7 @@ async def index_page(system: System, url: str, brand: str) -> dict[str, Any]:
     return record
 
 
-async def ask(system: System, question: str, brand: str, **extra: object) -> dict[str, Any]:
+async def ask(system: System, question: str, brand: str | None, **extra: object) -> dict[str, Any]:
     response = await system.client.post(
         "/api/v1/query", json={"question": question, "brand": brand, **extra}
     )

@@ -86,6 +86,11 @@ async def test_repeat_is_a_hit_and_new_content_is_a_miss(
     assert "twelve hours" in globex["answer"]
     assert (await ask(system, GLOBEX_Q, "globex"))["cached"] is True
 
+    # A question asked of every brand has its own key, on the all-brands generation.
+    everyone = await ask(system, ACME_Q, None)
+    assert everyone["cached"] is False
+    assert (await ask(system, ACME_Q, None))["cached"] is True
+
     # The acme page changes and is scraped again: acme's generation moves on.
     write_acme(root, "five years")
     record = await index_page(system, f"{url}/acme/warranty.html", "acme")
@@ -96,6 +101,9 @@ async def test_repeat_is_a_hit_and_new_content_is_a_miss(
     assert "five years" in fresh["answer"]
     assert "two years" not in fresh["answer"]
     assert (await ask(system, ACME_Q, "acme"))["cached"] is True
+    everyone = await ask(system, ACME_Q, None)
+    assert everyone["cached"] is False
+    assert "five years" in everyone["answer"]
 
     # Another brand's answers survive acme's change.
     survivor = await ask(system, GLOBEX_Q, "globex")

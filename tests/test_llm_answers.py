@@ -165,6 +165,8 @@ async def test_generated_answer_cites_only_real_sources(
     assert "two years from the date of purchase" in user
     assert QUESTION in user
     assert chat_server.headers[0]["Authorization"] == "Bearer test-key"
+    # This system runs with the answer cache turned off.
+    assert (await system_with_llm.client.get("/api/v1/cache/stats")).status_code == 404
 
 
 async def test_model_down_opens_the_breaker_and_extractive_answers_continue(
