@@ -35,6 +35,8 @@ class ChatServer:
     headers: list[dict[str, str]] = field(default_factory=list)
     # Streamed replies stop half-way without `data: [DONE]` (a connection cut mid-answer).
     break_streams: list[bool] = field(default_factory=lambda: [False])
+    # Every request answers 503.
+    failing: list[bool] = field(default_factory=lambda: [False])
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -46,6 +48,7 @@ def chat_server() -> Iterator[ChatServer]:
     recorded: list[dict[str, Any]] = []
     headers: list[dict[str, str]] = []
     break_streams = [False]
+    failing = [False]
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
@@ -57,6 +60,9 @@ def chat_server() -> Iterator[ChatServer]:
             headers.append(dict(self.headers))
             if self.path != "/v1/chat/completions":
                 self.send_error(404)
+                return
+            if failing[0]:
+                self.send_error(503)
                 return
             if body.get("stream"):
                 self.stream_reply(body["model"])
@@ -100,7 +106,12 @@ def chat_server() -> Iterator[ChatServer]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     chat = ChatServer(
-        f"http://127.0.0.1:{server.server_address[1]}/v1", server, recorded, headers, break_streams
+        f"http://127.0.0.1:{server.server_address[1]}/v1",
+        server,
+        recorded,
+        headers,
+        break_streams,
+        failing,
     )
     try:
         yield chat
@@ -112,8 +123,14 @@ def chat_server() -> Iterator[ChatServer]:
 
 @pytest.fixture
 async def system_with_llm(
-    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder, chat_server: ChatServer
+    request: pytest.FixtureRequest,
+    nats_server: NatsServer,
+    prefix: str,
+    tmp_path: Path,
+    model: Embedder,
+    chat_server: ChatServer,
 ) -> AsyncIterator[System]:
+    """The system with a model; the answer cache is off unless the test asks (indirect True)."""
     root = tmp_path / "site"
     write_page(
         root,
@@ -134,7 +151,7 @@ async def system_with_llm(
             llm_breaker_failures=2,
             llm_breaker_open_s=60.0,
             # Every question goes to rag (a cached answer would hide the model's state).
-            answer_cache=False,
+            answer_cache=getattr(request, "param", False),
         )
         try:
             await index_page(running, f"{url}/acme/warranty.html", "acme")
@@ -250,3 +267,23 @@ async def test_stream_broken_off_resets_to_the_extractive_answer(
     done = events[-1][1]
     assert done["answer_mode"] == "extractive"
     assert done["fallback_reason"] == "language model stream broke off"
+
+
+@pytest.mark.parametrize("system_with_llm", [True], indirect=True)
+async def test_fallback_answers_are_not_cached(
+    system_with_llm: System, chat_server: ChatServer
+) -> None:
+    chat_server.failing[0] = True
+    fallback = await ask(system_with_llm, QUESTION, "acme")
+    assert fallback["answer_mode"] == "extractive"
+    assert fallback["fallback_reason"] == "language model answered HTTP 503"
+    assert fallback["cached"] is False
+
+    # The model is back (one failure left the breaker closed): the question gets its
+    # generated answer, not the fallback, and that one is cached.
+    chat_server.failing[0] = False
+    generated = await ask(system_with_llm, QUESTION, "acme")
+    assert (generated["answer_mode"], generated["cached"]) == ("llm", False)
+    again = await ask(system_with_llm, QUESTION, "acme")
+    assert (again["answer_mode"], again["cached"]) == ("llm", True)
+    assert again["answer"] == generated["answer"]
