@@ -239,6 +239,27 @@ class Tasks:
                 out.append(json.loads(current[0]))
         return out
 
+    def _query(
+        self,
+        question: str,
+        brand: str | None,
+        top_k: int,
+        timeout_s: float,
+        task_id: str,
+        priority: Priority,
+        cache_key: str | None,
+    ) -> QueryTask:
+        return QueryTask(
+            task_id=task_id,
+            priority=priority,
+            deadline=utcnow() + timedelta(seconds=timeout_s),
+            question=question,
+            brand=brand,
+            top_k=top_k,
+            reply_to=f"{self._inbox}.{task_id}",
+            cache_key=cache_key,
+        )
+
     async def ask(
         self,
         question: str,
@@ -253,16 +274,7 @@ class Tasks:
 
         With `cache_key`, rag also stores its answer in the answer cache under that key.
         """
-        task = QueryTask(
-            task_id=task_id,
-            priority=priority,
-            deadline=utcnow() + timedelta(seconds=timeout_s),
-            question=question,
-            brand=brand,
-            top_k=top_k,
-            reply_to=f"{self._inbox}.{task_id}",
-            cache_key=cache_key,
-        )
+        task = self._query(question, brand, top_k, timeout_s, task_id, priority, cache_key)
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:
@@ -288,17 +300,8 @@ class Tasks:
         Publishing happens here (an `Overloaded` bus is reported before anything streams);
         the iterator raises `QueryTimeout` if the deadline passes first.
         """
-        task = QueryTask(
-            task_id=task_id,
-            priority=priority,
-            deadline=utcnow() + timedelta(seconds=timeout_s),
-            question=question,
-            brand=brand,
-            top_k=top_k,
-            reply_to=f"{self._inbox}.{task_id}",
-            cache_key=cache_key,
-            stream=True,
-        )
+        task = self._query(question, brand, top_k, timeout_s, task_id, priority, cache_key)
+        task = task.model_copy(update={"stream": True})
         replies: asyncio.Queue[AnswerPart | Answer] = asyncio.Queue()
         self._streams[task_id] = replies
         try:
