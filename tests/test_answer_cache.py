@@ -129,6 +129,9 @@ async def test_stats_and_clear(indexed: System) -> None:
     assert stats["entries"] == 2
     assert stats["bytes"] > 0
     assert stats["ttl_s"] > 0
+    bus = system.host.bus
+    info = await bus.js.stream_info(f"KV_{bus.layout.bucket('answers')}")
+    assert info.config.allow_direct  # any replica answers a get, without the JetStream API
 
     cleared = await system.client.post("/api/v1/cache/clear")
     assert cleared.status_code == 200

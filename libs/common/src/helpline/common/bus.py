@@ -213,7 +213,10 @@ class Bus:
         await self._ensure_bucket(DEFERRALS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(CANCELS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
-        await self._ensure_bucket(ANSWERS_BUCKET, ttl=lay.answer_cache_ttl_s, history=1)
+        # Direct gets: read by every query, answered by any replica without the JetStream API.
+        await self._ensure_bucket(
+            ANSWERS_BUCKET, ttl=lay.answer_cache_ttl_s, history=1, direct=True
+        )
         # Generations never expire: a lost one would make stale answers current again.
         await self._ensure_bucket(GENERATIONS_BUCKET, ttl=0.0, history=1)
 
@@ -236,7 +239,9 @@ class Bus:
         except BadRequestError as exc:
             log.warning("consumer %s on %s kept as it is: %s", config.durable_name, stream, exc)
 
-    async def _ensure_bucket(self, name: str, *, ttl: float, history: int) -> None:
+    async def _ensure_bucket(
+        self, name: str, *, ttl: float, history: int, direct: bool = False
+    ) -> None:
         full = self.layout.bucket(name)
         try:
             kv = await self.js.key_value(full)
@@ -248,6 +253,7 @@ class Bus:
                     history=history,
                     storage=self.layout.storage,
                     replicas=self.layout.replicas,
+                    direct=direct,
                 )
             )
         self._kv[name] = kv
