@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
 
-.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-embedding bench-throughput bench-priority bench-crawl bench-render deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -31,6 +31,9 @@ bench-query: install
 
 bench-retrieval: install
 	$(UV) run python bench/retrieval_eval.py
+
+bench-cache: install
+	$(UV) run python bench/answer_cache.py
 
 bench-embedding: install
 	$(UV) run python bench/embedding.py

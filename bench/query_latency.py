@@ -2,7 +2,8 @@
 
 Serves the PostgreSQL 15 manual (Debian's postgresql-doc-15, installed here if missing
 and possible) on 127.0.0.1, runs the real `helpline up` in a fresh data dir, crawls the
-manual through the API, then measures `POST /api/v1/query` at concurrency 1 and 8.
+manual through the API, then measures `POST /api/v1/query` at concurrency 1 and 8, first
+with the answer cache bypassed (`"cache": false`: retrieval every time), then cache hits.
 
     uv run python bench/query_latency.py [--max-pages 1200] [--requests 200]
 """
@@ -91,7 +92,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def measure(base_url: str, concurrency: int, requests: int) -> dict[str, float]:
+async def measure(
+    base_url: str, concurrency: int, requests: int, *, cache: bool = False
+) -> dict[str, float]:
     latencies: list[float] = []
     server_ms: list[float] = []
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -103,7 +106,8 @@ async def measure(base_url: str, concurrency: int, requests: int) -> dict[str, f
             question = queue.get_nowait()
             started = time.perf_counter()
             response = await client.post(
-                "/api/v1/query", json={"question": question, "brand": "postgres"}
+                "/api/v1/query",
+                json={"question": question, "brand": "postgres", "cache": cache},
             )
             latencies.append((time.perf_counter() - started) * 1000)
             response.raise_for_status()
@@ -173,6 +177,10 @@ def main() -> None:
                 client.post("/api/v1/query", json={"question": QUESTIONS[0], "brand": "postgres"})
             idle = asyncio.run(measure(up.url, 1, args.requests))
             loaded = asyncio.run(measure(up.url, 8, args.requests * 2))
+            for question in QUESTIONS:  # every answer cached
+                client.post("/api/v1/query", json={"question": question, "brand": "postgres"})
+            hits_idle = asyncio.run(measure(up.url, 1, args.requests, cache=True))
+            hits_loaded = asyncio.run(measure(up.url, 8, args.requests * 2, cache=True))
 
     print()
     print(
@@ -183,7 +191,12 @@ def main() -> None:
         f"crawl-to-searchable: {crawl_s:.1f} s ({pages / crawl_s * 60:.0f} pages/min, "
         f"{chunks / crawl_s:.1f} chunks/s)"
     )
-    for name, figures in (("concurrency 1", idle), ("concurrency 8", loaded)):
+    for name, figures in (
+        ("concurrency 1", idle),
+        ("concurrency 8", loaded),
+        ("cache hit, concurrency 1", hits_idle),
+        ("cache hit, concurrency 8", hits_loaded),
+    ):
         print(
             f"POST /api/v1/query {name}: p50 {figures['p50']:.1f} ms, p95 {figures['p95']:.1f} ms, "
             f"p99 {figures['p99']:.1f} ms, mean {figures['mean']:.1f} ms, {figures['qps']:.1f} queries/s "

@@ -25,6 +25,7 @@ from nats.js.errors import (
 )
 
 from helpline.common import subjects
+from helpline.common.answercache import ANSWERS_BUCKET, GENERATIONS_BUCKET
 from helpline.common.breaker import BreakerBoard
 from helpline.common.errors import Retryable
 from helpline.common.messages import TaskEvent, TaskMessage
@@ -72,6 +73,7 @@ class BusLayout:
     max_ack_pending: int = 1_000
     bulk_concurrency: int = 2
     task_record_ttl_s: float = 7 * 24 * 3600.0
+    answer_cache_ttl_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: HelplineSettings) -> BusLayout:
@@ -85,6 +87,7 @@ class BusLayout:
             ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
             task_record_ttl_s=settings.task_record_ttl_s,
+            answer_cache_ttl_s=settings.answer_cache_ttl_s,
         )
 
     @property
@@ -217,6 +220,12 @@ class Bus:
         await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
         await self._ensure_bucket(PAGES_BUCKET, ttl=0, history=1)
         await self._ensure_bucket(HOSTS_BUCKET, ttl=HOSTS_TTL_S, history=1)
+        # Direct gets: read by every query, answered by any replica without the JetStream API.
+        await self._ensure_bucket(
+            ANSWERS_BUCKET, ttl=lay.answer_cache_ttl_s, history=1, direct=True
+        )
+        # Generations never expire: a lost one would make stale answers current again.
+        await self._ensure_bucket(GENERATIONS_BUCKET, ttl=0.0, history=1)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
@@ -237,7 +246,9 @@ class Bus:
         except BadRequestError as exc:
             log.warning("consumer %s on %s kept as it is: %s", config.durable_name, stream, exc)
 
-    async def _ensure_bucket(self, name: str, *, ttl: float, history: int) -> None:
+    async def _ensure_bucket(
+        self, name: str, *, ttl: float, history: int, direct: bool = False
+    ) -> None:
         full = self.layout.bucket(name)
         try:
             kv = await self.js.key_value(full)
@@ -249,6 +260,7 @@ class Bus:
                     history=history,
                     storage=self.layout.storage,
                     replicas=self.layout.replicas,
+                    direct=direct,
                 )
             )
         self._kv[name] = kv

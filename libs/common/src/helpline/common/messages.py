@@ -147,6 +147,11 @@ class QueryTask(TaskMessage):
     brand: str | None = None
     top_k: int = 5
     reply_to: str | None = None
+    # Set by the gateway when answers are cached: rag stores its answer under this key.
+    cache_key: str | None = None
+    # The client reads the answer as it is generated: rag sends `AnswerPart`s to reply_to
+    # (headers carry REPLY_PART_HEADER) before the final `Answer`.
+    stream: bool = False
 
 
 class Source(Message):
@@ -162,6 +167,21 @@ class Answer(Message):
     sources: list[Source]
     duration_ms: float = 0.0
     error: str | None = None
+    # "llm" (generated from the sources) or "extractive" (sentences quoted from them).
+    answer_mode: str = "extractive"
+    # Why a configured language model did not answer (the extractive answer stands in).
+    fallback_reason: str | None = None
+
+
+REPLY_PART_HEADER = "Helpline-Reply-Part"
+
+
+class AnswerPart(Message):
+    """A piece of a streamed answer: the sources (first), then pieces of the text in order."""
+
+    task_id: str
+    sources: list[Source] | None = None
+    text: str = ""
 
 
 class MaintenanceTask(TaskMessage):

@@ -68,6 +68,11 @@ class HelplineSettings(BaseSettings):
     task_record_ttl_s: float = Field(
         default=7 * 24 * 3600.0, description="How long task records are kept."
     )
+    answer_cache_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a cached answer is kept (the answers bucket's TTL, set when created).",
+    )
     otel_service_name: str | None = Field(
         default=None,
         validation_alias="OTEL_SERVICE_NAME",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpline.common.answercache import bump_generation
 from helpline.common.bus import PAGES_BUCKET, Bus
 from helpline.common.messages import ChunkBatch
 from helpline.common.pagestate import save_page_state
@@ -15,6 +16,10 @@ def build_consumers(
 ) -> list[TaskConsumer]:
     async def embed(batch: ChunkBatch, ctx: TaskContext) -> Result:
         result = await indexer.index(batch)
+        # Before the page is reported done: once it is, no stale answer may be served. A
+        # redelivery bumps too: the attempt that committed the change may have died before.
+        if result.get("embedded") or result.get("removed") or ctx.attempt > 1:
+            await bump_generation(bus, batch.brand)
         if batch.page_key is not None:
             # Only now is the page in the index: the next re-scrape may ask "changed since?".
             state = batch.page_state

@@ -72,7 +72,7 @@ class GatewayComponent:
         return [Tracker(bus).router(self.settings.tracker_concurrency)]
 
     async def start(self, bus: Bus) -> None:
-        self.tasks = Tasks(bus)
+        self.tasks = Tasks(bus, answer_cache=self.settings.answer_cache)
         await self.tasks.start()
         self.app.state.tasks = self.tasks
 

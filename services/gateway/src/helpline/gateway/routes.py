@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from helpline.common.answercache import AnswerCache
 from helpline.common.bus import Overloaded
 from helpline.common.chunking import chunk_document, text_document
 from helpline.common.errors import InputRejected
 from helpline.common.messages import (
+    Answer,
+    AnswerPart,
     BatchLimits,
     ChunkBatch,
     CrawlScope,
@@ -22,6 +28,7 @@ from helpline.common.messages import (
     DeadLetter,
     MaintenanceTask,
     ScrapeTask,
+    Source,
     TaskMessage,
     derived_id,
     utcnow,
@@ -31,6 +38,8 @@ from helpline.gateway import deadletters, views
 from helpline.gateway.records import Progress, Status, TaskRecord, TaskView
 from helpline.gateway.schemas import (
     Accepted,
+    CacheCleared,
+    CacheStats,
     CrawlRequest,
     DeadLetterView,
     EmbedRequest,
@@ -45,7 +54,7 @@ from helpline.gateway.schemas import (
     ScrapeRequest,
     SourceOut,
 )
-from helpline.gateway.tasks import QueryTimeout, Tasks, task_id_for
+from helpline.gateway.tasks import BUS_ERRORS, QueryTimeout, Tasks, task_id_for
 
 api = APIRouter(prefix="/api/v1")
 probes = APIRouter()
@@ -239,18 +248,67 @@ async def ping(
     "/query",
     response_model=QueryResponse,
     responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "The answer; with `stream: true`, server-sent events "
+            "`sources`, `delta` (answer text, in order), then `done`; `reset` (drop the text "
+            "so far: the model failed part-way, the extractive answer follows) and `error` "
+            "(`status`, `detail`) may occur once streaming began.",
+        },
+        502: {"model": ErrorBody, "description": "Answering failed."},
         504: {"model": ErrorBody, "description": "No answer before the deadline."},
         **REFUSED,
     },
 )
-async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> QueryResponse:
-    """Answer a question from the indexed documentation, with numbered sources."""
+async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Response:
+    """Answer a question from the indexed documentation, with numbered sources.
+
+    A question asked before (same normalised text, brand and top_k, and no change to the
+    brand's index since) is answered from the answer cache without going to rag.
+    """
     started = time.perf_counter()
-    timeout_s: float = request.app.state.query_timeout_s
     task_id = task_id_for(Kind.QUERY, None)
+    key = (
+        tasks.cache.key(body.question, body.brand, body.top_k)
+        if tasks.cache is not None and body.cache
+        else None
+    )
+    answer = await _cached(tasks, key)
+    cached = answer is not None
+    timeout_s: float = request.app.state.query_timeout_s
+    if answer is None and body.stream:
+        try:
+            replies = await tasks.ask_streaming(
+                body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+            )
+        except Overloaded as exc:
+            raise HTTPException(
+                503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from exc
+        return _event_stream(_live_events(replies, task_id, started))
+    if answer is None:
+        answer = await _ask(body, tasks, task_id, timeout_s, key)
+    result = _response(answer, task_id, started, cached=cached)
+    if body.stream:
+        return _event_stream(_answer_events(result))
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+async def _cached(tasks: Tasks, key: str | None) -> Answer | None:
+    if key is None or tasks.cache is None:
+        return None
+    try:
+        return await tasks.cache.get(key)
+    except BUS_ERRORS:
+        return None  # the cache is an optimisation: ask rag instead
+
+
+async def _ask(
+    body: QueryRequest, tasks: Tasks, task_id: str, timeout_s: float, key: str | None
+) -> Answer:
     try:
         answer = await tasks.ask(
-            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority
+            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
         )
     except QueryTimeout as exc:
         raise HTTPException(504, f"the query was not answered before its deadline ({exc})") from exc
@@ -258,12 +316,136 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> QueryR
         raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
     if answer.error:
         raise HTTPException(502, f"the query failed: {answer.error}")
+    return answer
+
+
+def _response(answer: Answer, task_id: str, started: float, *, cached: bool) -> QueryResponse:
     return QueryResponse(
         answer=answer.answer,
         sources=[SourceOut.model_validate(s.model_dump()) for s in answer.sources],
         task_id=task_id,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        cached=cached,
+        answer_mode=answer.answer_mode,
+        fallback_reason=answer.fallback_reason,
     )
+
+
+_PIECE = re.compile(r"\S+\s*")
+WORDS_PER_DELTA = 4
+
+
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _sources_event(sources: list[Source] | list[SourceOut]) -> bytes:
+    return _sse("sources", {"sources": [s.model_dump() for s in sources]})
+
+
+def _deltas(text: str) -> Iterator[bytes]:
+    """A finished text as `delta` events of a few words each; joined, exactly `text`."""
+    words = _PIECE.findall(text)
+    lead = text[: len(text) - len(text.lstrip())]
+    for start in range(0, len(words), WORDS_PER_DELTA):
+        piece = "".join(words[start : start + WORDS_PER_DELTA])
+        yield _sse("delta", {"text": lead + piece if start == 0 else piece})
+
+
+def _done_event(result: QueryResponse) -> bytes:
+    return _sse(
+        "done",
+        {
+            "task_id": result.task_id,
+            "duration_ms": result.duration_ms,
+            "cached": result.cached,
+            "answer_mode": result.answer_mode,
+            "fallback_reason": result.fallback_reason,
+        },
+    )
+
+
+async def _answer_events(result: QueryResponse) -> AsyncIterator[bytes]:
+    """A finished answer (cached, or extractive) as events: sources, deltas, done."""
+    yield _sources_event(result.sources)
+    for delta in _deltas(result.answer):
+        yield delta
+    yield _done_event(result)
+
+
+async def _live_events(
+    replies: AsyncIterator[AnswerPart | Answer], task_id: str, started: float
+) -> AsyncIterator[bytes]:
+    """Rag's replies as events while they come: sources, deltas as generated, done.
+
+    An extractive answer arrives whole and is cut into deltas here. If the model failed
+    after some text was sent, `reset` tells the client to drop that text; the extractive
+    answer's deltas follow. Failures after the stream began are `error` events.
+    """
+    sources_sent = False
+    streamed: list[str] = []
+    try:
+        async for reply in replies:
+            if isinstance(reply, AnswerPart):
+                if reply.sources is not None and not sources_sent:
+                    sources_sent = True
+                    yield _sources_event(reply.sources)
+                if reply.text:
+                    streamed.append(reply.text)
+                    yield _sse("delta", {"text": reply.text})
+                continue
+            if reply.error:
+                yield _sse("error", {"status": 502, "detail": f"the query failed: {reply.error}"})
+                return
+            if not sources_sent:
+                yield _sources_event(reply.sources)
+            if streamed and "".join(streamed) != reply.answer:
+                streamed.clear()
+                yield _sse("reset", {"reason": reply.fallback_reason})
+            if not streamed:
+                for delta in _deltas(reply.answer):
+                    yield delta
+            yield _done_event(_response(reply, task_id, started, cached=False))
+            return
+    except QueryTimeout as exc:
+        detail = f"the query was not answered before its deadline ({exc})"
+        yield _sse("error", {"status": 504, "detail": detail})
+
+
+@api.get("/cache/stats", response_model=CacheStats)
+async def cache_stats(tasks: TasksDep) -> CacheStats:
+    """The answer cache: this replica's hits and misses, and the shared bucket's size."""
+    cache = _cache(tasks)
+    try:
+        stats = await cache.stats()
+    except BUS_ERRORS as exc:
+        raise HTTPException(503, "the bus did not answer in time; try again later") from exc
+    return CacheStats.model_validate(dataclasses.asdict(stats))
+
+
+@api.post("/cache/clear", response_model=CacheCleared)
+async def cache_clear(tasks: TasksDep) -> CacheCleared:
+    """Drop every cached answer, for every gateway replica."""
+    cache = _cache(tasks)
+    try:
+        cleared = await cache.clear()
+    except BUS_ERRORS as exc:
+        raise HTTPException(503, "the bus did not answer in time; try again later") from exc
+    return CacheCleared(cleared=cleared)
+
+
+def _cache(tasks: Tasks) -> AnswerCache:
+    if tasks.cache is None:
+        raise HTTPException(404, "the answer cache is turned off (HELPLINE_ANSWER_CACHE=false)")
+    return tasks.cache
 
 
 @api.get("/tasks/{task_id}", response_model=TaskView, responses={404: {"model": ErrorBody}})

@@ -141,6 +141,14 @@ class QueryRequest(Body):
     priority: Priority = Field(
         default=Priority.CRITICAL, description="A customer is waiting: critical."
     )
+    cache: bool = Field(
+        default=True,
+        description="false: neither read nor write the answer cache (a fresh answer).",
+    )
+    stream: bool = Field(
+        default=False,
+        description="Answer as server-sent events (sources, delta..., done) instead of JSON.",
+    )
 
 
 class MaintenanceRequest(Body):
@@ -169,6 +177,27 @@ class QueryResponse(BaseModel):
     sources: list[SourceOut]
     task_id: str
     duration_ms: float
+    cached: bool = Field(description="Served from the answer cache.")
+    answer_mode: str = Field(
+        description="`llm` (generated from the sources) or `extractive` (quoted from them)."
+    )
+    fallback_reason: str | None = Field(
+        default=None,
+        description="Why the configured language model did not answer (the answer is extractive).",
+    )
+
+
+class CacheStats(BaseModel):
+    hits: int = Field(description="Answers this gateway replica served from the cache.")
+    misses: int = Field(description="Questions this gateway replica found no cached answer for.")
+    hit_rate: float
+    entries: int = Field(description="Answers in the cache (every replica's).")
+    bytes: int
+    ttl_s: float
+
+
+class CacheCleared(BaseModel):
+    cleared: int
 
 
 class ErrorBody(BaseModel):

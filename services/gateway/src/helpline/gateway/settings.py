@@ -11,4 +11,8 @@ class GatewaySettings(HelplineSettings):
     query_timeout_s: float = Field(
         default=10.0, description="How long a query may take before 504."
     )
+    answer_cache: bool = Field(
+        default=True,
+        description="Serve repeated questions from the shared answer cache (see answer_cache_ttl_s).",
+    )
     tracker_concurrency: int = Field(default=16, description="Events the tracker applies at once.")

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +16,12 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
+from helpline.common.answercache import AnswerCache, Generations
 from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
 from helpline.common.messages import (
+    REPLY_PART_HEADER,
     Answer,
+    AnswerPart,
     EventType,
     QueryTask,
     TaskError,
@@ -53,25 +57,47 @@ def task_id_for(kind: Kind, idempotency_key: str | None) -> str:
 class Tasks:
     """The gateway's side of the bus: create records, publish, wait for answers."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, *, answer_cache: bool = True) -> None:
         self.bus = bus
         self._inbox = f"{bus.layout.prefix}.replies.{uuid.uuid4().hex}"
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
+        self._streams: dict[str, asyncio.Queue[AnswerPart | Answer]] = {}
         self._sub: Subscription | None = None
+        self._generations = Generations()
+        self.cache = AnswerCache(bus, self._generations) if answer_cache else None
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        if self.cache is not None:
+            await self._generations.start(self.bus)
 
     async def stop(self) -> None:
+        await self._generations.stop()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
         for fut in self._waiting.values():
             fut.cancel()
+        for stream in self._streams.values():
+            stream.put_nowait(
+                Answer(task_id="", answer="", sources=[], error="the gateway is stopping")
+            )
 
     async def _on_reply(self, msg: Msg) -> None:
         task_id = msg.subject.rsplit(".", 1)[-1]
+        stream = self._streams.get(task_id)
+        if stream is not None:
+            item: AnswerPart | Answer
+            try:
+                if msg.headers and msg.headers.get(REPLY_PART_HEADER):
+                    item = AnswerPart.model_validate_json(msg.data)
+                else:
+                    item = Answer.model_validate_json(msg.data)
+            except ValueError:
+                item = Answer(task_id=task_id, answer="", sources=[], error="unreadable reply")
+            stream.put_nowait(item)
+            return
         fut = self._waiting.get(task_id)
         if fut is None or fut.done():
             return
@@ -213,6 +239,27 @@ class Tasks:
                 out.append(json.loads(current[0]))
         return out
 
+    def _query(
+        self,
+        question: str,
+        brand: str | None,
+        top_k: int,
+        timeout_s: float,
+        task_id: str,
+        priority: Priority,
+        cache_key: str | None,
+    ) -> QueryTask:
+        return QueryTask(
+            task_id=task_id,
+            priority=priority,
+            deadline=utcnow() + timedelta(seconds=timeout_s),
+            question=question,
+            brand=brand,
+            top_k=top_k,
+            reply_to=f"{self._inbox}.{task_id}",
+            cache_key=cache_key,
+        )
+
     async def ask(
         self,
         question: str,
@@ -221,17 +268,13 @@ class Tasks:
         timeout_s: float,
         task_id: str,
         priority: Priority = Priority.CRITICAL,
+        cache_key: str | None = None,
     ) -> Answer:
-        """Publish a query (critical unless told) with our reply inbox; wait until its deadline."""
-        task = QueryTask(
-            task_id=task_id,
-            priority=priority,
-            deadline=utcnow() + timedelta(seconds=timeout_s),
-            question=question,
-            brand=brand,
-            top_k=top_k,
-            reply_to=f"{self._inbox}.{task_id}",
-        )
+        """Publish a query (critical unless told) with our reply inbox; wait until its deadline.
+
+        With `cache_key`, rag also stores its answer in the answer cache under that key.
+        """
+        task = self._query(question, brand, top_k, timeout_s, task_id, priority, cache_key)
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:
@@ -241,3 +284,46 @@ class Tasks:
             raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
         finally:
             self._waiting.pop(task_id, None)
+
+    async def ask_streaming(
+        self,
+        question: str,
+        brand: str | None,
+        top_k: int,
+        timeout_s: float,
+        task_id: str,
+        priority: Priority = Priority.CRITICAL,
+        cache_key: str | None = None,
+    ) -> AsyncIterator[AnswerPart | Answer]:
+        """Publish a streamed query; returns its replies as they come, the final `Answer` last.
+
+        Publishing happens here (an `Overloaded` bus is reported before anything streams);
+        the iterator raises `QueryTimeout` if the deadline passes first.
+        """
+        task = self._query(question, brand, top_k, timeout_s, task_id, priority, cache_key)
+        task = task.model_copy(update={"stream": True})
+        replies: asyncio.Queue[AnswerPart | Answer] = asyncio.Queue()
+        self._streams[task_id] = replies
+        try:
+            await self.submit(Kind.QUERY, task)
+        except BaseException:
+            self._streams.pop(task_id, None)
+            raise
+        return self._follow(task_id, replies, timeout_s)
+
+    async def _follow(
+        self, task_id: str, replies: asyncio.Queue[AnswerPart | Answer], timeout_s: float
+    ) -> AsyncIterator[AnswerPart | Answer]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(replies.get(), max(deadline - loop.time(), 0))
+                except TimeoutError as exc:
+                    raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
+                yield item
+                if isinstance(item, Answer):
+                    return
+        finally:
+            self._streams.pop(task_id, None)

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+
+from helpline.common.answercache import ANSWERS_BUCKET, store_answer
 from helpline.common.bus import Bus
-from helpline.common.messages import Answer, QueryTask
+from helpline.common.messages import REPLY_PART_HEADER, Answer, AnswerPart, QueryTask
 from helpline.common.subjects import Kind
 from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext, error_of
-from helpline.rag.retrieval import Answerer
+from helpline.rag.answering import Responder
+
+log = logging.getLogger(__name__)
 
 
 def build_consumers(
-    bus: Bus, answerer: Answerer, *, concurrency: int, policy: RetryPolicy
+    bus: Bus, responder: Responder, *, concurrency: int, policy: RetryPolicy
 ) -> list[TaskConsumer]:
 
     async def query(task: QueryTask, ctx: TaskContext) -> Result:
+        reply_to = task.reply_to
+
+        async def emit(part: AnswerPart) -> None:
+            if reply_to:
+                await bus.broker.publish(part, reply_to, headers={REPLY_PART_HEADER: "1"})
+
         try:
-            answer = await answerer.answer(task)
+            answer = await responder.answer(task, emit)
         except Exception as exc:
             # The gateway is waiting: tell it now rather than let it time out.
             if task.reply_to:
@@ -26,9 +37,17 @@ def build_consumers(
                     task.reply_to,
                 )
             raise
+        # Cached before the reply: whoever got this answer and asks again gets the cached one.
+        # A fallback answer is not cached: once the model is back, the question deserves its
+        # generated answer.
+        if task.cache_key and answer.fallback_reason is None:
+            try:
+                await store_answer(await bus.kv(ANSWERS_BUCKET), task.cache_key, answer)
+            except Exception as exc:
+                log.warning("could not cache the answer to %s: %r", task.task_id, exc)
         if task.reply_to:
             await bus.broker.publish(answer, task.reply_to)
-        return {"sources": [s.url for s in answer.sources]}
+        return {"sources": [s.url for s in answer.sources], "answer_mode": answer.answer_mode}
 
     # A question is worth answering once; its deadline is seconds away, so no retries.
     once = RetryPolicy(base_s=policy.base_s, cap_s=policy.cap_s, max_attempts=1)

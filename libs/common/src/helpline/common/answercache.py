@@ -1,0 +1,178 @@
+"""The shared answer cache and the index generations that keep it fresh.
+
+Answers live in the `answers` KV bucket (TTL `HELPLINE_ANSWER_CACHE_TTL_S`) under a key
+derived from the normalised question, the brand, top_k and the brand's index generation.
+The embedder bumps a brand's generation (and the all-brands one) in the `generations`
+bucket after every committed change, so a question asked after new content landed maps
+to a new key: stale answers are never served, only left to expire.
+
+A generation is the KV revision of the brand's entry: every `put` gets a new, larger
+revision, so bumping needs no compare-and-swap. Readers follow the bucket with a watch
+and keep the current generations in memory (no read per question).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from helpline.common.messages import Answer
+
+if TYPE_CHECKING:
+    from nats.js.kv import KeyValue
+
+    from helpline.common.bus import Bus
+
+ANSWERS_BUCKET = "answers"
+GENERATIONS_BUCKET = "generations"
+ALL_BRANDS = "_all"
+
+_SPACE = re.compile(r"\s+")
+_TRAILING = re.compile(r"[\s?!.]+$")
+
+
+def normalise(question: str) -> str:
+    """The question as the cache sees it: case, spacing and trailing punctuation folded."""
+    return _TRAILING.sub("", _SPACE.sub(" ", question.strip().lower()))
+
+
+def generation_key(brand: str | None) -> str:
+    """A brand's key in the generations bucket (brands may hold characters keys may not)."""
+    if brand is None:
+        return ALL_BRANDS
+    return "b_" + hashlib.sha256(brand.encode()).hexdigest()[:24]
+
+
+def answer_key(question: str, brand: str | None, top_k: int, generation: int) -> str:
+    """The cache key of one question, asked of one brand's index at one generation."""
+    raw = "\x1f".join((normalise(question), brand or "", str(top_k), str(generation)))
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+async def bump_generation(bus: Bus, brand: str) -> None:
+    """Declare that a brand's index changed: its cached answers (and all-brands ones) go stale."""
+    kv = await bus.kv(GENERATIONS_BUCKET)
+    await kv.put(generation_key(brand), b"")
+    await kv.put(ALL_BRANDS, b"")
+
+
+class Generations:
+    """Every brand's current generation, followed in memory through a KV watch."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, int] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, bus: Bus) -> None:
+        kv = await bus.kv(GENERATIONS_BUCKET)
+        watcher = await kv.watchall()
+
+        async def follow() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    self._ready.set()
+                    continue
+                if entry.key:
+                    self._current[entry.key] = max(
+                        self._current.get(entry.key, 0), entry.revision or 0
+                    )
+
+        self._task = asyncio.create_task(follow())
+        # The initial values arrive at once; until then nothing is served from the cache.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), 5.0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    def current(self, brand: str | None) -> int | None:
+        """The brand's generation (0 before any change), or None while still loading."""
+        if not self._ready.is_set():
+            return None
+        return self._current.get(generation_key(brand), 0)
+
+
+@dataclass
+class CacheStats:
+    hits: int
+    misses: int
+    hit_rate: float
+    entries: int
+    bytes: int
+    ttl_s: float
+
+
+class AnswerCache:
+    """Reads, stats and clearing of the answers bucket, for one process (its hit counters)."""
+
+    def __init__(self, bus: Bus, generations: Generations) -> None:
+        self.bus = bus
+        self.generations = generations
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, question: str, brand: str | None, top_k: int) -> str | None:
+        """The key this question has now, or None when generations are not known yet."""
+        generation = self.generations.current(brand)
+        if generation is None:
+            return None
+        return answer_key(question, brand, top_k, generation)
+
+    async def get(self, key: str) -> Answer | None:
+        """The cached answer under `key` (counted as a hit), or None (a miss)."""
+        kv = await self.bus.kv(ANSWERS_BUCKET)
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            entry = None
+        if entry is None or not entry.value:
+            self.misses += 1
+            return None
+        try:
+            answer = Answer.model_validate_json(entry.value)
+        except ValueError:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return answer
+
+    async def stats(self) -> CacheStats:
+        info = await self.bus.js.stream_info(_stream(self.bus))
+        asked = self.hits + self.misses
+        return CacheStats(
+            hits=self.hits,
+            misses=self.misses,
+            hit_rate=round(self.hits / asked, 4) if asked else 0.0,
+            entries=info.state.messages or 0,
+            bytes=info.state.bytes or 0,
+            ttl_s=info.config.max_age or 0.0,
+        )
+
+    async def clear(self) -> int:
+        """Drop every cached answer (for every replica); returns how many were dropped."""
+        try:
+            before = await self.bus.js.stream_info(_stream(self.bus))
+            await self.bus.js.purge_stream(_stream(self.bus))
+        except NotFoundError:
+            return 0
+        return before.state.messages or 0
+
+
+async def store_answer(kv: KeyValue, key: str, answer: Answer) -> None:
+    """Cache an answer under the key its question was given."""
+    await kv.put(key, answer.model_dump_json(exclude={"duration_ms"}).encode())
+
+
+def _stream(bus: Bus) -> str:
+    return f"KV_{bus.layout.bucket(ANSWERS_BUCKET)}"
