@@ -71,6 +71,10 @@ async def test_store_outage_opens_breaker_and_nothing_is_dead_lettered(
         model,
         store=store,
         max_deliver=2,
+        # A failure before the breaker opens spends an attempt (that is what the threshold
+        # counts); retries wait long enough that every page's first failure comes first,
+        # however the scraper's host pace spreads the pages out.
+        backoff_base_s=4.0,
         breaker_store_failures=3,
         breaker_store_open_s=0.5,
     )
