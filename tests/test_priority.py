@@ -44,7 +44,9 @@ async def test_critical_overtakes_bulk_backlog_and_backlog_drains(
     try:
         gateway = system.host.components[0]
         tasks: Tasks = gateway.tasks  # type: ignore[attr-defined]
-        backlog = await submit_pings(tasks, BACKLOG, Priority.BULK, delay_ms=3)
+        # Long enough that the backlog cannot drain before the late tasks and the critical one
+        # are queued, even on a fast idle machine.
+        backlog = await submit_pings(tasks, BACKLOG, Priority.BULK, delay_ms=10)
         # Saturated: the pool is busy and the backlog is still there.
         pool = next(c for c in system.host.task_consumers if c.kind is Kind.MAINTENANCE)
         for _ in range(1000):

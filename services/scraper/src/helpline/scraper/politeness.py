@@ -114,10 +114,14 @@ class Politeness:
             return cached
         loading = self._loading.get(origin)
         if loading is None:
-            loading = self._loading[origin] = asyncio.create_task(self._load(origin))
+            loading = self._loading[origin] = asyncio.create_task(self._load_and_keep(origin))
             loading.add_done_callback(lambda _: self._loading.pop(origin, None))
-        robots = await asyncio.shield(loading)
-        self._robots[origin] = robots
+        return await asyncio.shield(loading)
+
+    async def _load_and_keep(self, origin: str) -> Robots:
+        # Cached before the in-flight entry is dropped: a caller arriving in between finds
+        # one or the other, never neither (which would fetch robots.txt a second time).
+        robots = self._robots[origin] = await self._load(origin)
         return robots
 
     async def _load(self, origin: str) -> Robots:
