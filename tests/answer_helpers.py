@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ def write_page(root: Path, path: str, title: str, *paragraphs: str) -> None:
     target = root / path
     target.parent.mkdir(parents=True, exist_ok=True)
     body = "\n".join(f"<p>{p}</p>" for p in paragraphs)
+    before = target.stat().st_mtime if target.exists() else None
     target.write_text(PAGE.format(title=title, paragraphs=body), encoding="utf-8")
+    if before is not None:
+        # HTTP dates have whole seconds: an edit within the second of the last scrape would
+        # look unmodified to If-Modified-Since. A real edit comes later; make this one too.
+        later = max(time.time(), before + 2)
+        os.utime(target, (later, later))
 
 
 async def index_page(system: System, url: str, brand: str) -> dict[str, Any]:
