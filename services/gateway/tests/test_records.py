@@ -89,3 +89,15 @@ def test_counted_flag_survives_storage_but_not_the_view() -> None:
     record = TaskRecord(task_id="t1", kind=Kind.CRAWL, counted_in_parent=True)
     assert TaskRecord.from_bytes(record.to_bytes()).counted_in_parent is True
     assert "counted_in_parent" not in record.view().model_dump()
+
+
+def test_late_start_of_a_finished_task_fills_its_start_time_only() -> None:
+    finished = fold(event(EventType.SUCCEEDED, result={}))
+    assert finished.started_at is None
+    start = event(EventType.STARTED, at=finished.updated_at - timedelta(milliseconds=3))
+    record = apply_event(finished, start)
+    assert record is not None
+    assert record.status is Status.SUCCEEDED
+    assert record.started_at == start.at
+    assert record.finished_at == finished.finished_at
+    assert apply_event(record, start) is None

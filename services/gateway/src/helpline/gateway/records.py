@@ -88,6 +88,10 @@ def _phase(status: Status, attempts: int, at: datetime | None) -> tuple[int, int
 def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
     """The record after `event`, or None when the event changes nothing (late or duplicate)."""
     if record.status.terminal:
+        if event.type is EventType.STARTED and record.started_at is None:
+            # Its end was applied first (events may be applied out of order): the status
+            # stays final, the start time is still worth knowing.
+            return record.model_copy(update={"started_at": event.at})
         return None
     if event.type is EventType.CREATED:
         return None
