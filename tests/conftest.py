@@ -36,7 +36,7 @@ SITE = Path(__file__).parent / "site"
 @pytest.fixture(scope="session")
 def spans() -> InMemorySpanExporter:
     """Every span the in-process services finish, for the tracing tests."""
-    provider = setup_tracing("helpline-tests", otlp_endpoint=None)
+    provider = setup_tracing("helpline-tests", otlp_endpoint=None, record=True)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter

@@ -18,17 +18,31 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _configured = False
 
 
-def setup_tracing(service_name: str, *, otlp_endpoint: str | None) -> TracerProvider:
-    """Install the global tracer provider (idempotent); export over OTLP when configured."""
+def setup_tracing(
+    service_name: str, *, otlp_endpoint: str | None, record: bool = False
+) -> TracerProvider:
+    """Install the global tracer provider (idempotent); export over OTLP when configured.
+
+    With nowhere to send spans (no endpoint, `record` false) they are not recorded: every
+    span still gets its trace and span ids, which propagate in message headers and appear
+    in logs, but nothing is built up per span only to be thrown away (a query crosses a
+    dozen spans). `record` keeps them anyway (for an in-process exporter, or when the
+    standard OTEL_TRACES_SAMPLER is set: the SDK's sampler then reads it).
+    """
     global _configured
     current = trace.get_tracer_provider()
     if _configured and isinstance(current, TracerProvider):
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    resource = Resource.create({"service.name": service_name})
+    if otlp_endpoint or record:
+        provider = TracerProvider(resource=resource)
+    else:
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -85,6 +85,12 @@ class HelplineSettings(BaseSettings):
         ),
         description="Standard OpenTelemetry variable; set, spans are exported over OTLP/HTTP.",
     )
+    otel_traces_sampler: str | None = Field(
+        default=None,
+        validation_alias="OTEL_TRACES_SAMPLER",
+        description="Standard OpenTelemetry variable; set, it decides which spans are recorded "
+        "(otherwise spans are recorded only when they are exported).",
+    )
 
 
 class StoreSettings(BaseSettings):
