@@ -53,6 +53,10 @@ class FailingStore:
     def count(self, brand: str | None = None) -> int:
         return self.inner.count(brand)
 
+    def maintain(self) -> bool:
+        self._check()
+        return self.inner.maintain()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 from qdrant_client import QdrantClient
 
+from helpline.common import vectors
 from helpline.common.embedding import Embedder
 from helpline.common.vectors import (
     INDEXED_FIELDS,
@@ -291,4 +292,31 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
         url=f"path:{tmp_path / 'local'}", data_dir=tmp_path, collection="d", dim=DIM
     )
     assert reopened.count() == 1
+    reopened.close()
+
+
+def test_edge_builds_its_index_once_writing_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EdgeStore(tmp_path / "shard", DIM)
+    store.ensure_collection()
+    points = [chunk(f"https://docs/p{i // 10}", i % 10, seed=i) for i in range(2_500)]
+    store.upsert(points)
+    target = points[1234]
+    before = [h.id for h in store.search(target.vector, limit=10)]
+    # Just written: not yet (an optimize holds the process for seconds).
+    assert store.maintain() is False
+    monkeypatch.setattr(vectors, "OPTIMIZE_QUIET_S", 0.0)
+    assert store.maintain() is True
+    after = store.search(target.vector, limit=10)
+    assert after[0].id == target.id
+    assert after[0].payload == target.payload
+    assert len(set(before) & {h.id for h in after}) >= 9
+    # Nothing new since: nothing to do.
+    assert store.maintain() is False
+    store.close()
+    # A reopened store holds all its points as possibly unindexed: one (cheap) pass again.
+    reopened = EdgeStore(tmp_path / "shard", DIM)
+    assert reopened.maintain() is True
+    assert reopened.search(target.vector, limit=1)[0].id == target.id
     reopened.close()

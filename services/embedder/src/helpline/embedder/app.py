@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from faststream.nats import NatsRouter
 
 from helpline.common.bus import Bus
@@ -12,6 +16,10 @@ from helpline.embedder.handlers import build_consumers
 from helpline.embedder.indexing import Indexer
 from helpline.embedder.settings import EmbedderSettings
 
+log = logging.getLogger(__name__)
+#: How often the store is asked whether it needs housekeeping (`VectorStore.maintain`).
+MAINTAIN_EVERY_S = 5.0
+
 
 class EmbedderComponent:
     name = "embedder"
@@ -20,6 +28,7 @@ class EmbedderComponent:
         self.settings = settings
         self._owns_knowledge = knowledge is None
         self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
+        self._maintaining: asyncio.Task[None] | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return []
@@ -35,8 +44,27 @@ class EmbedderComponent:
         )
 
     async def start(self, bus: Bus) -> None:
-        return None
+        # Before any work: a store opened from disk is indexed now rather than mid-traffic.
+        try:
+            await asyncio.to_thread(self.knowledge.store.maintain)
+        except Exception as exc:
+            log.warning("vector store housekeeping failed: %r", exc)
+        self._maintaining = asyncio.create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        """The writer keeps the store in shape (Qdrant Edge: builds its index after a crawl)."""
+        while True:
+            await asyncio.sleep(MAINTAIN_EVERY_S)
+            try:
+                await asyncio.to_thread(self.knowledge.store.maintain)
+            except Exception as exc:  # the store is down: its breaker tells; try next time
+                log.warning("vector store housekeeping failed: %r", exc)
 
     async def stop(self) -> None:
+        if self._maintaining is not None:
+            self._maintaining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintaining
+            self._maintaining = None
         if self._owns_knowledge:
             self.knowledge.close()
