@@ -101,3 +101,13 @@ def test_late_start_of_a_finished_task_fills_its_start_time_only() -> None:
     assert record.started_at == start.at
     assert record.finished_at == finished.finished_at
     assert apply_event(record, start) is None
+
+
+def test_an_outcome_alone_carries_the_start_time() -> None:
+    # A query reports only its outcome; its event says when the attempt started.
+    began = TaskEvent(task_id="t1", kind=Kind.QUERY, type=EventType.STARTED).at
+    record = fold(event(EventType.SUCCEEDED, result={}, started_at=began))
+    assert record.status is Status.SUCCEEDED
+    assert record.started_at == began
+    assert record.finished_at is not None
+    assert record.finished_at >= began

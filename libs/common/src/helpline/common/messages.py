@@ -46,6 +46,8 @@ class TaskMessage(Message):
     priority: Priority = Priority.NORMAL
     deadline: datetime | None = None
     parent_id: str | None = None
+    # When it was submitted, for a task whose record is written from its outcome (a query).
+    created_at: datetime | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.deadline is not None and (now or utcnow()) >= self.deadline
@@ -221,6 +223,10 @@ class TaskEvent(Message):
     error: TaskError | None = None
     progress_done: int | None = None
     progress_total: int | None = None
+    # When this attempt started and when the task was submitted, where known: a task that
+    # reports only its outcome (a query) still gets a full record.
+    started_at: datetime | None = None
+    created_at: datetime | None = None
 
 
 class DeadLetter(Message):

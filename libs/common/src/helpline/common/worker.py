@@ -54,6 +54,7 @@ from helpline.common.messages import (
     TaskEvent,
     TaskMessage,
     derived_id,
+    utcnow,
 )
 from helpline.common.subjects import Kind, Priority
 
@@ -147,12 +148,14 @@ class TaskContext:
     """What a handler may do besides computing its result: report progress, reach the bus."""
 
     def __init__(self, bus: Bus, kind: Kind, task: TaskMessage, msg: Delivery, attempt: int):
+        self.started_at = utcnow()
         self.bus = bus
         self.kind = kind
         self.task = task
         self.attempt = attempt
         self.report_id, self.report_kind = task.reported_as(kind)
         self._msg = msg
+        self._started: asyncio.Task[None] | None = None
 
     def checkpoint(self) -> None:
         """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
@@ -163,7 +166,24 @@ class TaskContext:
         """Tell the bus this long task is still running (resets ack_wait)."""
         await self._msg.in_progress()
 
+    def report_started(self) -> None:
+        """Publish the STARTED event while the handler already runs (off the critical path);
+        the next event waits for it, so a task's events still reach the bus in order."""
+        self._started = asyncio.create_task(self.event(EventType.STARTED))
+
+    async def settle_started(self) -> None:
+        """Wait for the STARTED event; one the bus refused is only logged (the record then
+        goes from queued straight to the outcome, which carries everything else)."""
+        started, self._started = self._started, None
+        if started is None:
+            return
+        try:
+            await started
+        except Exception as exc:
+            log.warning("task %s: its start was not reported: %r", self.task.task_id, exc)
+
     async def event(self, type_: EventType, **fields: Any) -> None:
+        await self.settle_started()
         await self.bus.emit(
             TaskEvent(
                 task_id=self.report_id,
@@ -172,6 +192,8 @@ class TaskContext:
                 attempt=self.attempt,
                 priority=self.task.priority,
                 parent_id=self.task.parent_id,
+                started_at=self.started_at,
+                created_at=self.task.created_at,
                 **fields,
             )
         )
@@ -189,8 +211,14 @@ async def run_task(
     msg: Delivery,
     handler: Callable[[TaskContext], Awaitable[Result]],
     policy: RetryPolicy,
+    *,
+    report_start: bool = True,
 ) -> None:
-    """Run one delivery of a task and settle its message."""
+    """Run one delivery of a task and settle its message.
+
+    Without `report_start` only the outcome is reported (its event carries the start
+    time): for short tasks whose caller waits for the result itself, such as a query.
+    """
     if ctx.task.expired():
         await ctx.event(
             EventType.EXPIRED,
@@ -198,7 +226,8 @@ async def run_task(
         )
         await msg.reject()
         return
-    await ctx.event(EventType.STARTED)
+    if report_start:
+        ctx.report_started()
     heartbeat = asyncio.create_task(_keep_alive(ctx, ctx.bus.layout.ack_wait_s / 3))
     try:
         result = await handler(ctx)
@@ -225,6 +254,7 @@ async def run_task(
         await msg.ack()
     finally:
         heartbeat.cancel()
+        await ctx.settle_started()
 
 
 async def _keep_alive(ctx: TaskContext, every_s: float) -> None:
@@ -325,7 +355,9 @@ class TaskConsumer:
         bulk_concurrency: int | None = None,
         reserved_every: int = 10,
         priorities: tuple[Priority, ...] = subjects.PRIORITIES_HIGH_FIRST,
+        report_start: bool = True,
     ) -> None:
+        self.report_start = report_start
         self.bus = bus
         self.kind = kind
         self.model = model
@@ -448,7 +480,13 @@ class TaskConsumer:
                     return
                 attempt = max(1, attempt - await self.bus.deferrals(task.task_id))
             ctx = TaskContext(self.bus, self.kind, task, delivery, attempt)
-            await run_task(ctx, delivery, lambda c: self.handler(task, c), self.policy)
+            await run_task(
+                ctx,
+                delivery,
+                lambda c: self.handler(task, c),
+                self.policy,
+                report_start=self.report_start,
+            )
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking work; give running tasks `grace_s` to finish, then hand them back."""

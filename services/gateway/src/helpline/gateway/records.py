@@ -113,8 +113,11 @@ def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
         "attempts": max(record.attempts, event.attempt),
         "updated_at": event.at,
     }
-    if new_status is Status.RUNNING and record.started_at is None:
-        update["started_at"] = event.at
+    if record.started_at is None:
+        if event.started_at is not None:
+            update["started_at"] = event.started_at
+        elif new_status is Status.RUNNING:
+            update["started_at"] = event.at
     if new_status.terminal:
         update["finished_at"] = event.at
         if event.result is not None:

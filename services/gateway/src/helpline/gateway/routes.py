@@ -68,7 +68,9 @@ IdempotencyKey = Annotated[
 RETRY_AFTER_S = 5
 
 
-def get_tasks(request: Request) -> Tasks:
+async def get_tasks(request: Request) -> Tasks:
+    # Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hop on every request for a lookup.
     tasks: Tasks | None = getattr(request.app.state, "tasks", None)
     if tasks is None:
         raise HTTPException(503, "the gateway is starting", headers={"Retry-After": "1"})
@@ -92,7 +94,9 @@ def accepted(request: Request, task_id: str) -> Accepted:
 async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> Accepted:
     """Record and publish a task; 503 with Retry-After when the bus refuses it."""
     try:
-        record, _created = await tasks.submit(kind, task)
+        # Without an Idempotency-Key the task id was just generated: no record can exist.
+        fresh = request.headers.get("idempotency-key") is None
+        record, _created = await tasks.submit(kind, task, fresh=fresh)
     except Overloaded as exc:
         raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
     return accepted(request, record.task_id).model_copy(update={"status": record.status.value})

@@ -37,6 +37,7 @@ from helpline.gateway.records import Status, TaskRecord
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
+    from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,25 @@ class Tasks:
         except ValueError as exc:
             fut.set_exception(exc)
 
-    async def submit(self, kind: Kind, task: TaskMessage) -> tuple[TaskRecord, bool]:
+    async def submit(
+        self, kind: Kind, task: TaskMessage, *, fresh: bool = False
+    ) -> tuple[TaskRecord, bool]:
         """Create the queued record and publish; returns (record, created). Idempotent by id.
 
         A record found still `queued` (a retry after a failed or timed-out submit) is
         published again: the bus's duplicate window and the workers' check of finished
         records make a second copy harmless, and a task that was never published now is.
+
+        `fresh`: the id was just generated (no Idempotency-Key), so no record can exist and
+        the record is written while the task is published, one round trip instead of two.
         """
         kv = await self.bus.kv(TASKS_BUCKET)
         record = TaskRecord(
             task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
         )
+        if fresh:
+            await self._submit_fresh(kv, kind, task)
+            return record, True
         created = True
         try:
             await kv.create(task.task_id, record.to_bytes())
@@ -139,6 +148,26 @@ class Tasks:
                     await kv.purge(task.task_id)
             raise
         return record, created
+
+    async def _submit_fresh(self, kv: KeyValue, kind: Kind, task: TaskMessage) -> None:
+        """Record and publish at once; if the bus refused the task, its record goes too."""
+        record = TaskRecord(
+            task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
+        )
+        created, published = await asyncio.gather(
+            kv.create(task.task_id, record.to_bytes()),
+            self.bus.submit(kind, task),
+            return_exceptions=True,
+        )
+        if isinstance(published, BaseException):
+            if not isinstance(created, BaseException):
+                with contextlib.suppress(Exception):
+                    await kv.purge(task.task_id)
+            raise published
+        # Published but not recorded (the bucket timed out): the task runs, and the tracker
+        # writes its record from the task's first event.
+        if isinstance(created, BaseException) and not isinstance(created, Exception):
+            raise created
 
     async def submit_parent(
         self, kind: Kind, parent: TaskRecord, children: list[TaskMessage]
@@ -258,6 +287,7 @@ class Tasks:
             top_k=top_k,
             reply_to=f"{self._inbox}.{task_id}",
             cache_key=cache_key,
+            created_at=utcnow(),
         )
 
     async def ask(
@@ -278,7 +308,9 @@ class Tasks:
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting[task_id] = fut
         try:
-            await self.submit(Kind.QUERY, task)
+            # No record first: the gateway waits for the answer itself, and the tracker
+            # writes the query's record from its outcome.
+            await self.bus.submit(Kind.QUERY, task)
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError as exc:
             raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
@@ -305,7 +337,7 @@ class Tasks:
         replies: asyncio.Queue[AnswerPart | Answer] = asyncio.Queue()
         self._streams[task_id] = replies
         try:
-            await self.submit(Kind.QUERY, task)
+            await self.bus.submit(Kind.QUERY, task)
         except BaseException:
             self._streams.pop(task_id, None)
             raise

@@ -54,7 +54,7 @@ def _record_for(event: TaskEvent) -> TaskRecord:
         kind=event.kind,
         priority=event.priority or subjects.Priority.NORMAL,
         parent_id=event.parent_id,
-        created_at=event.at,
+        created_at=event.created_at or event.at,
     )
 
 

@@ -51,4 +51,16 @@ def build_consumers(
 
     # A question is worth answering once; its deadline is seconds away, so no retries.
     once = RetryPolicy(base_s=policy.base_s, cap_s=policy.cap_s, max_attempts=1)
-    return [TaskConsumer(bus, Kind.QUERY, QueryTask, query, concurrency=concurrency, policy=once)]
+    # The gateway waits for the answer itself: only the outcome is reported, and it writes
+    # the query's record (one event instead of two on the hot path).
+    return [
+        TaskConsumer(
+            bus,
+            Kind.QUERY,
+            QueryTask,
+            query,
+            concurrency=concurrency,
+            policy=once,
+            report_start=False,
+        )
+    ]
