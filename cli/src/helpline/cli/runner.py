@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from helpline.cli.settings import CliSettings
 from helpline.common.health import HealthServer
@@ -101,7 +102,7 @@ async def serve(
         await host.stop()
 
 
-def _run(main: Callable[[asyncio.Event], object]) -> None:
+def _run(main: Callable[[asyncio.Event], object], event_loop: str = "uvloop") -> None:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -109,13 +110,19 @@ def _run(main: Callable[[asyncio.Event], object]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)  # type: ignore[misc]
 
-    asyncio.run(runner())
+    factory = uvloop.new_event_loop if event_loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as loop_runner:
+        loop_runner.run(runner())
 
 
 def up(settings: CliSettings) -> None:
     """Every service in this process, our own nats-server unless a URL is set, Qdrant Edge unless one is."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    setup_tracing(settings.otel_service_name or "helpline", otlp_endpoint=settings.otlp_endpoint)
+    setup_tracing(
+        settings.otel_service_name or "helpline",
+        otlp_endpoint=settings.otlp_endpoint,
+        record=settings.otel_traces_sampler is not None,
+    )
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     nats: NatsServer | None = None
@@ -133,7 +140,10 @@ def up(settings: CliSettings) -> None:
         knowledge = Knowledge.open(StoreSettings(), data_dir)
         components = [build_component(n, nats_url, knowledge) for n in SERVICES]
         run_settings = settings.model_copy(update={"nats_url": nats_url})
-        _run(lambda stop: serve(run_settings, components, name="helpline", stop=stop))
+        _run(
+            lambda stop: serve(run_settings, components, name="helpline", stop=stop),
+            settings.event_loop,
+        )
     finally:
         if knowledge is not None:
             knowledge.close()
@@ -146,9 +156,11 @@ def run(settings: CliSettings, service: str) -> None:
     """One service in this process, against the NATS server in HELPLINE_NATS_URL."""
     setup_logging(settings.log_level, json_lines=settings.log_json)
     setup_tracing(
-        settings.otel_service_name or f"helpline-{service}", otlp_endpoint=settings.otlp_endpoint
+        settings.otel_service_name or f"helpline-{service}",
+        otlp_endpoint=settings.otlp_endpoint,
+        record=settings.otel_traces_sampler is not None,
     )
     if not settings.nats_url:
         raise SystemExit("helpline run needs HELPLINE_NATS_URL (or use `helpline up`)")
     component = build_component(service, settings.nats_url)
-    _run(lambda stop: serve(settings, [component], name=service, stop=stop))
+    _run(lambda stop: serve(settings, [component], name=service, stop=stop), settings.event_loop)

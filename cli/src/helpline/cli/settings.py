@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from helpline.common.settings import HelplineSettings
@@ -14,6 +16,11 @@ class CliSettings(HelplineSettings):
     )
     nats_port: int = Field(
         default=0, description="Port of the nats-server `helpline up` starts (0: a free one)."
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The event loop services run on: uvloop (faster sockets and scheduling) "
+        "or the standard library's.",
     )
 
     @property
