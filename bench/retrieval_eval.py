@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import httpx
 import qdrant_edge as edge
-from query_latency import MANUAL, ensure_manual
+from query_latency import BRAND, MANUAL, ensure_manual
 
 from helpline.common.embedding import Embedder
 from helpline.common.lexical import SparseVector, encode_query
@@ -41,7 +41,6 @@ from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import SPARSE_VECTOR, EdgeStore, Hit
 
 QUESTIONS = Path(__file__).parent / "questions" / "postgresql.jsonl"
-BRAND = "docs"
 TOP_K = 10
 _WORD = re.compile(r"\w+")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from conftest import System
 from e2e_helpers import wait_terminal
 
@@ -44,6 +47,25 @@ async def test_crawl_then_answer_with_cited_source(system: System, docs_site: st
     # Boilerplate (cookie banner, footer) never reached the index.
     for source in answer["sources"]:
         assert "cookies" not in source["snippet"].lower()
+    # The query's record is written from its outcome (rag reports no separate start).
+    record = await wait_record(system, answer["task_id"])
+    assert record["kind"] == "query"
+    assert record["status"] == "succeeded"
+    assert record["priority"] == "critical"
+    assert record["created_at"] <= record["started_at"] <= record["finished_at"]
+    assert record["result"]["sources"][0] == f"{docs_site}/troubleshooting/reset.html"
+
+
+async def wait_record(system: System, task_id: str, timeout_s: float = 10.0) -> dict[str, object]:
+    """A task's record once the tracker has written it (a query's appears when it is done)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = await system.client.get(f"/api/v1/tasks/{task_id}")
+        if response.status_code == 200:
+            return dict(response.json())
+        assert response.status_code == 404, response.text
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no record for task {task_id} after {timeout_s}s")
 
 
 async def test_children_records_and_failures_are_readable(system: System, docs_site: str) -> None:
