@@ -85,6 +85,9 @@ def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra:
         "max_deliver": 2,
         "scraper_allowed_hosts": "127.0.0.1",
         "scraper_timeout_s": 1.0,
+        # Extraction in a thread: dozens of systems start here, and worker processes take
+        # a second each to import (services/scraper/tests/test_parsing.py covers them).
+        "scraper_extract_processes": 0,
         "query_timeout_s": 10.0,
     }
     base.update(extra)

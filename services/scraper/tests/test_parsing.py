@@ -21,3 +21,22 @@ async def test_pages_parse_in_a_thread_or_in_worker_processes(processes: int) ->
     assert doc.title == "Reset"
     assert doc.links == ["http://docs.example/next.html"]
     assert chunks[0].text.startswith("Reset\nHold the reset button for twelve seconds.")
+
+
+async def test_auto_runs_one_niced_worker_per_core() -> None:
+    import asyncio
+    import os
+
+    from helpline.scraper.parsing import WORKER_NICENESS, auto_processes
+
+    assert auto_processes(-1) == min(4, len(os.sched_getaffinity(0)))
+    assert auto_processes(3) == 3
+    parser = Parser(processes=-1)
+    try:
+        assert parser._pool is not None
+        loop = asyncio.get_running_loop()
+        niceness = await loop.run_in_executor(parser._pool, os.nice, 0)
+    finally:
+        parser.close()
+    # Workers yield the cores to the service (queries, the bus) when both want them.
+    assert niceness == min(19, os.nice(0) + WORKER_NICENESS)

@@ -1,14 +1,19 @@
 """A fetched page to its document and chunks, in worker processes when there are cores to spare.
 
-Extraction is pure Python over lxml trees and holds the GIL: threads give one core in all.
-`Parser(processes=N)` runs it in N spawned worker processes instead (spawned, not forked:
-the scraper's process has threads, and a fork copies their locks).
+Extraction is pure Python over lxml trees and holds the GIL: threads give one core in all,
+and in the service's own process every page parsed stalls its event loop (and, under
+`helpline up`, the queries it answers) for the page's 10-30 ms. `Parser(processes=N)` runs
+it in N spawned worker processes instead (spawned, not forked: the scraper's process has
+threads, and a fork copies their locks), niced so that interactive work keeps the cores
+first. Workers start when the first page arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor
 
 from helpline.common.chunking import Document, chunk_document
@@ -25,14 +30,34 @@ def parse_page(
     return doc, chunk_document(doc, max_chars, overlap_chars)
 
 
+#: How much lower the extraction workers' CPU priority is than the scraper's (nice).
+WORKER_NICENESS = 10
+MAX_AUTO_PROCESSES = 4
+
+
+def auto_processes(setting: int) -> int:
+    """The worker processes a setting asks for: -1 is one per usable core, at most 4."""
+    if setting >= 0:
+        return setting
+    return min(MAX_AUTO_PROCESSES, len(os.sched_getaffinity(0)))
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+
+
 class Parser:
-    """Runs `parse_page` in a process pool (`processes` > 0) or in a thread."""
+    """Runs `parse_page` in a process pool (`processes` > 0; -1: one per core) or a thread."""
 
     def __init__(self, processes: int = 0) -> None:
         self._pool: Executor | None = None
+        processes = auto_processes(processes)
         if processes > 0:
             self._pool = ProcessPoolExecutor(
-                max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+                max_workers=processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority,
             )
 
     async def parse(

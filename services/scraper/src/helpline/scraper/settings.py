@@ -36,9 +36,10 @@ class ScraperSettings(HelplineSettings):
         "(a site's Crawl-delay lengthens it).",
     )
     scraper_extract_processes: int = Field(
-        default=0,
-        description="Worker processes extracting pages (0: a thread, one core in all); "
-        "set it to the cores the scraper may use.",
+        default=-1,
+        ge=-1,
+        description="Worker processes extracting pages, at a lower CPU priority than the "
+        "service (-1: one per core, at most 4; 0: a thread in the service, one core in all).",
     )
     scraper_robots_ttl_s: float = Field(
         default=3600.0, description="How long a site's robots.txt is kept before it is read again."
