@@ -46,10 +46,10 @@ def test_top_k_limits_sources() -> None:
 
 
 def test_sentences_drop_the_heading_line() -> None:
-    assert sentences("Firewall rules\nRules apply at once. No reboot is needed.") == [
+    assert sentences("Firewall rules\nRules apply at once. No reboot is needed.") == (
         "Rules apply at once.",
         "No reboot is needed.",
-    ]
+    )
 
 
 def test_weak_or_unrelated_pages_are_listed_but_not_quoted() -> None:

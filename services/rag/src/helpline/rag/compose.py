@@ -7,6 +7,7 @@ is at most a few sentences, each followed by the `[n]` of the source it came fro
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -94,8 +95,10 @@ class _Page:
     passages: list[str] = field(default_factory=list)
 
 
-def terms(text: str) -> set[str]:
-    """Content words, lower-cased, with a light plural/suffix folding."""
+@functools.lru_cache(maxsize=8192)
+def terms(text: str) -> frozenset[str]:
+    """Content words, lower-cased, with a light plural/suffix folding (cached: the same
+    passages come back for many questions)."""
     out = set()
     for word in _WORD.findall(text.lower()):
         if word in _STOPWORDS or len(word) < 2:
@@ -105,10 +108,11 @@ def terms(text: str) -> set[str]:
                 word = word[: -len(suffix)]
                 break
         out.add(word)
-    return out
+    return frozenset(out)
 
 
-def sentences(passage: str) -> list[str]:
+@functools.lru_cache(maxsize=2048)
+def sentences(passage: str) -> tuple[str, ...]:
     """A passage's sentences (its heading line dropped: it is not an answer)."""
     lines = [line.strip() for line in passage.splitlines() if line.strip()]
     if len(lines) > 1 and not lines[0].endswith((".", "!", "?", ":")) and len(lines[0]) < 120:
@@ -116,7 +120,7 @@ def sentences(passage: str) -> list[str]:
     out: list[str] = []
     for line in lines:
         out.extend(s.strip() for s in _SENTENCE_END.split(line) if len(s.strip()) > 1)
-    return out
+    return tuple(out)
 
 
 def merge_pages(hits: list[Hit]) -> list[_Page]:
