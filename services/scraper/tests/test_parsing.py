@@ -40,3 +40,45 @@ async def test_auto_runs_one_niced_worker_per_core() -> None:
         parser.close()
     # Workers yield the cores to the service (queries, the bus) when both want them.
     assert niceness == min(19, os.nice(0) + WORKER_NICENESS)
+
+
+CHILD = """
+import asyncio, os, sys
+from helpline.scraper.parsing import Parser
+
+async def main():
+    parser = Parser(processes=1)
+    loop = asyncio.get_running_loop()
+    print(await loop.run_in_executor(parser._pool, os.getpid), flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_workers_die_with_a_killed_service() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    service = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    assert service.stdout is not None
+    worker = int(service.stdout.readline())
+    service.send_signal(signal.SIGKILL)
+    service.wait()
+    service.stdout.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        # A zombie (dead, not yet reaped by an init that does not reap) counts as gone.
+        with open(f"/proc/{worker}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("an extraction worker outlived its killed service")

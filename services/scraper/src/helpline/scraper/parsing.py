@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
 from concurrent.futures import Executor, ProcessPoolExecutor
+from multiprocessing import resource_tracker
 
 from helpline.common.chunking import Document, chunk_document
 from helpline.common.messages import Chunk
@@ -42,9 +45,16 @@ def auto_processes(setting: int) -> int:
     return min(MAX_AUTO_PROCESSES, len(os.sched_getaffinity(0)))
 
 
-def _lower_priority() -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker() -> None:
+    """A worker yields the cores to the service, and dies with it (even when it is killed)."""
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Parser:
@@ -57,7 +67,7 @@ class Parser:
             self._pool = ProcessPoolExecutor(
                 max_workers=processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
+                initializer=_init_worker,
             )
 
     async def parse(
@@ -72,3 +82,7 @@ class Parser:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            # The pool's queues started multiprocessing's resource tracker; stop and reap it
+            # now, or it outlives the service as a zombie where no init process reaps.
+            with contextlib.suppress(Exception):
+                resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
