@@ -88,6 +88,8 @@ def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra:
         # Extraction in a thread: dozens of systems start here, and worker processes take
         # a second each to import (services/scraper/tests/test_parsing.py covers them).
         "scraper_extract_processes": 0,
+        # Indexing shares the session's model rather than loading a niced one per system.
+        "embed_index_niceness": 0,
         "query_timeout_s": 10.0,
     }
     base.update(extra)

@@ -100,3 +100,37 @@ def test_unavailable_provider_falls_back_to_cpu() -> None:
 def test_batch_size_must_be_positive(embedder: Embedder) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         embedder.embed(["hello"], batch_size=0)
+
+
+async def test_a_niced_model_embeds_the_same_at_a_lower_priority(embedder: Embedder) -> None:
+    import asyncio
+    import os
+    import threading
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    niced = Embedder.load(threads=2, niceness=7)
+    try:
+        texts = ["Hold the reset button for twelve seconds.", "Firmware updates install at 3 am."]
+        vectors = await niced.embed_async(texts)
+        np.testing.assert_allclose(vectors, embedder.embed(texts), atol=1e-5)
+        assert niced._executor is not None
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(niced._executor, priority) == min(19, priority() + 7)
+        # onnxruntime's own threads were started from a niced thread: they are niced too.
+        assert _thread_niceness().count(min(19, priority() + 7)) >= 2
+    finally:
+        niced.close()
+    # Without niceness, embed_async runs in the default executor and gives the same vectors.
+    np.testing.assert_allclose(await embedder.embed_async(texts), vectors, atol=1e-5)
+
+
+def _thread_niceness() -> list[int]:
+    """The nice value of every thread of this process (Linux)."""
+    from pathlib import Path
+
+    return [
+        int(stat.read_text().rsplit(")", 1)[1].split()[16])
+        for stat in Path("/proc/self/task").glob("*/stat")
+    ]

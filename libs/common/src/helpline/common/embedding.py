@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import logging
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +54,62 @@ def _providers(requested: Sequence[str] | None) -> list[str]:
 class Embedder:
     """Texts in, unit-length float32 vectors out; safe to call from several threads."""
 
-    def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, model_id: str) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        tokenizer: Tokenizer,
+        model_id: str,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         self._session = session
         self._tokenizer = tokenizer
         self.model_id = model_id
         self.dim = int(session.get_outputs()[0].shape[-1])
+        self._executor = executor
 
     @classmethod
-    def load(cls, threads: int | None = None, providers: list[str] | None = None) -> Embedder:
-        """Load the bundled model and tokenizer; `threads` bounds onnxruntime's intra-op pool."""
+    def load(
+        cls,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        *,
+        niceness: int = 0,
+    ) -> Embedder:
+        """Load the bundled model and tokenizer; `threads` bounds onnxruntime's intra-op pool.
+
+        With `niceness` > 0 the model runs at that lower CPU priority: the session is built
+        in a niced thread (onnxruntime's pool threads inherit it) and `embed_async` calls it
+        from niced threads, so the process's other work keeps the cores first.
+        """
+        if niceness <= 0:
+            return cls._load(threads, providers)
+        executor = ThreadPoolExecutor(
+            max_workers=4,
+            thread_name_prefix="embed-niced",
+            initializer=_lower_thread_priority,
+            initargs=(niceness,),
+        )
+        model = executor.submit(cls._load, threads, providers).result()
+        model._executor = executor
+        return model
+
+    async def embed_async(
+        self, texts: Sequence[str], batch_size: int = 32
+    ) -> npt.NDArray[np.float32]:
+        """`embed` off the event loop, in the model's niced threads when it has them."""
+        if self._executor is None:
+            return await asyncio.to_thread(self.embed, texts, batch_size)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.embed, texts, batch_size)
+
+    def close(self) -> None:
+        """Stop the model's own threads (if it has any)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    @classmethod
+    def _load(cls, threads: int | None, providers: list[str] | None) -> Embedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         # One model, one graph path: parallel branches gain nothing and would add threads.
@@ -113,3 +165,10 @@ class Embedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         unit: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return unit
+
+
+def _lower_thread_priority(niceness: int) -> None:
+    # Linux schedules threads: a thread id is a valid PRIO_PROCESS target, and threads this
+    # one starts (onnxruntime's pool) inherit its niceness.
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)

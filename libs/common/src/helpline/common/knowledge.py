@@ -48,10 +48,9 @@ class Knowledge:
     store: VectorStore
 
     @classmethod
-    def open(cls, settings: StoreSettings, data_dir: Path) -> Knowledge:
+    def open(cls, settings: StoreSettings, data_dir: Path, *, niceness: int = 0) -> Knowledge:
         """Load the model, open (and prepare) the store the settings name."""
-        providers = [p.strip() for p in settings.embed_providers.split(",") if p.strip()]
-        model = Embedder.load(threads=settings.embed_threads, providers=providers)
+        model = load_model(settings, niceness=niceness)
         store = open_store(
             url=settings.qdrant_url,
             data_dir=data_dir,
@@ -63,3 +62,10 @@ class Knowledge:
 
     def close(self) -> None:
         self.store.close()
+        self.model.close()
+
+
+def load_model(settings: StoreSettings, *, niceness: int = 0) -> Embedder:
+    """The embedding model on the providers and threads the settings give."""
+    providers = [p.strip() for p in settings.embed_providers.split(",") if p.strip()]
+    return Embedder.load(threads=settings.embed_threads, providers=providers, niceness=niceness)

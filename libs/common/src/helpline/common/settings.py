@@ -107,6 +107,14 @@ class StoreSettings(BaseSettings):
         default=None, description="onnxruntime threads (default: all cores)."
     )
     embed_batch_size: int = Field(default=32, description="Chunks per model call.")
+    embed_index_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="How much lower the CPU priority of indexing's model threads is than the "
+        "service's (nice; 0: the same): in one process with queries, indexing takes the cores "
+        "only when questions do not need them.",
+    )
     embed_providers: str = Field(
         default="CPUExecutionProvider",
         description="onnxruntime execution providers, preferred first (e.g. CUDAExecutionProvider,CPUExecutionProvider).",

@@ -9,7 +9,7 @@ import logging
 from faststream.nats import NatsRouter
 
 from helpline.common.bus import Bus
-from helpline.common.knowledge import Knowledge, store_breaker
+from helpline.common.knowledge import Knowledge, load_model, store_breaker
 from helpline.common.runtime import retry_policy
 from helpline.common.worker import TaskConsumer
 from helpline.embedder.handlers import build_consumers
@@ -27,7 +27,12 @@ class EmbedderComponent:
     def __init__(self, settings: EmbedderSettings, *, knowledge: Knowledge | None = None) -> None:
         self.settings = settings
         self._owns_knowledge = knowledge is None
-        self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
+        niceness = settings.embed_index_niceness
+        self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir, niceness=niceness)
+        # Sharing a process with rag (`helpline up`): indexing gets its own model at a lower
+        # CPU priority, so a re-index never slows the questions answered beside it.
+        self._own_model = knowledge is not None and niceness > 0
+        self.index_model = load_model(settings, niceness=niceness) if self._own_model else None
         self._maintaining: asyncio.Task[None] | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
@@ -36,7 +41,10 @@ class EmbedderComponent:
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         breaker = store_breaker(bus.breakers, self.settings)
         indexer = Indexer(
-            self.knowledge.store, self.knowledge.model, breaker, self.settings.embed_batch_size
+            self.knowledge.store,
+            self.index_model or self.knowledge.model,
+            breaker,
+            self.settings.embed_batch_size,
         )
         policy = retry_policy(self.settings)
         return build_consumers(
@@ -66,5 +74,7 @@ class EmbedderComponent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintaining
             self._maintaining = None
+        if self.index_model is not None:
+            self.index_model.close()
         if self._owns_knowledge:
             self.knowledge.close()

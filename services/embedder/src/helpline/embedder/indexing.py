@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from helpline.common.breaker import CircuitBreaker
@@ -33,9 +32,7 @@ class Indexer:
         wanted = {point_id(page_key(batch.brand, batch.url), c.position): c for c in batch.chunks}
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
         if changed:
-            vectors = await asyncio.to_thread(
-                self.model.embed, [c.text for _, c in changed], self.batch_size
-            )
+            vectors = await self.model.embed_async([c.text for _, c in changed], self.batch_size)
             fetched_at = batch.fetched_at.isoformat()
             points = [
                 IndexedPoint(

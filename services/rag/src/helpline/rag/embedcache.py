@@ -23,6 +23,7 @@ class CachedQueryEmbedder(Embedder):
     def __init__(self, inner: Embedder, size: int) -> None:
         # Delegates to `inner`; the base class's session and tokenizer are never touched.
         self._inner = inner
+        self._executor = None
         self.model_id = inner.model_id
         self.dim = inner.dim
         self.size = size
