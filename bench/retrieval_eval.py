@@ -160,7 +160,8 @@ def ask_all(client: httpx.Client, questions: list[Question]) -> tuple[list[list[
     durations = []
     for question in questions:
         response = client.post(
-            "/api/v1/query", json={"question": question.text, "brand": BRAND, "top_k": TOP_K}
+            "/api/v1/query",
+            json={"question": question.text, "brand": BRAND, "top_k": TOP_K, "cache": False},
         )
         response.raise_for_status()
         body = response.json()

@@ -320,3 +320,16 @@ def test_edge_builds_its_index_once_writing_pauses(
     assert reopened.maintain() is True
     assert reopened.search(target.vector, limit=1)[0].id == target.id
     reopened.close()
+
+
+def test_weighted_fusion_prefers_the_heavier_ranking() -> None:
+    from helpline.common.vectors import Hit, rrf
+
+    dense = [Hit("d", 0.9, {}), Hit("both", 0.8, {})]
+    lexical = [Hit("l", 9.0, {}), Hit("both", 8.0, {})]
+    fused = rrf([dense, lexical], 3, weights=(1.0, 0.7))
+    assert [h.id for h in fused] == ["both", "d", "l"]
+    # First in every list scores 1; the scores are fractions of that.
+    top = rrf([[Hit("x", 1.0, {})], [Hit("x", 1.0, {})]], 1, weights=(1.0, 0.7))
+    assert abs(top[0].score - 1.0) < 1e-9
+    assert 0 < fused[-1].score < fused[1].score < fused[0].score < 1
