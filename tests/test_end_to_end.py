@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from conftest import System
 from e2e_helpers import wait_terminal
 
@@ -19,8 +20,12 @@ async def crawl_site(system: System, url: str, **extra: object) -> dict[str, obj
     return await wait_terminal(system.client, accepted["task_id"], timeout_s=90)
 
 
-async def test_crawl_then_answer_with_cited_source(system: System, docs_site: str) -> None:
+async def test_crawl_then_answer_with_cited_source(
+    system: System, docs_site: str, caplog: pytest.LogCaptureFixture
+) -> None:
     parent = await crawl_site(system, docs_site)
+    # Each page's start is published while it is fetched, and still reported.
+    assert not [r for r in caplog.records if "start was not reported" in r.getMessage()]
     assert parent["status"] == "succeeded", parent
     assert parent["kind"] == "crawl"
     result = parent["result"]

@@ -169,7 +169,7 @@ class TaskContext:
     def report_started(self) -> None:
         """Publish the STARTED event while the handler already runs (off the critical path);
         the next event waits for it, so a task's events still reach the bus in order."""
-        self._started = asyncio.create_task(self.event(EventType.STARTED))
+        self._started = asyncio.create_task(self._emit(EventType.STARTED, {}))
 
     async def settle_started(self) -> None:
         """Wait for the STARTED event; one the bus refused is only logged (the record then
@@ -184,6 +184,9 @@ class TaskContext:
 
     async def event(self, type_: EventType, **fields: Any) -> None:
         await self.settle_started()
+        await self._emit(type_, fields)
+
+    async def _emit(self, type_: EventType, fields: dict[str, Any]) -> None:
         await self.bus.emit(
             TaskEvent(
                 task_id=self.report_id,
@@ -471,7 +474,14 @@ class TaskConsumer:
                 return
             report_id, _ = task.reported_as(self.kind)
             if self.bus.is_cancelled(task.task_id, task.parent_id, report_id):
-                await delivery.ack()  # the gateway already recorded the cancellation
+                # The gateway records the cancellation of the tasks it knew of; a child whose
+                # record appeared after that (a page claimed while the crawl was being
+                # cancelled) is recorded here. A repeat changes nothing.
+                ctx = TaskContext(self.bus, self.kind, task, delivery, delivery.count)
+                await ctx.event(
+                    EventType.CANCELLED, error=error_of(TaskCancelled("cancelled by request"))
+                )
+                await delivery.ack()
                 return
             attempt = delivery.count
             if attempt > 1:
