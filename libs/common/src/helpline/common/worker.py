@@ -510,7 +510,7 @@ class TaskConsumer:
                 await msg.nak()
         self._waiting.clear()
         for sub in self._subs:
-            await release_subscription(sub)
+            await _release(sub)
         self._subs.clear()
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=grace_s)
@@ -528,7 +528,7 @@ class TaskConsumer:
         }
 
 
-async def release_subscription(sub: JetStreamContext.PullSubscription) -> None:
+async def _release(sub: JetStreamContext.PullSubscription) -> None:
     """Hand back what reached a pull subscription after its fetch was cancelled, then drop
     the subscription. Left subscribed with a message queued, the connection's drain at
     shutdown would wait for it until the drain timeout (30 s)."""

@@ -64,25 +64,19 @@ class GatewayComponent:
         self.settings = settings
         self.app = create_app(settings)
         self.tasks: Tasks | None = None
-        self.tracker: Tracker | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return []
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
-        return []
+        return [Tracker(bus).router(self.settings.tracker_concurrency)]
 
     async def start(self, bus: Bus) -> None:
-        self.tracker = Tracker(bus)
-        await self.tracker.start(self.settings.tracker_concurrency)
         self.tasks = Tasks(bus, answer_cache=self.settings.answer_cache)
         await self.tasks.start()
         self.app.state.tasks = self.tasks
 
     async def stop(self) -> None:
         self.app.state.tasks = None
-        if self.tracker is not None:
-            await self.tracker.stop()
-            self.tracker = None
         if self.tasks is not None:
             await self.tasks.stop()

@@ -4,41 +4,27 @@ One durable consumer shared by every gateway replica. States only move forward, 
 terminal state is final and a duplicate event changes nothing (`records.apply_event`).
 A child reaching a terminal state is added once to its parent's progress; the parent
 finishes when every page it claimed has finished.
-
-Events are pulled in batches (lingering pulls, as the task pools do) and grouped by task:
-a task's events in one batch (a ping's `started` and `succeeded`) cost one read and one
-compare-and-swap of its record, and different tasks are applied concurrently.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nats.errors import TimeoutError as NatsTimeoutError
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.nats.annotations import NatsMessage
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from opentelemetry import propagate, trace
-from pydantic import ValidationError
 
 from helpline.common import subjects
 from helpline.common.bus import CRAWLS_BUCKET, TASKS_BUCKET, Bus, kv_get
 from helpline.common.crawlstate import pages_claimed
 from helpline.common.messages import EventType, TaskEvent
-from helpline.common.worker import release_subscription
 from helpline.gateway.records import Progress, Status, TaskRecord, apply_event
 
-if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-    from nats.js import JetStreamContext
-
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("helpline.tracker")
-#: Events taken per pull; a batch's events are grouped by task.
-BATCH = 64
 
 Change = Callable[[TaskRecord | None], TaskRecord | None]
 
@@ -75,37 +61,23 @@ def _record_for(event: TaskEvent) -> TaskRecord:
 class Tracker:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._loops: list[asyncio.Task[None]] = []
-        self._subs: list[JetStreamContext.PullSubscription] = []
-        self._slots = asyncio.Semaphore(16)
-        self._stopping = False
 
     async def apply(self, event: TaskEvent) -> None:
         """Apply one event (idempotent)."""
-        await self.apply_all([event])
-
-    async def apply_all(self, events: list[TaskEvent]) -> None:
-        """Apply one task's events, in order, with one compare-and-swap (idempotent)."""
         kv = await self.bus.kv(TASKS_BUCKET)
-        first = events[0]
 
         def change(record: TaskRecord | None) -> TaskRecord | None:
-            changed = record is None
-            current = record or _record_for(first)
-            for event in events:
-                new = apply_event(current, event)
-                if new is not None:
-                    current, changed = new, True
-            return current if changed else None
+            if record is None:
+                record = _record_for(event)
+                return apply_event(record, event) or record
+            return apply_event(record, event)
 
-        updated = await update_record(kv, first.task_id, change)
-        if updated is not None:
-            for parent_id in {e.parent_id for e in events if e.type is EventType.CREATED}:
-                if parent_id:
-                    await self._refresh_parent_total(kv, parent_id)
+        updated = await update_record(kv, event.task_id, change)
+        if event.type is EventType.CREATED and updated is not None and event.parent_id:
+            await self._refresh_parent_total(kv, event.parent_id)
         record = updated
         if record is None:
-            current = await kv_get(kv, first.task_id)
+            current = await kv_get(kv, event.task_id)
             record = TaskRecord.from_bytes(current[0]) if current else None
         if record and record.status.terminal and record.parent_id and not record.counted_in_parent:
             await self._count_child(kv, record)
@@ -162,70 +134,29 @@ class Tracker:
 
         await update_record(kv, parent_id, change)
 
-    async def start(self, concurrency: int) -> None:
-        """Bind the shared durable consumer and start pulling (`concurrency` tasks at once)."""
+    def router(self, concurrency: int) -> NatsRouter:
+        """The tracker's subscriber on every event, through the shared durable consumer."""
         lay = self.bus.layout
         config = lay.tracker_config()
-        self._slots = asyncio.Semaphore(max(1, concurrency))
-        # A few pulls in flight, so one batch being applied does not hold up the next.
-        for _ in range(max(1, min(4, concurrency // 4))):
-            sub = await self.bus.js.pull_subscribe_bind(
-                config.durable_name or "", subjects.events_stream(lay.prefix)
-            )
-            self._subs.append(sub)
-            self._loops.append(asyncio.create_task(self._pull(sub)))
+        router = NatsRouter()
 
-    async def stop(self) -> None:
-        """Stop pulling; batches being applied finish, unapplied events go back at once."""
-        self._stopping = True
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops.clear()
-        for sub in self._subs:
-            await release_subscription(sub)
-        self._subs.clear()
-
-    async def _pull(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping:
+        @router.subscriber(
+            config.filter_subject or "",
+            stream=JStream(subjects.events_stream(lay.prefix), declare=False),
+            durable=config.durable_name,
+            config=config,
+            pull_sub=PullSub(batch_size=1, timeout=1.0),
+            max_workers=concurrency,
+            ack_policy=AckPolicy.MANUAL,
+            title="gateway-tracker",
+        )
+        async def on_event(event: TaskEvent, msg: NatsMessage) -> None:
             try:
-                msgs = await sub.fetch(BATCH, timeout=5.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, server restarting: try again shortly
-                log.debug("tracker pull: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            groups: dict[str, list[tuple[Msg, TaskEvent]]] = {}
-            for msg in msgs:
-                try:
-                    event = TaskEvent.model_validate_json(msg.data)
-                except ValidationError as exc:
-                    log.warning("dropping an unreadable event on %s: %s", msg.subject, exc)
-                    with contextlib.suppress(Exception):
-                        await msg.term()
-                    continue
-                groups.setdefault(event.task_id, []).append((msg, event))
-            # Shielded: a batch pulled is applied and settled even when stopping.
-            await asyncio.shield(asyncio.gather(*(self._apply_group(g) for g in groups.values())))
+                await self.apply(event)
+            except Exception:
+                log.exception("applying event %s for task %s", event.type, event.task_id)
+                await msg.nack(delay=1.0)
+                return
+            await msg.ack()
 
-    async def _apply_group(self, group: list[tuple[Msg, TaskEvent]]) -> None:
-        first, event = group[0]
-        context = propagate.extract(first.headers or {})
-        async with self._slots:
-            with _tracer.start_as_current_span(
-                f"{first.subject} process", context=context, kind=trace.SpanKind.CONSUMER
-            ):
-                try:
-                    await self.apply_all([e for _, e in group])
-                except Exception:
-                    log.exception("applying %d events for task %s", len(group), event.task_id)
-                    for msg, _ in group:
-                        with contextlib.suppress(Exception):
-                            await msg.nak(delay=1.0)
-                    return
-        for msg, _ in group:
-            with contextlib.suppress(Exception):
-                await msg.ack()
+        return router
