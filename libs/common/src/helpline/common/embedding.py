@@ -59,13 +59,13 @@ class Embedder:
         session: ort.InferenceSession,
         tokenizer: Tokenizer,
         model_id: str,
-        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self._session = session
         self._tokenizer = tokenizer
         self.model_id = model_id
         self.dim = int(session.get_outputs()[0].shape[-1])
-        self._executor = executor
+        # Set by `load(niceness=...)`: the niced threads `embed_async` runs the model in.
+        self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(

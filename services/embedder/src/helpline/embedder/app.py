@@ -31,8 +31,8 @@ class EmbedderComponent:
         self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir, niceness=niceness)
         # Sharing a process with rag (`helpline up`): indexing gets its own model at a lower
         # CPU priority, so a re-index never slows the questions answered beside it.
-        self._own_model = knowledge is not None and niceness > 0
-        self.index_model = load_model(settings, niceness=niceness) if self._own_model else None
+        own_model = knowledge is not None and niceness > 0
+        self.index_model = load_model(settings, niceness=niceness) if own_model else None
         self._maintaining: asyncio.Task[None] | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:

@@ -124,7 +124,7 @@ class Tasks:
             task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
         )
         if fresh:
-            await self._submit_fresh(kv, kind, task)
+            await self._submit_fresh(kv, kind, task, record)
             return record, True
         created = True
         try:
@@ -149,11 +149,10 @@ class Tasks:
             raise
         return record, created
 
-    async def _submit_fresh(self, kv: KeyValue, kind: Kind, task: TaskMessage) -> None:
+    async def _submit_fresh(
+        self, kv: KeyValue, kind: Kind, task: TaskMessage, record: TaskRecord
+    ) -> None:
         """Record and publish at once; if the bus refused the task, its record goes too."""
-        record = TaskRecord(
-            task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
-        )
         created, published = await asyncio.gather(
             kv.create(task.task_id, record.to_bytes()),
             self.bus.submit(kind, task),
