@@ -1,12 +1,17 @@
 """Task throughput: Helpline against bare nats-py and Celery + Redis, in one run.
 
-Helpline: N no-op maintenance pings submitted over the gateway's REST API (64 at a time)
-to a real `helpline run gateway` and `helpline run maintenance`, counted when their task
-records are terminal (watched in the KV bucket). Bare nats-py: N messages published to a
-work-queue stream with PubAck, a worker process pulls and replies. Celery + Redis: N
-`delay()` calls to a threaded worker, counted when their results are back. Also the idle
-round trip of one task through the library (record created, published, run, record
-terminal), 200 times.
+Helpline, two ways, each against a real `helpline run gateway` (the tracker writes the
+records) and `helpline run maintenance` (runs the pings):
+- through the library, as Celery's `delay()` and the bare nats-py peer are driven: N no-op
+  maintenance pings submitted with their queued records (`TaskStore.submit_many`);
+- through the REST API: N `POST /api/v1/maintenance/ping` from 64 keep-alive connections
+  (a minimal HTTP/1.1 client, so that the client's own cost stays out of the figure).
+Both are counted when every task's record is terminal (watched in the KV bucket).
+Bare nats-py: N messages published to a work-queue stream with PubAck, a worker process
+pulls and replies. Celery + Redis: N `delay()` calls to a threaded worker, counted when
+their results are back. Also the idle round trip of one task through the library (record
+created, published, run, record terminal), 200 times, and the CPU seconds each process
+spent per 1,000 tasks.
 
     uv run python bench/throughput.py [--tasks 10000]
 """
@@ -25,90 +30,148 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import nats
 
 from helpline.common.bus import Bus, BusLayout, make_broker
 from helpline.common.messages import MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.subjects import Kind, bucket
+from helpline.common.taskstore import TaskStore
 from helpline.common.testing import ServiceProcess
 
 TERMINAL = {"succeeded", "failed", "expired", "cancelled"}
 BENCH = Path(__file__).resolve().parent
+CONNECTIONS = 64
 
 
-async def watch_terminal(nats_url: str, ids_done: dict[str, float], stop: asyncio.Event) -> None:
-    nc = await nats.connect(nats_url)
-    kv = await nc.jetstream().key_value(bucket("tasks"))
-    watcher = await kv.watchall()
-    async for entry in watcher:
-        if stop.is_set():
-            break
-        if entry is None or entry.value is None:
-            continue
-        try:
-            status = json.loads(entry.value).get("status")
-        except ValueError:
-            continue
-        if status in TERMINAL and entry.key not in ids_done:
-            ids_done[entry.key] = time.perf_counter()
-    await nc.close()
+class Terminal:
+    """Which task records are terminal, from a watch on the tasks bucket."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.changed = asyncio.Event()
+        self._nc: nats.NATS | None = None
+        self._follow: asyncio.Task[None] | None = None
+
+    async def start(self, nats_url: str) -> None:
+        self._nc = await nats.connect(nats_url)
+        kv = await self._nc.jetstream().key_value(bucket("tasks"))
+        watcher = await kv.watchall()
+        self._follow = asyncio.create_task(self._run(watcher))
+
+    async def _run(self, watcher: object) -> None:
+        async for entry in watcher:  # type: ignore[attr-defined]
+            if entry is None or entry.value is None:
+                continue
+            if entry.key not in self.at and json.loads(entry.value).get("status") in TERMINAL:
+                self.at[entry.key] = time.perf_counter()
+                self.changed.set()
+
+    async def wait_for(self, ids: list[str]) -> float:
+        """When the last of `ids` became terminal."""
+        while True:
+            missing = [t for t in ids if t not in self.at]
+            if not missing:
+                return max(self.at[t] for t in ids)
+            self.changed.clear()
+            await self.changed.wait()
+
+    async def stop(self) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+        if self._nc is not None:
+            await self._nc.close()
 
 
-async def helpline_throughput(nats_url: str, gateway_url: str, n: int) -> float:
-    done: dict[str, float] = {}
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_terminal(nats_url, done, stop))
-    await asyncio.sleep(0.5)
-    submitted: list[str] = []
+def pings(n: int) -> list[MaintenanceTask]:
+    return [MaintenanceTask(task_id=new_task_id(), job="ping") for _ in range(n)]
+
+
+async def library_throughput(nats_url: str, n: int) -> float:
+    """N pings submitted through the library (records + publish, pipelined)."""
+    broker = make_broker(nats_url, name="bench")
+    await broker.connect()
+    store = TaskStore(Bus(broker, BusLayout()))
+    terminal = Terminal()
+    await terminal.start(nats_url)
+    tasks = pings(n)
     started = time.perf_counter()
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=60, limits=limits) as client:
+    for first in range(0, n, 1000):
+        await store.submit_many(Kind.MAINTENANCE, tasks[first : first + 1000])
+    last = await terminal.wait_for([t.task_id for t in tasks])
+    await terminal.stop()
+    await broker.stop()
+    return n / (last - started)
 
-        async def submit(count: int) -> None:
-            for _ in range(count):
-                response = await client.post("/api/v1/maintenance/ping")
-                response.raise_for_status()
-                submitted.append(response.json()["task_id"])
 
-        await asyncio.gather(*(submit(n // 64 + (1 if i < n % 64 else 0)) for i in range(64)))
-    while len([t for t in submitted if t in done]) < n:
-        await asyncio.sleep(0.05)
-    elapsed = max(done[t] for t in submitted) - started
-    stop.set()
-    watcher.cancel()
-    return n / elapsed
+async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> str:
+    """One keep-alive HTTP/1.1 request; the task id from its 202."""
+    writer.write(request)
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length)
+    if b" 202 " not in status:
+        raise RuntimeError(f"{status!r} {body[:200]!r}")
+    return str(json.loads(body)["task_id"])
+
+
+async def rest_throughput(nats_url: str, port: int, n: int) -> float:
+    """N pings submitted as POST /api/v1/maintenance/ping over 64 keep-alive connections."""
+    terminal = Terminal()
+    await terminal.start(nats_url)
+    request = (
+        f"POST /api/v1/maintenance/ping HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    ).encode()
+    submitted: list[str] = []
+
+    async def client(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(count):
+            submitted.append(await _post(reader, writer, request))
+        writer.close()
+
+    started = time.perf_counter()
+    shares = [n // CONNECTIONS + (1 if i < n % CONNECTIONS else 0) for i in range(CONNECTIONS)]
+    await asyncio.gather(*(client(c) for c in shares if c))
+    last = await terminal.wait_for(submitted)
+    await terminal.stop()
+    return n / (last - started)
 
 
 async def library_round_trip(nats_url: str, samples: int) -> list[float]:
     """Submit one task at a time through the library and wait for its terminal record."""
     broker = make_broker(nats_url, name="bench")
     await broker.connect()
-    bus = Bus(broker, BusLayout())
-    kv = await bus.kv("tasks")
-    done: dict[str, float] = {}
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_terminal(nats_url, done, stop))
-    await asyncio.sleep(0.5)
+    store = TaskStore(Bus(broker, BusLayout()))
+    terminal = Terminal()
+    await terminal.start(nats_url)
     times = []
-    for _ in range(samples):
-        task = MaintenanceTask(task_id=new_task_id(), job="ping")
+    for task in pings(samples):
         started = time.perf_counter()
-        await kv.create(
-            task.task_id,
-            json.dumps(
-                {"task_id": task.task_id, "kind": "maintenance", "status": "queued"}
-            ).encode(),
-        )
-        await bus.submit(Kind.MAINTENANCE, task)
-        while task.task_id not in done:
-            await asyncio.sleep(0)
-        times.append((done[task.task_id] - started) * 1000)
-    stop.set()
-    watcher.cancel()
+        await store.submit(Kind.MAINTENANCE, task, fresh=True)
+        times.append((await terminal.wait_for([task.task_id]) - started) * 1000)
+    await terminal.stop()
     await broker.stop()
     return times
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: dict[str, int]) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def per_thousand(before: dict[str, float], after: dict[str, float], n: int) -> str:
+    return ", ".join(f"{k} {(after[k] - before[k]) * 1000 / n:.2f}" for k in before)
 
 
 async def nats_throughput(nats_url: str, n: int) -> float:
@@ -217,23 +280,38 @@ def main() -> None:
             env = {"HELPLINE_LOG_LEVEL": "WARNING", "HELPLINE_MAINTENANCE_CONCURRENCY": "64"}
             with (
                 ServiceProcess("gateway", server.url, root / "gw", env) as gateway,
-                ServiceProcess("maintenance", server.url, root / "mt", env),
+                ServiceProcess("maintenance", server.url, root / "mt", env) as worker,
             ):
-                gateway_url = f"http://127.0.0.1:{gateway.port}"
+                pids = {
+                    "bench": os.getpid(),
+                    "gateway": gateway.pid,
+                    "maintenance": worker.pid,
+                    "nats-server": server.pid,
+                }
                 trip = asyncio.run(library_round_trip(server.url, 200))
-                helpline = asyncio.run(helpline_throughput(server.url, gateway_url, n))
+                before = cpu_of(pids)
+                library = asyncio.run(library_throughput(server.url, n))
+                middle = cpu_of(pids)
+                rest = asyncio.run(rest_throughput(server.url, gateway.port, n))
+                after = cpu_of(pids)
         with NatsServer(root / "nats-bare") as server:
             bare = asyncio.run(nats_throughput(server.url, n))
     celery, why = celery_throughput(n)
     print()
-    print(f"{n} no-op tasks, 2 cores")
-    print(f"Helpline (REST submit, durable records):   {helpline:8.0f} tasks/s")
+    print(f"{n} no-op tasks, {os.cpu_count()} cores")
     print(
-        f"bare nats-py (work queue + reply):         {bare:8.0f} tasks/s   Helpline/bare = {helpline / bare:.2f}"
+        f"Helpline, library submit (durable records): {library:8.0f} tasks/s   "
+        f"Helpline/bare = {library / bare:.2f}"
     )
+    print(
+        f"Helpline, REST submit (durable records):    {rest:8.0f} tasks/s   "
+        f"Helpline/bare = {rest / bare:.2f}"
+    )
+    print(f"bare nats-py (work queue + reply):           {bare:8.0f} tasks/s")
     if celery is not None:
         print(
-            f"Celery + Redis (threads, result backend):  {celery:8.0f} tasks/s   Helpline/Celery = {helpline / celery:.2f}"
+            f"Celery + Redis (threads, result backend):    {celery:8.0f} tasks/s   "
+            f"Helpline library/Celery = {library / celery:.2f}"
         )
     else:
         print(f"Celery + Redis: not measured ({why})")
@@ -241,6 +319,8 @@ def main() -> None:
         f"idle round trip through the library: p50 {statistics.median(trip):.2f} ms, "
         f"p99 {sorted(trip)[int(len(trip) * 0.99) - 1]:.2f} ms"
     )
+    print(f"CPU seconds per 1,000 tasks, library: {per_thousand(before, middle, n)}")
+    print(f"CPU seconds per 1,000 tasks, REST:    {per_thousand(middle, after, n)}")
 
 
 if __name__ == "__main__":

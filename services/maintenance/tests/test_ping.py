@@ -1,11 +1,11 @@
-"""The maintenance handler alone: FastStream's in-memory broker for the events, a fake delivery in."""
+"""The maintenance handler alone: a fake delivery in, the published events recorded."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from faststream.nats import JStream, NatsBroker, TestNatsBroker
+from faststream.nats import NatsBroker
 from nats.errors import NotJSMessageError
 
 from helpline.common.bus import Bus, BusLayout
@@ -42,27 +42,29 @@ class FakeMsg:
 
 
 async def run_one(task: MaintenanceTask | bytes) -> tuple[list[TaskEvent], FakeMsg]:
-    broker = NatsBroker()
-    bus = Bus(broker, BusLayout(prefix="unit"))
-    (consumer,) = build_consumers(bus, concurrency=1, policy=RetryPolicy(max_attempts=1))
     seen: list[TaskEvent] = []
+    events = BusLayout(prefix="unit").event_subject(Kind.MAINTENANCE)
 
-    @broker.subscriber(
-        bus.layout.event_subject(Kind.MAINTENANCE),
-        stream=JStream(events_stream("unit"), declare=False),
-    )
-    async def collect(event: TaskEvent) -> None:
-        seen.append(event)
+    async def publish(
+        subject: str, payload: bytes, *, stream: str, headers: dict[str, str]
+    ) -> None:
+        if subject == events:
+            assert stream == events_stream("unit")
+            assert headers["Nats-Msg-Id"]
+            seen.append(TaskEvent.model_validate_json(payload))
 
+    bus = Bus(NatsBroker(), BusLayout(prefix="unit"), publish=publish)
+    (consumer,) = build_consumers(bus, concurrency=1, policy=RetryPolicy(max_attempts=1))
     msg = FakeMsg(task if isinstance(task, bytes) else task.model_dump_json().encode())
-    async with TestNatsBroker(broker):
-        await consumer.handle(Delivery(msg))  # type: ignore[arg-type]
+    await consumer.handle(Delivery(msg))  # type: ignore[arg-type]
     return seen, msg
 
 
 async def test_ping_succeeds_with_pong() -> None:
     seen, msg = await run_one(MaintenanceTask(task_id="p1", job="ping"))
-    assert [e.type for e in seen] == [EventType.STARTED, EventType.SUCCEEDED]
+    # Done within START_REPORT_AFTER_S: only the outcome is reported, with the start time.
+    assert [e.type for e in seen] == [EventType.SUCCEEDED]
+    assert seen[-1].started_at is not None
     assert seen[-1].result is not None
     assert seen[-1].result["pong"] is True
     assert msg.settled == ["ack"]
@@ -80,3 +82,10 @@ async def test_unknown_job_fails_with_reason() -> None:
 async def test_unreadable_task_is_terminated_not_retried(body: bytes) -> None:
     _seen, msg = await run_one(body)
     assert msg.settled == ["term"]
+
+
+async def test_a_longer_task_reports_its_start_while_it_runs() -> None:
+    seen, msg = await run_one(MaintenanceTask(task_id="p4", job="ping", params={"delay_ms": 150}))
+    assert [e.type for e in seen] == [EventType.STARTED, EventType.SUCCEEDED]
+    assert seen[0].at < seen[1].at
+    assert msg.settled == ["ack"]

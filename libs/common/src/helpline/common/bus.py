@@ -1,7 +1,10 @@
 """The bus: connecting, declaring streams/consumers/buckets, submitting tasks and emitting events.
 
-Everything here goes through a FastStream `NatsBroker` carrying the OpenTelemetry
-middleware, so W3C trace context rides in every message's headers.
+The connection is a FastStream `NatsBroker` carrying the OpenTelemetry middleware. Tasks
+and events, the hot path, are published by `Bus.publish`: straight to JetStream with
+pipelined acknowledgements (`Acks`), in a producer span whose W3C context rides in the
+message's headers, as the middleware does; FastStream's publish path costs about three
+times as much per message.
 """
 
 from __future__ import annotations
@@ -9,20 +12,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import (
     APIError,
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoStreamResponseError,
     NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
 )
+from opentelemetry import propagate, trace
 
 from helpline.common import subjects
 from helpline.common.answercache import ANSWERS_BUCKET, GENERATIONS_BUCKET
@@ -33,12 +43,15 @@ from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
     from helpline.common.settings import HelplineSettings
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("helpline.bus")
 
 TASKS_BUCKET = "tasks"
 CRAWLS_BUCKET = "crawls"
@@ -54,6 +67,13 @@ REPLICA_TTL_S = 30.0
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired", "cancelled"})
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+PUBLISH_TIMEOUT_S = 5.0
+# JetStream's "wrong last sequence" error codes: the compare in compare-and-swap failed.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+# What the NATS client raises when the server is down, restarting or too slow to answer.
+BUS_ERRORS = (TimeoutError, NatsTimeoutError, ConnectionClosedError, NoServersError, NatsError)
 
 
 class Overloaded(Retryable):
@@ -150,12 +170,88 @@ def make_broker(url: str, *, name: str, graceful_timeout: float = 30.0) -> NatsB
     )
 
 
-class Bus:
-    """One process's handle on the bus: declares the layout, submits tasks, emits events."""
+def api_error(err: dict[str, Any]) -> APIError:
+    """The exception for a JetStream API error (nats-py's own helper raises it instead)."""
+    if err.get("err_code") in WRONG_LAST_SEQUENCE:
+        return KeyWrongLastSequenceError(description=err.get("description"))
+    classes: dict[int, type[APIError]] = {
+        400: BadRequestError,
+        404: NotFoundError,
+        500: ServerError,
+        503: ServiceUnavailableError,
+    }
+    known = {k: err.get(k) for k in ("code", "err_code", "description", "stream", "seq")}
+    return classes.get(int(err.get("code") or 0), APIError)(**known)
 
-    def __init__(self, broker: NatsBroker, layout: BusLayout) -> None:
+
+class Acks:
+    """Publishing to JetStream with many acknowledgements awaited at once, on one inbox.
+
+    nats-py's `publish_async` would do, but its reply handler raises a stream's error
+    (a full stream, a failed compare-and-swap) instead of handing it to the waiting
+    publisher, who then waits until the timeout.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = f"_INBOX.{uuid.uuid4().hex}."
+        self._waiting: dict[str, asyncio.Future[int]] = {}
+        self._next = 0
+        self._sub: Subscription | None = None
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """Publish and wait for the stream's acknowledgement; the message's sequence."""
+        if self._sub is None:
+            self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        self._next += 1
+        token = str(self._next)
+        ack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = ack
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            return await asyncio.wait_for(ack, PUBLISH_TIMEOUT_S)
+        finally:
+            self._waiting.pop(token, None)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        ack = self._waiting.get(msg.subject[len(self._prefix) :])
+        if ack is None or ack.done():
+            return
+        if msg.headers and msg.headers.get(api.Header.STATUS) == api.StatusCode.SERVICE_UNAVAILABLE:
+            ack.set_exception(NoStreamResponseError())
+            return
+        try:
+            response = json.loads(msg.data)
+        except ValueError as exc:
+            ack.set_exception(exc)
+            return
+        if "error" in response:
+            ack.set_exception(api_error(response["error"]))
+        else:
+            ack.set_result(int(response.get("seq", 0)))
+
+
+class Publish(Protocol):
+    """Put a message on a stream and wait for its acknowledgement."""
+
+    async def __call__(
+        self, subject: str, payload: bytes, *, stream: str, headers: dict[str, str]
+    ) -> None: ...
+
+
+class Bus:
+    """One process's handle on the bus: declares the layout, submits tasks, emits events.
+
+    `publish` replaces JetStream for unit tests of one handler (nothing to connect to).
+    """
+
+    def __init__(
+        self, broker: NatsBroker, layout: BusLayout, *, publish: Publish | None = None
+    ) -> None:
         self.broker = broker
         self.layout = layout
+        self._publish = publish or self._publish_to_jetstream
+        self._acks: Acks | None = None
         self.breakers = BreakerBoard()
         self.cancelled: set[str] = set()
         self._kv: dict[str, KeyValue] = {}
@@ -213,8 +309,10 @@ class Bus:
                 num_replicas=lay.replicas,
             )
         )
-        await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
-        await self._ensure_bucket(CRAWLS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
+        # Records and crawl counts are read on every change (compare-and-swap): direct gets,
+        # answered without the JetStream API, take half the time.
+        await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1, direct=True)
+        await self._ensure_bucket(CRAWLS_BUCKET, ttl=lay.task_record_ttl_s, history=1, direct=True)
         await self._ensure_bucket(DEFERRALS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(CANCELS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
         await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
@@ -263,6 +361,12 @@ class Bus:
                     direct=direct,
                 )
             )
+        else:
+            if direct and not kv._direct:  # a bucket made before it allowed direct gets
+                info = await self.js.stream_info(f"KV_{full}")
+                info.config.allow_direct = True
+                await self.js.update_stream(info.config)
+                kv = await self.js.key_value(full)
         self._kv[name] = kv
 
     async def kv(self, name: str) -> KeyValue:
@@ -338,16 +442,46 @@ class Bus:
         except ValueError:
             return False
 
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        stream: str,
+        msg_id: str,
+    ) -> None:
+        """Publish to a stream and wait for its acknowledgement; traced like FastStream's
+        publishes (a producer span, its context in the headers). Many may be in flight."""
+        headers = {"Nats-Msg-Id": msg_id}
+        with _tracer.start_as_current_span(
+            f"{subject} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+        ):
+            propagate.inject(headers)
+            await self._publish(subject, payload, stream=stream, headers=headers)
+
+    async def _publish_to_jetstream(
+        self, subject: str, payload: bytes, *, stream: str, headers: dict[str, str]
+    ) -> None:
+        headers["Nats-Expected-Stream"] = stream
+        await self.acks.publish(subject, payload, headers)
+
+    @property
+    def acks(self) -> Acks:
+        """This connection's publisher with pipelined acknowledgements."""
+        if self._acks is None:
+            self._acks = Acks(self.nc)
+        return self._acks
+
     async def submit(self, kind: Kind, task: TaskMessage, *, msg_id: str | None = None) -> None:
         """Publish a task and wait for the stream's acknowledgement (the task id is the msg id)."""
-        subject = self.layout.task_subject(kind, task.priority)
         try:
-            await self.broker.publish(
-                task,
-                subject,
+            await self.publish(
+                self.layout.task_subject(kind, task.priority),
+                task.model_dump_json().encode(),
                 stream=self.layout.task_stream(kind),
-                headers={"Nats-Msg-Id": msg_id or task.task_id},
-                timeout=5.0,
+                msg_id=msg_id or task.task_id,
             )
         except APIError as exc:
             raise Overloaded(f"the {kind} queue is full; try again later") from exc
@@ -356,12 +490,11 @@ class Bus:
 
     async def emit(self, event: TaskEvent) -> None:
         """Report on a task; the gateway's tracker applies it to the task record."""
-        await self.broker.publish(
-            event,
+        await self.publish(
             self.layout.event_subject(event.kind),
+            event.model_dump_json().encode(),
             stream=subjects.events_stream(self.layout.prefix),
-            headers={"Nats-Msg-Id": event.event_id},
-            timeout=5.0,
+            msg_id=event.event_id,
         )
 
 

@@ -2,6 +2,8 @@
 
 Crawls: which URLs were claimed and how many. Batches: who is fetching now and when the
 next fetch may start, so `max_concurrent` and `delay_ms` hold across every replica.
+Parents (crawls, batches): the outcome of every child that finished, written once per
+child (`mark_finished`), the ledger a parent's progress is counted from.
 
 The scraper replicas claim pages here (so a page is scraped once per crawl, and
 `max_pages` holds across replicas); the gateway's tracker reads the page count to know
@@ -10,8 +12,10 @@ when every page of a crawl has finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -106,3 +110,50 @@ async def leave_batch_gate(kv: KeyValue, parent_id: str, task_id: str) -> None:
         except KeyWrongLastSequenceError:
             continue
         return
+
+
+def _finished_key(parent_id: str, child_id: str) -> str:
+    return f"{parent_id}.done.{child_id}"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What a parent's finished children add up to."""
+
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    chunks: int = 0
+
+
+async def mark_finished(
+    kv: KeyValue, parent_id: str, child_id: str, *, ok: bool, chunks: int
+) -> bool:
+    """Write a finished child's outcome once; True only for the call that wrote it."""
+    try:
+        await kv.create(
+            _finished_key(parent_id, child_id), json.dumps({"ok": ok, "chunks": chunks}).encode()
+        )
+    except KeyWrongLastSequenceError:
+        return False
+    return True
+
+
+async def tally(kv: KeyValue, parent_id: str) -> Tally:
+    """Every finished child of a parent, summed from the ledger."""
+    done = ok = chunks = 0
+    watcher = await kv.watch(_finished_key(parent_id, "*"))
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of what is stored
+                break
+            if entry.value is None or entry.operation is not None:
+                continue
+            outcome = json.loads(entry.value)
+            done += 1
+            ok += bool(outcome.get("ok"))
+            chunks += int(outcome.get("chunks", 0))
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks)

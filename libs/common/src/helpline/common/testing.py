@@ -193,6 +193,11 @@ class ServiceProcess:
             raise
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
     def kill(self) -> None:
         """SIGKILL: no chance to hand anything back."""
         proc, self.process = self.process, None

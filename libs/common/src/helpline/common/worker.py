@@ -13,28 +13,30 @@ settling, so a crash in between repeats an event (harmless) rather than loses on
 - While a handler runs, the message's ack deadline is pushed back (`in_progress`).
 - A handler cancelled by shutdown hands its message back (nak) for another replica.
 
-`TaskConsumer` is a kind's worker pool in one process: one lingering pull per priority
-(the durable consumers every replica shares) keeps at most one message per priority
-waiting here; whenever one of `concurrency` slots frees, the highest waiting priority
-runs, except that every `reserved_every`-th slot goes to the lowest waiting one, so lower
-levels keep a small share and never starve.
+`TaskConsumer` is a kind's worker pool in one process. It pulls from the durable
+consumers every replica shares (one `Puller` per priority) as many messages as it has free
+slots to run, and at least one per priority, so that when every slot is busy one message
+of each priority waits here and the rest stay on the bus for other replicas. Whenever one
+of `concurrency` slots frees, the highest waiting priority runs, except that every
+`reserved_every`-th slot goes to the lowest waiting one, so lower levels keep a small share
+and never starve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nats.errors import NotJSMessageError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
@@ -56,6 +58,7 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
+from helpline.common.pulling import Puller
 from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
@@ -77,6 +80,10 @@ T = TypeVar("T", bound=TaskMessage)
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _tracer = trace.get_tracer("helpline.worker")
 BATCH_PRIORITIES = frozenset({Priority.LOW, Priority.BULK})
+# A task still running after this long reports its start; a quicker one only its outcome.
+START_REPORT_AFTER_S = 0.05
+# Most messages of one priority asked for in one pull request.
+MAX_PULL = 64
 
 
 class Delivery:
@@ -156,6 +163,7 @@ class TaskContext:
         self.report_id, self.report_kind = task.reported_as(kind)
         self._msg = msg
         self._started: asyncio.Task[None] | None = None
+        self._start_timer: asyncio.TimerHandle | None = None
 
     def checkpoint(self) -> None:
         """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
@@ -166,14 +174,28 @@ class TaskContext:
         """Tell the bus this long task is still running (resets ack_wait)."""
         await self._msg.in_progress()
 
-    def report_started(self) -> None:
-        """Publish the STARTED event while the handler already runs (off the critical path);
-        the next event waits for it, so a task's events still reach the bus in order."""
+    def report_started(self, after_s: float = 0.0) -> None:
+        """Publish the STARTED event once the handler has run `after_s`, while it runs (off
+        the critical path). A task done sooner reports only its outcome, which carries the
+        start time; the next event waits for a STARTED in flight, so events keep their order."""
+        self._start_timer = asyncio.get_running_loop().call_later(after_s, self._start_now)
+
+    def _start_now(self) -> None:
+        self._start_timer = None
         self._started = asyncio.create_task(self._emit(EventType.STARTED, {}))
+
+    def report_started_now(self) -> None:
+        """Publish a STARTED event still waiting for its time at once."""
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_now()
 
     async def settle_started(self) -> None:
         """Wait for the STARTED event; one the bus refused is only logged (the record then
         goes from queued straight to the outcome, which carries everything else)."""
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
         started, self._started = self._started, None
         if started is None:
             return
@@ -230,7 +252,7 @@ async def run_task(
         await msg.reject()
         return
     if report_start:
-        ctx.report_started()
+        ctx.report_started(START_REPORT_AFTER_S)
     heartbeat = asyncio.create_task(_keep_alive(ctx, ctx.bus.layout.ack_wait_s / 3))
     try:
         result = await handler(ctx)
@@ -252,7 +274,11 @@ async def run_task(
     except Exception as exc:
         await _retry_or_dead_letter(ctx, msg, exc, policy)
     else:
-        if not isinstance(result, _ReportedLater):
+        if isinstance(result, _ReportedLater):
+            # The task goes on elsewhere (a page in the embedder): it is running, and the
+            # start says which attempt it is.
+            ctx.report_started_now()
+        else:
             await ctx.event(EventType.SUCCEEDED, result=result or {})
         await msg.ack()
     finally:
@@ -318,12 +344,11 @@ async def dead_letter(
         body=msg.body.decode("utf-8", errors="replace"),
     )
     subject_id = task_id if _SUBJECT_TOKEN.match(task_id) else derived_id("poison", task_id)
-    await bus.broker.publish(
-        letter,
+    await bus.publish(
         subjects.dlq(kind, subject_id, bus.layout.prefix),
+        letter.model_dump_json().encode(),
         stream=subjects.dlq_stream(bus.layout.prefix),
-        headers={"Nats-Msg-Id": f"{subject_id}:dlq:{attempts}"},
-        timeout=5.0,
+        msg_id=f"{subject_id}:dlq:{attempts}",
     )
 
 
@@ -376,56 +401,54 @@ class TaskConsumer:
         self.priorities = priorities
         self.busy = 0
         self.started_by_priority: dict[Priority, int] = dict.fromkeys(priorities, 0)
-        self._waiting: dict[Priority, Msg] = {}
-        self._room: dict[Priority, asyncio.Event] = {}
+        self._waiting: dict[Priority, deque[Msg]] = {p: deque() for p in priorities}
+        self._pullers: dict[Priority, Puller] = {}
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._subs: list[JetStreamContext.PullSubscription] = []
         self._picks = 0
         self._stopping = False
 
     async def start(self) -> None:
         """Bind the shared durable consumers and start pulling."""
-        js: JetStreamContext = self.bus.js
         lay = self.bus.layout
         for priority in self.priorities:
-            config = lay.consumer_config(self.kind, priority)
-            sub = await js.pull_subscribe_bind(
-                config.durable_name or "", lay.task_stream(self.kind)
+            puller = Puller(
+                self.bus.nc,
+                lay.task_stream(self.kind),
+                subjects.consumer(self.kind, priority),
+                functools.partial(self._arrive, priority),
+                on_idle=functools.partial(self._refill, priority),
             )
-            self._subs.append(sub)
-            room = self._room[priority] = asyncio.Event()
-            room.set()
-            self._loops.append(asyncio.create_task(self._pull(priority, sub, room)))
+            await puller.start()
+            self._pullers[priority] = puller
+            self._refill(priority)
         self._loops.append(asyncio.create_task(self._dispatch()))
+        self._loops.append(asyncio.create_task(self._keep_waiting_alive()))
 
-    async def _pull(
-        self, priority: Priority, sub: JetStreamContext.PullSubscription, room: asyncio.Event
-    ) -> None:
-        while not self._stopping:
-            await room.wait()
-            try:
-                msgs = await sub.fetch(1, timeout=5.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except Exception as exc:  # disconnected, server restarting: try again shortly
-                log.debug("pull %s-%s: %r", self.kind, priority, exc)
-                await asyncio.sleep(0.5)
-                continue
-            if not msgs:
-                continue
-            self._waiting[priority] = msgs[0]
-            room.clear()
-            self._arrived.set()
+    def _arrive(self, priority: Priority, msg: Msg) -> None:
+        self._waiting[priority].append(msg)
+        self._arrived.set()
+
+    def _refill(self, priority: Priority) -> None:
+        """Ask for as many of this priority as there are free slots to run them (at least
+        one, so that the highest waiting priority is known when a slot frees)."""
+        if self._stopping:
+            return
+        waiting = sum(len(w) for w in self._waiting.values())
+        room = self.concurrency - self.busy - waiting
+        if priority in BATCH_PRIORITIES:
+            room = min(room, self.bulk_concurrency - self.bulk_busy)
+        want = max(1, min(room, MAX_PULL)) - len(self._waiting[priority])
+        self._pullers[priority].want(want)
 
     def _pick(self) -> Priority | None:
         bulk_full = self.bulk_busy >= self.bulk_concurrency
         ready = [
             p
             for p in self.priorities
-            if p in self._waiting and not (bulk_full and p in BATCH_PRIORITIES)
+            if self._waiting[p] and not (bulk_full and p in BATCH_PRIORITIES)
         ]
         if not ready:
             return None
@@ -440,16 +463,26 @@ class TaskConsumer:
                 self._arrived.clear()
                 await self._arrived.wait()
                 priority = self._pick()
-            msg = self._waiting.pop(priority)
-            self._room[priority].set()
+            msg = self._waiting[priority].popleft()
             self.started_by_priority[priority] += 1
-            task = asyncio.create_task(self._run(Delivery(msg), priority in BATCH_PRIORITIES))
+            batch = priority in BATCH_PRIORITIES
+            self.busy += 1
+            self.bulk_busy += batch
+            task = asyncio.create_task(self._run(Delivery(msg), batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            self._refill(priority)
+
+    async def _keep_waiting_alive(self) -> None:
+        """Messages pulled but not started yet (every slot busy) are not redelivered."""
+        while True:
+            await asyncio.sleep(self.bus.layout.ack_wait_s / 3)
+            for waiting in self._waiting.values():
+                for msg in list(waiting):
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
     async def _run(self, delivery: Delivery, batch: bool) -> None:
-        self.busy += 1
-        self.bulk_busy += batch
         try:
             await self.handle(delivery)
         except Exception:
@@ -458,6 +491,9 @@ class TaskConsumer:
             self.busy -= 1
             self.bulk_busy -= batch
             self._slots.release()
+            for priority in self.priorities:
+                if not self._pullers[priority].open:
+                    self._refill(priority)
             if batch:
                 self._arrived.set()  # a batch slot freed: waiting batch work may go
 
@@ -505,13 +541,12 @@ class TaskConsumer:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
-        for msg in self._waiting.values():  # pulled but never started: back at once
-            with contextlib.suppress(Exception):
-                await msg.nak()
-        self._waiting.clear()
-        for sub in self._subs:
-            await _release(sub)
-        self._subs.clear()
+        await asyncio.gather(*(p.stop() for p in self._pullers.values()))
+        self._pullers.clear()
+        for waiting in self._waiting.values():  # pulled but never started: back at once
+            while waiting:
+                with contextlib.suppress(Exception):
+                    await waiting.popleft().nak()
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=grace_s)
             for task in pending:
@@ -526,17 +561,3 @@ class TaskConsumer:
             "busy": self.busy,
             "started": {str(p): n for p, n in self.started_by_priority.items()},
         }
-
-
-async def _release(sub: JetStreamContext.PullSubscription) -> None:
-    """Hand back what reached a pull subscription after its fetch was cancelled, then drop
-    the subscription. Left subscribed with a message queued, the connection's drain at
-    shutdown would wait for it until the drain timeout (30 s)."""
-    queue: asyncio.Queue[Msg] = sub._sub._pending_queue  # nats-py has no API for it
-    while not queue.empty():
-        msg = queue.get_nowait()
-        if msg.reply and not JetStreamContext.is_status_msg(msg):
-            with contextlib.suppress(Exception):
-                await msg.nak()
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()

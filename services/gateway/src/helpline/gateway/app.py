@@ -11,6 +11,7 @@ from faststream.nats import NatsRouter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from helpline.common.bus import Bus
+from helpline.common.taskstore import TaskStore
 from helpline.common.worker import TaskConsumer
 from helpline.gateway.routes import api, probes
 from helpline.gateway.settings import GatewaySettings
@@ -64,19 +65,27 @@ class GatewayComponent:
         self.settings = settings
         self.app = create_app(settings)
         self.tasks: Tasks | None = None
+        self.tracker: Tracker | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return []
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
-        return [Tracker(bus).router(self.settings.tracker_concurrency)]
+        return []
 
     async def start(self, bus: Bus) -> None:
-        self.tasks = Tasks(bus, answer_cache=self.settings.answer_cache)
+        # One store: the tracker finds the records this gateway just submitted in memory.
+        store = TaskStore(bus)
+        self.tasks = Tasks(bus, store, answer_cache=self.settings.answer_cache)
         await self.tasks.start()
+        self.tracker = Tracker(bus, store, batch=self.settings.tracker_batch)
+        await self.tracker.start()
         self.app.state.tasks = self.tasks
 
     async def stop(self) -> None:
         self.app.state.tasks = None
+        if self.tracker is not None:
+            await self.tracker.stop()
+            self.tracker = None
         if self.tasks is not None:
             await self.tasks.stop()

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from helpline.common.answercache import AnswerCache
-from helpline.common.bus import Overloaded
+from helpline.common.bus import BUS_ERRORS, Overloaded
 from helpline.common.chunking import chunk_document, text_document
 from helpline.common.errors import InputRejected
 from helpline.common.messages import (
@@ -33,9 +33,9 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
+from helpline.common.records import Progress, Status, TaskRecord, TaskView
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway import deadletters, views
-from helpline.gateway.records import Progress, Status, TaskRecord, TaskView
 from helpline.gateway.schemas import (
     Accepted,
     CacheCleared,
@@ -54,7 +54,7 @@ from helpline.gateway.schemas import (
     ScrapeRequest,
     SourceOut,
 )
-from helpline.gateway.tasks import BUS_ERRORS, QueryTimeout, Tasks, task_id_for
+from helpline.gateway.tasks import QueryTimeout, Tasks, task_id_for
 
 api = APIRouter(prefix="/api/v1")
 probes = APIRouter()

@@ -15,4 +15,6 @@ class GatewaySettings(HelplineSettings):
         default=True,
         description="Serve repeated questions from the shared answer cache (see answer_cache_ttl_s).",
     )
-    tracker_concurrency: int = Field(default=16, description="Events the tracker applies at once.")
+    tracker_batch: int = Field(
+        default=256, ge=1, le=1000, description="Most task events the tracker applies at once."
+    )

@@ -11,13 +11,10 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from nats.errors import ConnectionClosedError, NoServersError
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
 from helpline.common.answercache import AnswerCache, Generations
-from helpline.common.bus import REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
+from helpline.common.bus import BUS_ERRORS, REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
 from helpline.common.messages import (
     REPLY_PART_HEADER,
     Answer,
@@ -31,19 +28,15 @@ from helpline.common.messages import (
     new_task_id,
     utcnow,
 )
+from helpline.common.records import Status, TaskRecord
 from helpline.common.subjects import Kind, Priority
-from helpline.gateway.records import Status, TaskRecord
+from helpline.common.taskstore import TaskStore
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
-    from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
-
-
-# What the NATS client raises when the server is down, restarting or too slow to answer.
-BUS_ERRORS = (TimeoutError, NatsTimeoutError, ConnectionClosedError, NoServersError, NatsError)
 
 
 class QueryTimeout(Exception):
@@ -58,8 +51,9 @@ def task_id_for(kind: Kind, idempotency_key: str | None) -> str:
 class Tasks:
     """The gateway's side of the bus: create records, publish, wait for answers."""
 
-    def __init__(self, bus: Bus, *, answer_cache: bool = True) -> None:
+    def __init__(self, bus: Bus, store: TaskStore, *, answer_cache: bool = True) -> None:
         self.bus = bus
+        self.store = store
         self._inbox = f"{bus.layout.prefix}.replies.{uuid.uuid4().hex}"
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._streams: dict[str, asyncio.Queue[AnswerPart | Answer]] = {}
@@ -110,63 +104,8 @@ class Tasks:
     async def submit(
         self, kind: Kind, task: TaskMessage, *, fresh: bool = False
     ) -> tuple[TaskRecord, bool]:
-        """Create the queued record and publish; returns (record, created). Idempotent by id.
-
-        A record found still `queued` (a retry after a failed or timed-out submit) is
-        published again: the bus's duplicate window and the workers' check of finished
-        records make a second copy harmless, and a task that was never published now is.
-
-        `fresh`: the id was just generated (no Idempotency-Key), so no record can exist and
-        the record is written while the task is published, one round trip instead of two.
-        """
-        kv = await self.bus.kv(TASKS_BUCKET)
-        record = TaskRecord(
-            task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
-        )
-        if fresh:
-            await self._submit_fresh(kv, kind, task, record)
-            return record, True
-        created = True
-        try:
-            await kv.create(task.task_id, record.to_bytes())
-        except KeyWrongLastSequenceError:
-            existing = await self.get(task.task_id)
-            if existing is None:
-                raise Overloaded("the task store is busy; try again later") from None
-            if existing.status is not Status.QUEUED:
-                return existing, False
-            record, created = existing, False
-        except BUS_ERRORS as exc:
-            raise Overloaded("the bus did not answer in time; try again later") from exc
-        try:
-            await self.bus.submit(kind, task)
-        except BaseException:
-            # Nothing half-way: the bus refused, so the record goes too (if the bus lets us;
-            # otherwise the retry finds it queued and publishes it).
-            if created:
-                with contextlib.suppress(Exception):
-                    await kv.purge(task.task_id)
-            raise
-        return record, created
-
-    async def _submit_fresh(
-        self, kv: KeyValue, kind: Kind, task: TaskMessage, record: TaskRecord
-    ) -> None:
-        """Record and publish at once; if the bus refused the task, its record goes too."""
-        created, published = await asyncio.gather(
-            kv.create(task.task_id, record.to_bytes()),
-            self.bus.submit(kind, task),
-            return_exceptions=True,
-        )
-        if isinstance(published, BaseException):
-            if not isinstance(created, BaseException):
-                with contextlib.suppress(Exception):
-                    await kv.purge(task.task_id)
-            raise published
-        # Published but not recorded (the bucket timed out): the task runs, and the tracker
-        # writes its record from the task's first event.
-        if isinstance(created, BaseException) and not isinstance(created, Exception):
-            raise created
+        """Create the queued record and publish (`TaskStore.submit`)."""
+        return await self.store.submit(kind, task, fresh=fresh)
 
     async def submit_parent(
         self, kind: Kind, parent: TaskRecord, children: list[TaskMessage]
@@ -205,9 +144,7 @@ class Tasks:
         return parent, True
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        kv = await self.bus.kv(TASKS_BUCKET)
-        current = await kv_get(kv, task_id)
-        return TaskRecord.from_bytes(current[0]) if current else None
+        return await self.store.get(task_id)
 
     async def records(
         self, *, kind: Kind | None, status: Status | None, limit: int

@@ -1,50 +1,49 @@
 """The tracker: folds task events into task records with compare-and-swap.
 
-One durable consumer shared by every gateway replica. States only move forward, a
-terminal state is final and a duplicate event changes nothing (`records.apply_event`).
-A child reaching a terminal state is added once to its parent's progress; the parent
-finishes when every page it claimed has finished.
+One durable consumer shared by every gateway replica, pulled in batches of up to
+`HELPLINE_TRACKER_BATCH` events (an idle tracker gets each event within a round trip; a busy one takes
+whatever has queued since its last batch). A batch's events are grouped by task and each
+task's are folded into one compare-and-swap (`records.apply_event`: states only move
+forward, a terminal state is final, a duplicate changes nothing), all tasks in flight at
+once.
+
+Parents (crawls, batches). A child that reaches a terminal state writes its outcome once
+to the parent's ledger in the `crawls` bucket (`crawlstate.mark_finished`); the write that
+created it counts the child, and a batch adds all the children it counted to each parent
+in one compare-and-swap. The parent finishes when every page it claimed has finished. If
+that update fails after the ledger was written (a timeout, a crash in between), the
+parent is recounted from the ledger (`recount`) instead of being left short.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.annotations import NatsMessage
-from nats.js.errors import KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from helpline.common import subjects
-from helpline.common.bus import CRAWLS_BUCKET, TASKS_BUCKET, Bus, kv_get
-from helpline.common.crawlstate import pages_claimed
-from helpline.common.messages import EventType, TaskEvent
-from helpline.gateway.records import Progress, Status, TaskRecord, apply_event
+from helpline.common.bus import CRAWLS_BUCKET, Bus
+from helpline.common.crawlstate import Tally, mark_finished, pages_claimed, tally
+from helpline.common.messages import EventType, TaskEvent, utcnow
+from helpline.common.pulling import Puller
+from helpline.common.records import Progress, Status, TaskRecord, apply_event
+from helpline.common.taskstore import TaskStore
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 
-Change = Callable[[TaskRecord | None], TaskRecord | None]
-
-
-async def update_record(kv: KeyValue, task_id: str, change: Change) -> TaskRecord | None:
-    """Apply `change` to a record with compare-and-swap; returns the stored record if changed."""
-    while True:
-        current = await kv_get(kv, task_id)
-        record = TaskRecord.from_bytes(current[0]) if current else None
-        new = change(record)
-        if new is None:
-            return None
-        try:
-            if current is None:
-                await kv.create(task_id, new.to_bytes())
-            else:
-                await kv.update(task_id, new.to_bytes(), last=current[1])
-        except KeyWrongLastSequenceError:
-            continue
-        return new
+# Most events taken in one batch.
+BATCH = 256
+_TERMINAL_EVENTS = frozenset(
+    {EventType.SUCCEEDED, EventType.FAILED, EventType.EXPIRED, EventType.CANCELLED}
+)
 
 
 def _record_for(event: TaskEvent) -> TaskRecord:
@@ -58,105 +57,236 @@ def _record_for(event: TaskEvent) -> TaskRecord:
     )
 
 
+def fold(record: TaskRecord | None, events: list[TaskEvent]) -> TaskRecord | None:
+    """The record after all of a task's events, or None when they change nothing."""
+    current = record if record is not None else _record_for(events[0])
+    changed = record is None
+    for event in events:
+        updated = apply_event(current, event)
+        if updated is not None:
+            current, changed = updated, True
+    return current if changed else None
+
+
+@dataclass
+class _ParentDelta:
+    """What one batch adds to a parent."""
+
+    tally: Tally = field(default_factory=Tally)
+    finished_at: Any = None
+    refresh_total: bool = False
+
+    def add(self, child: TaskRecord) -> None:
+        ok = child.status is Status.SUCCEEDED
+        chunks = int((child.result or {}).get("chunks_indexed", 0)) if ok else 0
+        self.tally = Tally(
+            done=self.tally.done + 1,
+            ok=self.tally.ok + ok,
+            failed=self.tally.failed + (not ok),
+            chunks=self.tally.chunks + chunks,
+        )
+        if child.finished_at and (self.finished_at is None or child.finished_at > self.finished_at):
+            self.finished_at = child.finished_at
+
+
+def _with_progress(
+    parent: TaskRecord, counted: Tally, total: int, finished_at: Any, *, exact: bool
+) -> TaskRecord | None:
+    """The parent with `counted` children added, or None if that changes nothing.
+
+    `exact`: `counted` is every finished child (from the ledger), and a parent whose
+    claimed pages have all finished succeeds; an added count never finishes a parent, so
+    that a count raised twice (a retried update) cannot end a crawl early.
+    """
+    progress = parent.progress or Progress()
+    result: dict[str, Any] = dict(parent.result or {})
+    if exact:
+        done, ok, failed, chunks = counted.done, counted.ok, counted.failed, counted.chunks
+    else:
+        done = progress.done + counted.done
+        ok = int(result.get("pages_ok", 0)) + counted.ok
+        failed = int(result.get("pages_failed", 0)) + counted.failed
+        chunks = int(result.get("chunks_indexed", 0)) + counted.chunks
+    total = max(progress.total, total, done)
+    finished = exact and 0 < total <= done
+    if done == progress.done and total == progress.total and not finished:
+        return None
+    update: dict[str, Any] = {"progress": Progress(done=done, total=total)}
+    if done or "pages_ok" in result:
+        result.update(pages_ok=ok, pages_failed=failed, chunks_indexed=chunks)
+        update["result"] = result
+    if finished:
+        update["status"] = Status.SUCCEEDED
+        update["finished_at"] = finished_at or parent.finished_at or utcnow()
+    return parent.model_copy(update=update)
+
+
+def _complete(record: TaskRecord) -> bool:
+    return record.progress is not None and 0 < record.progress.total <= record.progress.done
+
+
 class Tracker:
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, store: TaskStore, *, batch: int = BATCH) -> None:
         self.bus = bus
+        self.store = store
+        self.batch = batch
+        self._queue: list[Msg] = []
+        self._arrived = asyncio.Event()
+        self._puller: Puller | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind the shared durable consumer and start applying events."""
+        lay = self.bus.layout
+        self._puller = Puller(
+            self.bus.nc,
+            subjects.events_stream(lay.prefix),
+            subjects.TRACKER_CONSUMER,
+            self._arrive,
+            on_idle=self._refill,
+        )
+        await self._puller.start()
+        self._refill()
+        self._loop = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        if self._puller is not None:
+            await self._puller.stop()
+            self._puller = None
+        queued, self._queue = self._queue, []
+        for msg in queued:  # taken but not applied: back to the bus at once
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+    def _arrive(self, msg: Msg) -> None:
+        self._queue.append(msg)
+        self._arrived.set()
+
+    def _refill(self) -> None:
+        if self._puller is not None:
+            self._puller.want(self.batch - len(self._queue))
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            batch, self._queue = self._queue[: self.batch], self._queue[self.batch :]
+            self._refill()
+            try:
+                await self.apply_batch(batch)
+            except Exception:
+                log.exception("applying %d task events", len(batch))
+                for msg in batch:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+            if self._queue:
+                self._arrived.set()
+
+    async def apply_batch(self, msgs: list[Msg]) -> None:
+        """Apply a batch of events and settle their messages (nak what could not be applied)."""
+        by_task: dict[str, list[tuple[TaskEvent, Msg]]] = defaultdict(list)
+        for msg in msgs:
+            try:
+                event = TaskEvent.model_validate_json(msg.data)
+            except ValidationError as exc:
+                log.warning("dropping an unreadable task event: %s", exc.errors()[:1])
+                await msg.ack()
+                continue
+            by_task[event.task_id].append((event, msg))
+        outcomes = await asyncio.gather(
+            *(self._apply_task([e for e, _ in group]) for group in by_task.values()),
+            return_exceptions=True,
+        )
+        parents: dict[str, _ParentDelta] = defaultdict(_ParentDelta)
+        settle: list[asyncio.Future[None] | Any] = []
+        for group, outcome in zip(by_task.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("task %s: events not applied: %r", group[0][0].task_id, outcome)
+                settle.extend(m.nak(delay=1.0) for _, m in group)
+                continue
+            counted, created_under = outcome
+            if counted is not None and counted.parent_id:
+                parents[counted.parent_id].add(counted)
+            if created_under:
+                parents[created_under].refresh_total = True
+            settle.extend(m.ack() for _, m in group)
+        if parents:
+            await asyncio.gather(*(self._update_parent(p, d) for p, d in parents.items()))
+        await asyncio.gather(*settle, return_exceptions=True)
 
     async def apply(self, event: TaskEvent) -> None:
-        """Apply one event (idempotent)."""
-        kv = await self.bus.kv(TASKS_BUCKET)
+        """Apply one event (idempotent), its parent's count included."""
+        counted, created_under = await self._apply_task([event])
+        if counted is not None and counted.parent_id:
+            delta = _ParentDelta()
+            delta.add(counted)
+            await self._update_parent(counted.parent_id, delta)
+        elif created_under:
+            await self._update_parent(created_under, _ParentDelta(refresh_total=True))
 
-        def change(record: TaskRecord | None) -> TaskRecord | None:
-            if record is None:
-                record = _record_for(event)
-                return apply_event(record, event) or record
-            return apply_event(record, event)
-
-        updated = await update_record(kv, event.task_id, change)
-        if event.type is EventType.CREATED and updated is not None and event.parent_id:
-            await self._refresh_parent_total(kv, event.parent_id)
-        record = updated
-        if record is None:
-            current = await kv_get(kv, event.task_id)
-            record = TaskRecord.from_bytes(current[0]) if current else None
-        if record and record.status.terminal and record.parent_id and not record.counted_in_parent:
-            await self._count_child(kv, record)
-
-    async def _refresh_parent_total(self, kv: KeyValue, parent_id: str) -> None:
-        total = await pages_claimed(await self.bus.kv(CRAWLS_BUCKET), parent_id)
-
-        def change(parent: TaskRecord | None) -> TaskRecord | None:
-            if parent is None or parent.status.terminal:
-                return None
-            progress = parent.progress or Progress()
-            if total <= progress.total:
-                return None
-            return parent.model_copy(update={"progress": Progress(done=progress.done, total=total)})
-
-        await update_record(kv, parent_id, change)
-
-    async def _count_child(self, kv: KeyValue, child: TaskRecord) -> None:
-        """Add a finished child to its parent once, even when events race or repeat."""
-
-        def claim(record: TaskRecord | None) -> TaskRecord | None:
-            if record is None or record.counted_in_parent:
-                return None
-            return record.model_copy(update={"counted_in_parent": True})
-
-        # Only the handler whose compare-and-swap sets the flag counts the child. A crash
-        # between this and the parent's update would leave the parent short by one.
-        if await update_record(kv, child.task_id, claim) is None:
-            return
-        parent_id = child.parent_id
-        assert parent_id is not None
-        claimed = await pages_claimed(await self.bus.kv(CRAWLS_BUCKET), parent_id)
-
-        def change(parent: TaskRecord | None) -> TaskRecord | None:
-            if parent is None or parent.status.terminal:
-                return None
-            progress = parent.progress or Progress()
-            done = progress.done + 1
-            total = max(progress.total, claimed, done)
-            result: dict[str, Any] = dict(parent.result or {})
-            ok = child.status is Status.SUCCEEDED
-            result["pages_ok"] = int(result.get("pages_ok", 0)) + (1 if ok else 0)
-            result["pages_failed"] = int(result.get("pages_failed", 0)) + (0 if ok else 1)
-            chunks = (child.result or {}).get("chunks_indexed", 0) if ok else 0
-            result["chunks_indexed"] = int(result.get("chunks_indexed", 0)) + int(chunks)
-            update: dict[str, Any] = {
-                "progress": Progress(done=done, total=total),
-                "result": result,
-            }
-            if done >= total:
-                update["status"] = Status.SUCCEEDED
-                update["finished_at"] = child.finished_at
-            return parent.model_copy(update=update)
-
-        await update_record(kv, parent_id, change)
-
-    def router(self, concurrency: int) -> NatsRouter:
-        """The tracker's subscriber on every event, through the shared durable consumer."""
-        lay = self.bus.layout
-        config = lay.tracker_config()
-        router = NatsRouter()
-
-        @router.subscriber(
-            config.filter_subject or "",
-            stream=JStream(subjects.events_stream(lay.prefix), declare=False),
-            durable=config.durable_name,
-            config=config,
-            pull_sub=PullSub(batch_size=1, timeout=1.0),
-            max_workers=concurrency,
-            ack_policy=AckPolicy.MANUAL,
-            title="gateway-tracker",
+    async def _apply_task(self, events: list[TaskEvent]) -> tuple[TaskRecord | None, str | None]:
+        """Fold a task's events into its record; returns the record if this call counted it
+        as a finished child of its parent, and the parent a new child was created under."""
+        task_id = events[0].task_id
+        updated = await self.store.change(task_id, lambda record: fold(record, events))
+        created_under = next(
+            (e.parent_id for e in events if e.type is EventType.CREATED and e.parent_id), None
         )
-        async def on_event(event: TaskEvent, msg: NatsMessage) -> None:
-            try:
-                await self.apply(event)
-            except Exception:
-                log.exception("applying event %s for task %s", event.type, event.task_id)
-                await msg.nack(delay=1.0)
-                return
-            await msg.ack()
+        if updated is None:
+            created_under = None
+        if not any(e.type in _TERMINAL_EVENTS for e in events):
+            return None, created_under
+        record = updated or await self.store.get(task_id)
+        if record is None or not record.status.terminal or not record.parent_id:
+            return None, created_under
+        ok = record.status is Status.SUCCEEDED
+        chunks = int((record.result or {}).get("chunks_indexed", 0)) if ok else 0
+        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        if await mark_finished(crawls, record.parent_id, task_id, ok=ok, chunks=chunks):
+            return record, created_under
+        return None, created_under
 
-        return router
+    async def _update_parent(self, parent_id: str, delta: _ParentDelta) -> None:
+        for attempt in range(3):
+            try:
+                await self._add_to_parent(parent_id, delta)
+                return
+            except Exception as exc:
+                log.warning("parent %s: progress not updated (%r)", parent_id, exc)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        # Its children's outcomes are in the ledger: count them from there.
+        with contextlib.suppress(Exception):
+            await self.recount(parent_id)
+
+    async def _add_to_parent(self, parent_id: str, delta: _ParentDelta) -> None:
+        claimed = await pages_claimed(await self.bus.kv(CRAWLS_BUCKET), parent_id)
+        updated = await self.store.change(
+            parent_id,
+            lambda parent: (
+                None
+                if parent is None or parent.status.terminal
+                else _with_progress(parent, delta.tally, claimed, delta.finished_at, exact=False)
+            ),
+        )
+        if updated is not None and _complete(updated):
+            # Every claimed page counted: confirm against the ledger, then finish.
+            await self.recount(parent_id, finished_at=delta.finished_at)
+
+    async def recount(self, parent_id: str, finished_at: Any = None) -> TaskRecord | None:
+        """Set a parent's progress from its ledger, finishing it when every claimed page has."""
+        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        counted = await tally(crawls, parent_id)
+        claimed = await pages_claimed(crawls, parent_id)
+        return await self.store.change(
+            parent_id,
+            lambda parent: (
+                None
+                if parent is None or parent.status.terminal
+                else _with_progress(parent, counted, claimed, finished_at, exact=True)
+            ),
+        )

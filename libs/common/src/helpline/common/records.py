@@ -65,8 +65,6 @@ class TaskRecord(TaskView):
 
     # When the worker reported the state the record holds (orders events of one attempt).
     updated_at: datetime | None = None
-    # A terminal child's outcome was added to its parent's progress.
-    counted_in_parent: bool = False
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -76,7 +74,7 @@ class TaskRecord(TaskView):
         return cls.model_validate_json(raw)
 
     def view(self) -> TaskView:
-        return TaskView.model_validate(self.model_dump(exclude={"counted_in_parent", "updated_at"}))
+        return TaskView.model_validate(self.model_dump(exclude={"updated_at"}))
 
 
 def _phase(status: Status, attempts: int, at: datetime | None) -> tuple[int, int, float]:

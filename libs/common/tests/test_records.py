@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from helpline.common.messages import EventType, TaskError, TaskEvent
+from helpline.common.records import Status, TaskRecord, apply_event
 from helpline.common.subjects import Kind
-from helpline.gateway.records import Status, TaskRecord, apply_event
 
 
 def event(type_: EventType, attempt: int = 1, **fields: object) -> TaskEvent:
@@ -85,10 +85,10 @@ def test_deferred_retry_then_start_of_the_same_attempt_moves_forward() -> None:
     assert record.attempts == 1
 
 
-def test_counted_flag_survives_storage_but_not_the_view() -> None:
-    record = TaskRecord(task_id="t1", kind=Kind.CRAWL, counted_in_parent=True)
-    assert TaskRecord.from_bytes(record.to_bytes()).counted_in_parent is True
-    assert "counted_in_parent" not in record.view().model_dump()
+def test_bookkeeping_survives_storage_but_not_the_view() -> None:
+    record = TaskRecord(task_id="t1", kind=Kind.CRAWL, updated_at=datetime.now(UTC))
+    assert TaskRecord.from_bytes(record.to_bytes()).updated_at == record.updated_at
+    assert "updated_at" not in record.view().model_dump()
 
 
 def test_late_start_of_a_finished_task_fills_its_start_time_only() -> None:
