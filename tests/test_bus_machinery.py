@@ -13,13 +13,16 @@ from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from helpline.common.bus import CRAWLS_BUCKET, Bus, BusLayout, make_broker
 from helpline.common.crawlstate import Tally, mark_finished, tally
-from helpline.common.messages import MaintenanceTask, new_task_id
+from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord
+from helpline.common.runtime import Host
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
 from helpline.gateway.tracker import Tracker, _ParentDelta
+from helpline.maintenance.app import MaintenanceComponent
+from helpline.maintenance.settings import MaintenanceSettings
 
 
 @pytest.fixture
@@ -242,3 +245,29 @@ async def test_a_count_raised_twice_does_not_finish_a_parent_early(bus: Bus) -> 
     # The count said 3 of 3; the ledger has 2: corrected, still running.
     assert parent.status is Status.RUNNING
     assert parent.progress == Progress(done=2, total=3)
+
+
+async def test_run_returns_the_outcome_to_the_caller(nats_server: NatsServer, prefix: str) -> None:
+    settings = MaintenanceSettings(
+        nats_url=nats_server.url, bus_prefix=prefix, file_storage=False, max_deliver=1
+    )
+    host = Host(settings, [MaintenanceComponent(settings)], name=f"test-{prefix}")
+    await host.start()
+    store = TaskStore(host.bus)
+    try:
+        ok = await store.run(Kind.MAINTENANCE, MaintenanceTask(task_id="run-ok", job="ping"))
+        assert ok.type is EventType.SUCCEEDED
+        assert ok.result is not None
+        assert ok.result["pong"] is True
+        bad = await store.run(Kind.MAINTENANCE, MaintenanceTask(task_id="run-bad", job="defrag"))
+        assert bad.type is EventType.FAILED
+        assert bad.error is not None
+        assert "unknown maintenance job" in bad.error.message
+        # The record is written as for any task (by the tracker, where a gateway runs; here
+        # the queued record the submit wrote is all there is).
+        record = await store.get("run-ok")
+        assert record is not None
+        assert record.kind is Kind.MAINTENANCE
+    finally:
+        await store.close()
+        await host.stop()

@@ -48,6 +48,9 @@ class TaskMessage(Message):
     parent_id: str | None = None
     # When it was submitted, for a task whose record is written from its outcome (a query).
     created_at: datetime | None = None
+    # A subject (core NATS) that also gets the task's outcome event, for a caller waiting
+    # on it (`TaskStore.run`).
+    notify: str | None = None
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.deadline is not None and (now or utcnow()) >= self.deadline
@@ -200,6 +203,16 @@ class EventType(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+
+    @property
+    def outcome(self) -> bool:
+        """Whether this event ends the task (its record becomes terminal)."""
+        return self in _OUTCOMES
+
+
+_OUTCOMES = frozenset(
+    {EventType.SUCCEEDED, EventType.FAILED, EventType.EXPIRED, EventType.CANCELLED}
+)
 
 
 class TaskError(Message):

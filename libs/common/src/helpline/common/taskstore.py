@@ -1,10 +1,11 @@
 """Task records in the `tasks` bucket: created with their task, changed by compare-and-swap.
 
-One `TaskStore` per process (`Bus.records`). It remembers the records it wrote most
-recently with their revisions, so changing a record this process just wrote (the tracker
-applying the outcome of a task its own gateway submitted) needs no read first. A stale
-memory costs one failed compare-and-swap and a read, never a wrong write. Reads for
-clients (`get`) always go to the bucket: another replica may have changed the record.
+A `TaskStore` remembers the records it wrote most recently with their revisions, so
+changing a record this process just wrote (the tracker applying the outcome of a task its
+own gateway submitted) needs no read first. One that `follow`s the bucket also remembers
+what every other process writes (a task submitted through the library elsewhere), as the
+writes happen. A stale memory costs one failed compare-and-swap and a read, never a wrong
+write. Reads for clients (`get`) always go to the bucket.
 
 Writes are published with pipelined acknowledgements (`bus.Acks`), so many records can be
 in flight at once (a batch submit, a tracker batch).
@@ -14,18 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
 from helpline.common.bus import BUS_ERRORS, TASKS_BUCKET, Overloaded, kv_get
-from helpline.common.messages import TaskMessage
+from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.records import Status, TaskRecord
 from helpline.common.subjects import Kind
 
 if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
     from helpline.common.bus import Bus
 
 Change = Callable[[TaskRecord | None], TaskRecord | None]
@@ -38,13 +44,80 @@ class TaskStore:
         self.bus = bus
         self._subject_prefix = f"$KV.{bus.layout.bucket(TASKS_BUCKET)}."
         self._remember = remember
-        self._known: OrderedDict[str, tuple[TaskRecord, int]] = OrderedDict()
+        # A record as written (parsed, or the raw bytes a watch delivered) and its revision.
+        self._known: OrderedDict[str, tuple[TaskRecord | bytes, int]] = OrderedDict()
+        self._following: JetStreamContext.PushSubscription | None = None
+        self._outcome_prefix = f"_INBOX.{uuid.uuid4().hex}."
+        self._outcomes: Subscription | None = None
+        self._waiting: dict[str, asyncio.Future[TaskEvent]] = {}
 
-    def _keep(self, record: TaskRecord, revision: int) -> None:
-        self._known[record.task_id] = (record, revision)
-        self._known.move_to_end(record.task_id)
+    def _keep(self, task_id: str, record: TaskRecord | bytes, revision: int) -> None:
+        known = self._known.get(task_id)
+        if known is not None and known[1] >= revision:
+            return  # a watch delivering a write this process already knows (or a later one)
+        self._known[task_id] = (record, revision)
+        self._known.move_to_end(task_id)
         if len(self._known) > self._remember:
             self._known.popitem(last=False)
+
+    def _remembered(self, task_id: str) -> tuple[TaskRecord, int] | None:
+        known = self._known.get(task_id)
+        if known is None:
+            return None
+        record, revision = known
+        if isinstance(record, bytes):
+            record = TaskRecord.from_bytes(record)
+            self._known[task_id] = (record, revision)
+        return record, revision
+
+    async def follow(self) -> None:
+        """Remember every record written from now on, by any process."""
+        self._following = await self.bus.js.subscribe(
+            self._subject_prefix + ">",
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            cb=self._written,
+        )
+
+    async def _written(self, msg: Msg) -> None:
+        if msg.data and not (msg.headers and msg.headers.get("KV-Operation")):
+            self._keep(
+                msg.subject[len(self._subject_prefix) :], msg.data, msg.metadata.sequence.stream
+            )
+
+    async def close(self) -> None:
+        for sub in (self._following, self._outcomes):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self._following = self._outcomes = None
+        for waiting in self._waiting.values():
+            waiting.cancel()
+
+    async def run(self, kind: Kind, task: TaskMessage, *, timeout_s: float = 30.0) -> TaskEvent:
+        """Submit a task (fresh id) and wait for its outcome: the event that ended it
+        (succeeded with its result, failed with its error, expired or cancelled). The
+        record is written as usual; `TimeoutError` if no outcome came in time."""
+        if self._outcomes is None:
+            self._outcomes = await self.bus.nc.subscribe(
+                self._outcome_prefix + "*", cb=self._outcome
+            )
+        outcome: asyncio.Future[TaskEvent] = asyncio.get_running_loop().create_future()
+        self._waiting[task.task_id] = outcome
+        try:
+            notify = self._outcome_prefix + task.task_id
+            await self.submit(kind, task.model_copy(update={"notify": notify}), fresh=True)
+            return await asyncio.wait_for(outcome, timeout_s)
+        finally:
+            self._waiting.pop(task.task_id, None)
+
+    async def _outcome(self, msg: Msg) -> None:
+        waiting = self._waiting.get(msg.subject[len(self._outcome_prefix) :])
+        if waiting is not None and not waiting.done():
+            try:
+                waiting.set_result(TaskEvent.model_validate_json(msg.data))
+            except ValueError as exc:
+                waiting.set_exception(exc)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """The stored record, read from the bucket."""
@@ -68,7 +141,7 @@ class TaskStore:
         except KeyWrongLastSequenceError:
             self._known.pop(record.task_id, None)
             raise
-        self._keep(record, revision)
+        self._keep(record.task_id, record, revision)
         return revision
 
     async def create(self, record: TaskRecord) -> None:
@@ -80,11 +153,11 @@ class TaskStore:
             # own create looks past it (and raises the same error if the record exists).
             kv = await self.bus.kv(TASKS_BUCKET)
             revision = await kv.create(record.task_id, record.to_bytes())
-            self._keep(record, revision)
+            self._keep(record.task_id, record, revision)
 
     async def change(self, task_id: str, change: Change) -> TaskRecord | None:
         """Apply `change` with compare-and-swap; the stored record, or None if unchanged."""
-        current = self._known.get(task_id)
+        current = self._remembered(task_id)
         while True:
             if current is None:
                 current = await self._read(task_id)

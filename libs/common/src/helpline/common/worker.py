@@ -164,6 +164,8 @@ class TaskContext:
         self._msg = msg
         self._started: asyncio.Task[None] | None = None
         self._start_timer: asyncio.TimerHandle | None = None
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._beats: set[asyncio.Task[None]] = set()
 
     def checkpoint(self) -> None:
         """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
@@ -173,6 +175,22 @@ class TaskContext:
     async def keep_alive(self) -> None:
         """Tell the bus this long task is still running (resets ack_wait)."""
         await self._msg.in_progress()
+
+    def keep_alive_every(self, every_s: float) -> None:
+        """While the handler runs, tell the bus every `every_s` (a timer, not a task: most
+        tasks end long before the first beat)."""
+        self._beat_timer = asyncio.get_running_loop().call_later(every_s, self._beat, every_s)
+
+    def _beat(self, every_s: float) -> None:
+        beat = asyncio.create_task(self.keep_alive())
+        self._beats.add(beat)
+        beat.add_done_callback(self._beats.discard)
+        self.keep_alive_every(every_s)
+
+    def stop_keeping_alive(self) -> None:
+        if self._beat_timer is not None:
+            self._beat_timer.cancel()
+            self._beat_timer = None
 
     def report_started(self, after_s: float = 0.0) -> None:
         """Publish the STARTED event once the handler has run `after_s`, while it runs (off
@@ -209,19 +227,23 @@ class TaskContext:
         await self._emit(type_, fields)
 
     async def _emit(self, type_: EventType, fields: dict[str, Any]) -> None:
-        await self.bus.emit(
-            TaskEvent(
-                task_id=self.report_id,
-                kind=self.report_kind,
-                type=type_,
-                attempt=self.attempt,
-                priority=self.task.priority,
-                parent_id=self.task.parent_id,
-                started_at=self.started_at,
-                created_at=self.task.created_at,
-                **fields,
-            )
+        event = TaskEvent(
+            task_id=self.report_id,
+            kind=self.report_kind,
+            type=type_,
+            attempt=self.attempt,
+            priority=self.task.priority,
+            parent_id=self.task.parent_id,
+            started_at=self.started_at,
+            created_at=self.task.created_at,
+            **fields,
         )
+        if self.task.notify and type_.outcome:
+            # Sent along with the event (the caller waiting on it need not wait for the
+            # event to be stored too); best effort: the record is what lasts.
+            with contextlib.suppress(Exception):
+                await self.bus.nc.publish(self.task.notify, event.model_dump_json().encode())
+        await self.bus.emit(event)
 
 
 def error_of(exc: BaseException) -> TaskError:
@@ -253,7 +275,7 @@ async def run_task(
         return
     if report_start:
         ctx.report_started(START_REPORT_AFTER_S)
-    heartbeat = asyncio.create_task(_keep_alive(ctx, ctx.bus.layout.ack_wait_s / 3))
+    ctx.keep_alive_every(ctx.bus.layout.ack_wait_s / 3)
     try:
         result = await handler(ctx)
     except asyncio.CancelledError:
@@ -282,14 +304,8 @@ async def run_task(
             await ctx.event(EventType.SUCCEEDED, result=result or {})
         await msg.ack()
     finally:
-        heartbeat.cancel()
+        ctx.stop_keeping_alive()
         await ctx.settle_started()
-
-
-async def _keep_alive(ctx: TaskContext, every_s: float) -> None:
-    while True:
-        await asyncio.sleep(every_s)
-        await ctx.keep_alive()
 
 
 async def _defer(ctx: TaskContext, msg: Delivery, exc: Deferred, policy: RetryPolicy) -> None:

@@ -66,6 +66,7 @@ class GatewayComponent:
         self.app = create_app(settings)
         self.tasks: Tasks | None = None
         self.tracker: Tracker | None = None
+        self.store: TaskStore | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return []
@@ -74,8 +75,10 @@ class GatewayComponent:
         return []
 
     async def start(self, bus: Bus) -> None:
-        # One store: the tracker finds the records this gateway just submitted in memory.
-        store = TaskStore(bus)
+        # One store, following the bucket: the tracker finds in memory the records this
+        # gateway (or anyone) just submitted.
+        store = self.store = TaskStore(bus)
+        await store.follow()
         self.tasks = Tasks(bus, store, answer_cache=self.settings.answer_cache)
         await self.tasks.start()
         self.tracker = Tracker(bus, store, batch=self.settings.tracker_batch)
@@ -87,5 +90,8 @@ class GatewayComponent:
         if self.tracker is not None:
             await self.tracker.stop()
             self.tracker = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
         if self.tasks is not None:
             await self.tasks.stop()

@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 
 # Most events taken in one batch.
 BATCH = 256
-_TERMINAL_EVENTS = frozenset(
-    {EventType.SUCCEEDED, EventType.FAILED, EventType.EXPIRED, EventType.CANCELLED}
-)
 
 
 def _record_for(event: TaskEvent) -> TaskRecord:
@@ -239,7 +236,7 @@ class Tracker:
         )
         if updated is None:
             created_under = None
-        if not any(e.type in _TERMINAL_EVENTS for e in events):
+        if not any(e.type.outcome for e in events):
             return None, created_under
         record = updated or await self.store.get(task_id)
         if record is None or not record.status.terminal or not record.parent_id:

@@ -175,6 +175,7 @@ class Scraper:
                 fetched_at=fetched_at,
                 report_task_id=task.task_id,
                 report_kind=Kind.SCRAPE,
+                notify=task.notify,
                 page_key=key,
                 page_state=state,
             ),
