@@ -88,7 +88,8 @@ def deadline_after(seconds: float | None) -> datetime | None:
 
 
 def accepted(request: Request, task_id: str) -> Accepted:
-    return Accepted(task_id=task_id, status_url=str(request.url_for("get_task", task_id=task_id)))
+    # The route's path spelled out: url_for would search every route on each submit.
+    return Accepted(task_id=task_id, status_url=f"{request.base_url}api/v1/tasks/{task_id}")
 
 
 async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> Accepted:
