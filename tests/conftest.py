@@ -91,6 +91,8 @@ def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra:
         # Indexing shares the session's model rather than loading a niced one per system.
         "embed_index_niceness": 0,
         "query_timeout_s": 10.0,
+        # No scheduled maintenance unless a test asks: it would add tasks of its own.
+        "maintenance_reconcile_every_s": 0.0,
     }
     base.update(extra)
     return cls(**{k: v for k, v in base.items() if k in cls.model_fields})  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from helpline.common.bus import CRAWLS_BUCKET, Bus, BusLayout, make_broker
-from helpline.common.crawlstate import Tally, mark_finished, tally
+from helpline.common.crawlstate import Tally, claim_page, mark_finished, pages_claimed, tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer
 from helpline.common.pulling import Puller
@@ -271,3 +271,17 @@ async def test_run_returns_the_outcome_to_the_caller(nats_server: NatsServer, pr
     finally:
         await store.close()
         await host.stop()
+
+
+async def test_a_page_claimed_before_a_crash_is_still_its_claimers(bus: Bus) -> None:
+    crawls = await bus.kv(CRAWLS_BUCKET)
+    assert await claim_page(crawls, "crawl", "http://site/a", 2, "page-1")
+    # page-1 died before publishing /a; its redelivery finds its own claim and publishes.
+    assert await claim_page(crawls, "crawl", "http://site/a", 2, "page-1")
+    assert not await claim_page(crawls, "crawl", "http://site/a", 2, "page-2")
+    assert await claim_page(crawls, "crawl", "http://site/b", 2, "page-2")
+    assert await pages_claimed(crawls, "crawl") == 2
+    # Over budget: refused, and still refused when the same page tries again.
+    assert not await claim_page(crawls, "crawl", "http://site/c", 2, "page-1")
+    assert not await claim_page(crawls, "crawl", "http://site/c", 2, "page-1")
+    assert await pages_claimed(crawls, "crawl") == 2

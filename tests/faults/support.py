@@ -33,6 +33,7 @@ COMMON: dict[str, object] = {
     "scraper_allowed_hosts": "127.0.0.1",
     "scraper_timeout_s": 5.0,
     "embed_threads": 1,
+    "maintenance_reconcile_every_s": 0.0,
 }
 
 

@@ -3,7 +3,8 @@
 Crawls: which URLs were claimed and how many. Batches: who is fetching now and when the
 next fetch may start, so `max_concurrent` and `delay_ms` hold across every replica.
 Parents (crawls, batches): the outcome of every child that finished, written once per
-child (`mark_finished`), the ledger a parent's progress is counted from.
+child (`mark_finished`), the ledger a parent's progress is counted from; and which parents
+are still open (`mark_open`), for the maintenance check that finds one left behind.
 
 The scraper replicas claim pages here (so a page is scraped once per crawl, and
 `max_pages` holds across replicas); the gateway's tracker reads the page count to know
@@ -33,16 +34,25 @@ def _url_key(parent_id: str, url: str) -> str:
     return f"{parent_id}.url.{hashlib.sha256(url.encode()).hexdigest()[:40]}"
 
 
-async def claim_page(kv: KeyValue, parent_id: str, url: str, max_pages: int) -> bool:
-    """Claim `url` for this crawl; False if already claimed or the page budget is spent."""
+async def claim_page(kv: KeyValue, parent_id: str, url: str, max_pages: int, claimer: str) -> bool:
+    """Claim `url` for this crawl on behalf of `claimer` (the page or crawl that found it).
+
+    False if another claimed it or the page budget is spent. True if this call claimed it,
+    or if `claimer` itself claimed it on an earlier attempt that may have died before
+    publishing the page: publishing it again is harmless (the page's id is derived from
+    the crawl and the URL), never publishing it would leave the crawl waiting for it.
+    """
+    key = _url_key(parent_id, url)
     try:
-        await kv.create(_url_key(parent_id, url), b"1")
+        await kv.create(key, claimer.encode())
     except KeyWrongLastSequenceError:
-        return False
+        current = await kv_get(kv, key)
+        return current is not None and current[0] == claimer.encode()
     while True:
         current = await kv_get(kv, _count_key(parent_id))
         count = int(current[0]) if current else 0
         if count >= max_pages:
+            await kv.put(key, b"")  # over budget: nobody's claim, not even on a retry
             return False
         try:
             if current is None:
@@ -157,3 +167,40 @@ async def tally(kv: KeyValue, parent_id: str) -> Tally:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
     return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks)
+
+
+def _open_key(parent_id: str) -> str:
+    return f"open.{parent_id}"
+
+
+async def mark_open(kv: KeyValue, parent_id: str, now: float) -> None:
+    """List a parent as open (its children may still finish) from `now` on."""
+    await kv.put(_open_key(parent_id), json.dumps({"since": now}).encode())
+
+
+async def mark_closed(kv: KeyValue, parent_id: str) -> None:
+    """A parent that finished is no longer checked."""
+    with contextlib.suppress(Exception):
+        await kv.purge(_open_key(parent_id))
+
+
+async def open_parents(kv: KeyValue) -> dict[str, tuple[dict[str, Any], int]]:
+    """Every open parent: what the last check noted of it, and that note's revision."""
+    found: dict[str, tuple[dict[str, Any], int]] = {}
+    watcher = await kv.watch(_open_key("*"))
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value and entry.operation is None:
+                found[entry.key.split(".", 1)[1]] = (json.loads(entry.value), entry.revision or 0)
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
+
+
+async def note_open(kv: KeyValue, parent_id: str, note: dict[str, Any], last: int) -> None:
+    """Keep what a check saw of an open parent, unless the parent closed meanwhile."""
+    with contextlib.suppress(KeyWrongLastSequenceError):
+        await kv.update(_open_key(parent_id), json.dumps(note).encode(), last=last)

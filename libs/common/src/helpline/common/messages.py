@@ -203,6 +203,8 @@ class EventType(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    # A parent's progress fell behind its ledger (found by maintenance): count it again.
+    RECOUNT = "recount"
 
     @property
     def outcome(self) -> bool:

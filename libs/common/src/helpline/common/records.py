@@ -91,7 +91,7 @@ def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
             # stays final, the start time is still worth knowing.
             return record.model_copy(update={"started_at": event.at})
         return None
-    if event.type is EventType.CREATED:
+    if event.type in (EventType.CREATED, EventType.RECOUNT):
         return None
     if event.type is EventType.PROGRESSED:
         progress = Progress(

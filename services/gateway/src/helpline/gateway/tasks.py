@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
 
 from helpline.common.answercache import AnswerCache, Generations
-from helpline.common.bus import BUS_ERRORS, REPLICAS_BUCKET, TASKS_BUCKET, Bus, Overloaded, kv_get
+from helpline.common.bus import (
+    BUS_ERRORS,
+    CRAWLS_BUCKET,
+    REPLICAS_BUCKET,
+    TASKS_BUCKET,
+    Bus,
+    Overloaded,
+    kv_get,
+)
+from helpline.common.crawlstate import mark_open
 from helpline.common.messages import (
     REPLY_PART_HEADER,
     Answer,
@@ -104,17 +114,28 @@ class Tasks:
     async def submit(
         self, kind: Kind, task: TaskMessage, *, fresh: bool = False
     ) -> tuple[TaskRecord, bool]:
-        """Create the queued record and publish (`TaskStore.submit`)."""
+        """Create the queued record and publish (`TaskStore.submit`); a crawl is listed as an
+        open parent first, so that the maintenance check can find it if it is left behind."""
+        if kind is Kind.CRAWL:
+            await self._mark_open(task.task_id)
         return await self.store.submit(kind, task, fresh=fresh)
+
+    async def _mark_open(self, parent_id: str) -> None:
+        try:
+            await mark_open(await self.bus.kv(CRAWLS_BUCKET), parent_id, time.time())
+        except BUS_ERRORS as exc:
+            raise Overloaded("the bus did not answer in time; try again later") from exc
 
     async def submit_parent(
         self, kind: Kind, parent: TaskRecord, children: list[TaskMessage]
     ) -> tuple[TaskRecord, bool]:
         """A parent record whose progress counts its children, then every child published.
 
-        The stream's room is checked first, so a batch that cannot fit is refused whole.
+        The stream's room is checked first, so a batch that cannot fit is refused whole. A
+        retry (same Idempotency-Key) of a parent that is not finished publishes its children
+        again: an earlier attempt may have stopped half-way, and their ids are derived, so
+        the copies are dropped by the bus or find their work done.
         """
-        kv = await self.bus.kv(TASKS_BUCKET)
         try:
             info = await self.bus.js.stream_info(self.bus.layout.task_stream(kind))
             room = (info.config.max_msgs or 0) - (info.state.messages or 0)
@@ -122,16 +143,25 @@ class Tasks:
                 raise Overloaded(
                     f"the {kind} queue has room for {max(room, 0)} tasks, not {len(children)}"
                 )
-            await kv.create(parent.task_id, parent.to_bytes())
+            await self._mark_open(parent.task_id)
+            await self.store.create(parent)
+            record, created = parent, True
         except KeyWrongLastSequenceError:
             existing = await self.get(parent.task_id)
             if existing is None:
                 raise Overloaded("the task store is busy; try again later") from None
-            return existing, False
+            if existing.status.terminal:
+                return existing, False
+            record, created = existing, False
         except BUS_ERRORS as exc:
             raise Overloaded("the bus did not answer in time; try again later") from exc
-        for start in range(0, len(children), 200):
-            await asyncio.gather(*(self.bus.submit(kind, c) for c in children[start : start + 200]))
+        room_for = asyncio.Semaphore(512)
+
+        async def publish(child: TaskMessage) -> None:
+            async with room_for:
+                await self.bus.submit(kind, child)
+
+        await asyncio.gather(*(publish(c) for c in children))
         await self.bus.emit(
             TaskEvent(
                 task_id=parent.task_id,
@@ -141,7 +171,7 @@ class Tasks:
                 attempt=1,
             )
         )
-        return parent, True
+        return record, created
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return await self.store.get(task_id)

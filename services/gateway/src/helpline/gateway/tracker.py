@@ -28,7 +28,13 @@ from pydantic import ValidationError
 
 from helpline.common import subjects
 from helpline.common.bus import CRAWLS_BUCKET, Bus
-from helpline.common.crawlstate import Tally, mark_finished, pages_claimed, tally
+from helpline.common.crawlstate import (
+    Tally,
+    mark_closed,
+    mark_finished,
+    pages_claimed,
+    tally,
+)
 from helpline.common.messages import EventType, TaskEvent, utcnow
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord, apply_event
@@ -122,6 +128,14 @@ def _complete(record: TaskRecord) -> bool:
     return record.progress is not None and 0 < record.progress.total <= record.progress.done
 
 
+@dataclass
+class _Applied:
+    """What applying one task's events means for its parent."""
+
+    counted: TaskRecord | None = None
+    created_under: str | None = None
+
+
 class Tracker:
     def __init__(self, bus: Bus, store: TaskStore, *, batch: int = BATCH) -> None:
         self.bus = bus
@@ -200,53 +214,48 @@ class Tracker:
             return_exceptions=True,
         )
         parents: dict[str, _ParentDelta] = defaultdict(_ParentDelta)
-        settle: list[asyncio.Future[None] | Any] = []
+        recount: set[str] = set()
+        settle: list[Any] = []
         for group, outcome in zip(by_task.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.warning("task %s: events not applied: %r", group[0][0].task_id, outcome)
                 settle.extend(m.nak(delay=1.0) for _, m in group)
                 continue
-            counted, created_under = outcome
-            if counted is not None and counted.parent_id:
-                parents[counted.parent_id].add(counted)
-            if created_under:
-                parents[created_under].refresh_total = True
+            if outcome.counted is not None and outcome.counted.parent_id:
+                parents[outcome.counted.parent_id].add(outcome.counted)
+            if outcome.created_under:
+                parents[outcome.created_under].refresh_total = True
+            if any(e.type is EventType.RECOUNT for e, _ in group):
+                recount.add(group[0][0].task_id)
             settle.extend(m.ack() for _, m in group)
         if parents:
             await asyncio.gather(*(self._update_parent(p, d) for p, d in parents.items()))
+        if recount:
+            await asyncio.gather(*(self.recount(p) for p in recount), return_exceptions=True)
         await asyncio.gather(*settle, return_exceptions=True)
 
-    async def apply(self, event: TaskEvent) -> None:
-        """Apply one event (idempotent), its parent's count included."""
-        counted, created_under = await self._apply_task([event])
-        if counted is not None and counted.parent_id:
-            delta = _ParentDelta()
-            delta.add(counted)
-            await self._update_parent(counted.parent_id, delta)
-        elif created_under:
-            await self._update_parent(created_under, _ParentDelta(refresh_total=True))
-
-    async def _apply_task(self, events: list[TaskEvent]) -> tuple[TaskRecord | None, str | None]:
-        """Fold a task's events into its record; returns the record if this call counted it
-        as a finished child of its parent, and the parent a new child was created under."""
+    async def _apply_task(self, events: list[TaskEvent]) -> _Applied:
+        """Fold a task's events into its record; says whether this call counted the task as
+        a finished child of its parent, and which parent a new child was created under."""
         task_id = events[0].task_id
         updated = await self.store.change(task_id, lambda record: fold(record, events))
-        created_under = next(
-            (e.parent_id for e in events if e.type is EventType.CREATED and e.parent_id), None
-        )
-        if updated is None:
-            created_under = None
+        applied = _Applied()
+        if updated is not None:
+            applied.created_under = next(
+                (e.parent_id for e in events if e.type is EventType.CREATED and e.parent_id),
+                None,
+            )
         if not any(e.type.outcome for e in events):
-            return None, created_under
+            return applied
         record = updated or await self.store.get(task_id)
         if record is None or not record.status.terminal or not record.parent_id:
-            return None, created_under
+            return applied
         ok = record.status is Status.SUCCEEDED
         chunks = int((record.result or {}).get("chunks_indexed", 0)) if ok else 0
         crawls = await self.bus.kv(CRAWLS_BUCKET)
         if await mark_finished(crawls, record.parent_id, task_id, ok=ok, chunks=chunks):
-            return record, created_under
-        return None, created_under
+            applied.counted = record
+        return applied
 
     async def _update_parent(self, parent_id: str, delta: _ParentDelta) -> None:
         for attempt in range(3):
@@ -279,7 +288,7 @@ class Tracker:
         crawls = await self.bus.kv(CRAWLS_BUCKET)
         counted = await tally(crawls, parent_id)
         claimed = await pages_claimed(crawls, parent_id)
-        return await self.store.change(
+        updated = await self.store.change(
             parent_id,
             lambda parent: (
                 None
@@ -287,3 +296,6 @@ class Tracker:
                 else _with_progress(parent, counted, claimed, finished_at, exact=True)
             ),
         )
+        if updated is not None and updated.status.terminal:
+            await mark_closed(crawls, parent_id)
+        return updated

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+
 from faststream.nats import NatsRouter
 
 from helpline.common.bus import Bus
+from helpline.common.messages import MaintenanceTask, derived_id
 from helpline.common.runtime import retry_policy
+from helpline.common.subjects import Kind, Priority
+from helpline.common.taskstore import TaskStore
 from helpline.common.worker import TaskConsumer
 from helpline.maintenance.handlers import build_consumers
 from helpline.maintenance.settings import MaintenanceSettings
+
+log = logging.getLogger(__name__)
+
+
+async def schedule(store: TaskStore, job: str, every_s: float) -> None:
+    """Submit `job` once every `every_s`, at low priority, from every replica: each period's
+    task has one id (derived from the period), so the replicas' copies are one task."""
+    while True:
+        await asyncio.sleep(every_s - time.time() % every_s)
+        period = int(time.time() // every_s)
+        task = MaintenanceTask(
+            task_id=derived_id("schedule", job, str(period)), job=job, priority=Priority.LOW
+        )
+        try:
+            await store.submit(Kind.MAINTENANCE, task)
+        except Exception as exc:  # the bus may be down; the next period tries again
+            log.warning("scheduling %s: %r", job, exc)
 
 
 class MaintenanceComponent:
@@ -16,6 +41,7 @@ class MaintenanceComponent:
 
     def __init__(self, settings: MaintenanceSettings) -> None:
         self.settings = settings
+        self._schedule: asyncio.Task[None] | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return []
@@ -28,7 +54,13 @@ class MaintenanceComponent:
         )
 
     async def start(self, bus: Bus) -> None:
-        return None
+        every = self.settings.maintenance_reconcile_every_s
+        if every > 0:
+            self._schedule = asyncio.create_task(schedule(TaskStore(bus), "reconcile", every))
 
     async def stop(self) -> None:
-        return None
+        if self._schedule is not None:
+            self._schedule.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._schedule
+            self._schedule = None

@@ -10,7 +10,7 @@ from helpline.maintenance.jobs import job_named
 
 
 async def run_job(task: MaintenanceTask, ctx: TaskContext) -> Result:
-    return await job_named(task.job)(task.params)
+    return await job_named(task.job)(task.params, ctx)
 
 
 def build_consumers(bus: Bus, *, concurrency: int, policy: RetryPolicy) -> list[TaskConsumer]:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from helpline.common.errors import InputRejected
 from helpline.common.messages import utcnow
+from helpline.common.worker import TaskContext
+from helpline.maintenance.reconcile import reconcile as reconcile_parents
 
-Job = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Job = Callable[[dict[str, Any], TaskContext], Awaitable[dict[str, Any]]]
 
 
 MAX_PING_DELAY_MS = 60_000
 
 
-async def ping(params: dict[str, Any]) -> dict[str, Any]:
+async def ping(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """The no-op job: proves the service consumes; `delay_ms` makes it stand in for real work."""
     delay_ms = params.get("delay_ms", 0)
     if not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_PING_DELAY_MS:
@@ -27,7 +30,12 @@ async def ping(params: dict[str, Any]) -> dict[str, Any]:
     return {"pong": True, "at": utcnow().isoformat()}
 
 
-JOBS: dict[str, Job] = {"ping": ping}
+async def reconcile(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Have the tracker recount parents whose progress fell behind their ledger."""
+    return await reconcile_parents(ctx.bus, time.time())
+
+
+JOBS: dict[str, Job] = {"ping": ping, "reconcile": reconcile}
 
 
 def job_named(name: str) -> Job:

@@ -9,3 +9,8 @@ from helpline.common.settings import HelplineSettings
 
 class MaintenanceSettings(HelplineSettings):
     maintenance_concurrency: int = Field(default=1, description="Maintenance jobs run at once.")
+    maintenance_reconcile_every_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often parents left behind are looked for and recounted (0: never).",
+    )

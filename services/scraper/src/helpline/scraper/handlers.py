@@ -208,7 +208,7 @@ class Scraper:
         for link in links:
             if not in_scope(link, scope) or not await self.politeness.allowed(link):
                 continue
-            if not await claim_page(crawls, parent_id, link, scope.max_pages):
+            if not await claim_page(crawls, parent_id, link, scope.max_pages, task.task_id):
                 continue
             await self._start_page(parent_id, task, link, task.depth + 1)
 
@@ -245,7 +245,7 @@ class Scraper:
         if root is None:
             raise Permanent("not an http(s) URL")
         crawls = await self.bus.kv(CRAWLS_BUCKET)
-        await claim_page(crawls, task.task_id, root, task.scope.max_pages)
+        await claim_page(crawls, task.task_id, root, task.scope.max_pages, task.task_id)
         # Submitted even when already claimed: a redelivered crawl re-publishes its first page,
         # which the bus's duplicate window (same task id) drops if it was already sent.
         await self._start_page(task.task_id, task, root, 0)
@@ -254,7 +254,7 @@ class Scraper:
             for url in await self.politeness.sitemap_urls(root):
                 if not in_scope(url, task.scope) or not await self.politeness.allowed(url):
                     continue
-                if await claim_page(crawls, task.task_id, url, task.scope.max_pages):
+                if await claim_page(crawls, task.task_id, url, task.scope.max_pages, task.task_id):
                     await self._start_page(task.task_id, task, url, 1)
                 elif await pages_claimed(crawls, task.task_id) >= task.scope.max_pages:
                     break  # a sitemap may list far more pages than the crawl may take

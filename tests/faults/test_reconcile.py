@@ -1,0 +1,88 @@
+"""A gateway that dies between a child's ledger entry and its parent's count: the parent
+is found by the scheduled maintenance check and recounted, not left waiting forever."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from conftest import start_system, stop_system
+
+from helpline.common.bus import CRAWLS_BUCKET
+from helpline.common.crawlstate import mark_finished, mark_open, open_parents
+from helpline.common.embedding import Embedder
+from helpline.common.natsserver import NatsServer
+from helpline.common.records import Progress, Status, TaskRecord
+from helpline.common.subjects import Kind
+from helpline.common.taskstore import TaskStore
+
+
+async def parent(store: TaskStore, parent_id: str, done: int, total: int) -> None:
+    await store.create(
+        TaskRecord(
+            task_id=parent_id,
+            kind=Kind.SCRAPE,
+            status=Status.RUNNING,
+            progress=Progress(done=done, total=total),
+            result={"pages_ok": done, "pages_failed": 0, "chunks_indexed": 2 * done},
+        )
+    )
+
+
+async def test_a_parent_left_behind_is_recounted_by_the_maintenance_check(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder
+) -> None:
+    system = await start_system(
+        nats_server.url, prefix, tmp_path, model, maintenance_reconcile_every_s=1.0
+    )
+    try:
+        bus = system.host.bus
+        store = TaskStore(bus)
+        crawls = await bus.kv(CRAWLS_BUCKET)
+        # "finished": both children are in the ledger, the count got only one of them.
+        # "stalled": three children, two in the ledger, the count got one.
+        # "gone": listed as open, but its record was never written.
+        for parent_id, done, total, ledger in (("finished", 1, 2, 2), ("stalled", 1, 3, 2)):
+            await mark_open(crawls, parent_id, time.time())
+            await parent(store, parent_id, done, total)
+            for i in range(ledger):
+                await mark_finished(crawls, parent_id, f"{parent_id}-{i}", ok=True, chunks=2)
+        await mark_open(crawls, "gone", time.time() - 3600)
+        started = time.monotonic()
+        deadline = started + 20
+        finished = stalled = None
+        while time.monotonic() < deadline:
+            finished, stalled = await store.get("finished"), await store.get("stalled")
+            assert finished is not None
+            assert stalled is not None
+            if finished.status.terminal and stalled.progress == Progress(done=2, total=3):
+                break
+            await asyncio.sleep(0.2)
+        print(
+            f"FAULT reconcile: finished parent recounted to {finished and finished.status} "
+            f"after {time.monotonic() - started:.1f}s"
+        )
+        assert finished is not None
+        assert stalled is not None
+        assert finished.status is Status.SUCCEEDED
+        assert finished.progress == Progress(done=2, total=2)
+        assert finished.result == {"pages_ok": 2, "pages_failed": 0, "chunks_indexed": 4}
+        # The stalled one is counted right, and still waits for its third child.
+        assert stalled.status is Status.RUNNING
+        assert stalled.progress == Progress(done=2, total=3)
+        still_open = set(await open_parents(crawls))
+        assert "finished" not in still_open
+        assert "gone" not in still_open
+        assert "stalled" in still_open
+        checks = [
+            r
+            for r in (
+                await system.client.get("/api/v1/tasks", params={"kind": "maintenance"})
+            ).json()
+            if r["status"] == "succeeded"
+        ]
+        assert checks, "the check runs as a maintenance task with a record"
+        assert "recounted" in checks[0]["result"]
+    finally:
+        await stop_system(system)
