@@ -124,6 +124,26 @@ class TaskStore:
         current = await self._read(task_id)
         return current[0] if current else None
 
+    async def scan(self, *, match: Callable[[bytes], bool] | None = None) -> list[TaskRecord]:
+        """Every stored record (those `match` lets through, judged on the raw JSON first), read
+        in one pass over the bucket rather than a request per record."""
+        watcher = await (await self.bus.kv(TASKS_BUCKET)).watchall(ignore_deletes=True)
+        found: list[TaskRecord] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored
+                    break
+                if (
+                    entry.value
+                    and entry.operation is None
+                    and (match is None or match(entry.value))
+                ):
+                    found.append(TaskRecord.from_bytes(entry.value))
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
     async def _read(self, task_id: str) -> tuple[TaskRecord, int] | None:
         current = await kv_get(await self.bus.kv(TASKS_BUCKET), task_id)
         if current is None:

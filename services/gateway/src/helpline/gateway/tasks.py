@@ -19,7 +19,6 @@ from helpline.common.bus import (
     BUS_ERRORS,
     CRAWLS_BUCKET,
     REPLICAS_BUCKET,
-    TASKS_BUCKET,
     Bus,
     Overloaded,
     kv_get,
@@ -179,45 +178,46 @@ class Tasks:
     async def records(
         self, *, kind: Kind | None, status: Status | None, limit: int
     ) -> list[TaskRecord]:
-        """Newest first; a scan of the bucket (fine at the sizes a records TTL keeps)."""
-        kv = await self.bus.kv(TASKS_BUCKET)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
-        records: list[TaskRecord] = []
-        for key in keys:
-            current = await kv_get(kv, key)
-            if current is None:
-                continue
-            record = TaskRecord.from_bytes(current[0])
-            if (kind is None or record.kind is kind) and (
-                status is None or record.status is status
-            ):
-                records.append(record)
+        """Newest first; one pass over the bucket (records are kept `task_record_ttl_s`)."""
+        wanted = [
+            f'"{name}":"{value}"'.encode()
+            for name, value in (("kind", kind), ("status", status))
+            if value
+        ]
+        found = await self.store.scan(match=lambda raw: all(w in raw for w in wanted))
+        records = [
+            r
+            for r in found
+            if (kind is None or r.kind is kind) and (status is None or r.status is status)
+        ]
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
 
     async def cancel(self, record: TaskRecord) -> list[str]:
         """Cancel a task and, for a parent, its unfinished children; returns the ids cancelled."""
+        marker = f'"parent_id":"{record.task_id}"'.encode()
         children = [
             r
-            for r in await self.records(kind=None, status=None, limit=1_000_000)
+            for r in await self.store.scan(match=lambda raw: marker in raw)
             if r.parent_id == record.task_id and not r.status.terminal
         ]
         targets = [record, *children]
         # First the flag every worker checks, then the records (through the tracker).
         await self.bus.cancel([r.task_id for r in targets])
-        for target in targets:
-            await self.bus.emit(
-                TaskEvent(
-                    task_id=target.task_id,
-                    kind=target.kind,
-                    type=EventType.CANCELLED,
-                    error=TaskError(type="TaskCancelled", message="cancelled by request"),
-                    parent_id=target.parent_id,
+        await asyncio.gather(
+            *(
+                self.bus.emit(
+                    TaskEvent(
+                        task_id=target.task_id,
+                        kind=target.kind,
+                        type=EventType.CANCELLED,
+                        error=TaskError(type="TaskCancelled", message="cancelled by request"),
+                        parent_id=target.parent_id,
+                    )
                 )
+                for target in targets
             )
+        )
         return [r.task_id for r in targets]
 
     async def replicas(self) -> list[dict[str, Any]]:
