@@ -333,3 +333,22 @@ def test_weighted_fusion_prefers_the_heavier_ranking() -> None:
     top = rrf([[Hit("x", 1.0, {})], [Hit("x", 1.0, {})]], 1, weights=(1.0, 0.7))
     assert abs(top[0].score - 1.0) < 1e-9
     assert 0 < fused[-1].score < fused[1].score < fused[0].score < 1
+
+
+def test_fusion_over_ids_matches_fusion_over_hits_and_cuts_weak_lexical_hits() -> None:
+    from helpline.common.vectors import Hit, fuse, fuse_ids
+
+    ids = [uuid.uuid4() for _ in range(5)]
+    dense = [(ids[0], 0.9), (ids[1], 0.8), (ids[2], 0.7)]
+    # ids[4] scores under LEXICAL_CUT of the best lexical hit: it must not count.
+    lexical = [(ids[2], 10.0), (ids[3], 8.0), (ids[4], 1.0)]
+    fused = fuse_ids(dense, lexical, 10)
+    assert [point for point, _ in fused] == [ids[2], ids[0], ids[1], ids[3]]
+    as_hits = fuse(
+        [Hit(str(p), s, {"n": str(p)}) for p, s in dense],
+        [Hit(str(p), s, {"n": str(p)}) for p, s in lexical],
+        10,
+    )
+    assert [(h.id, h.score, h.payload["n"]) for h in as_hits] == [
+        (str(p), s, str(p)) for p, s in fused
+    ]

@@ -32,13 +32,34 @@ def test_repeated_question_skips_the_model() -> None:
     assert (cached.hits, cached.misses) == (1, 1)
 
 
-def test_least_recently_used_is_evicted_and_batches_bypass() -> None:
+def test_least_recently_used_is_evicted() -> None:
     inner = CountingModel()
     cached = CachedQueryEmbedder(inner, size=2)
     for question in ("a1", "b1", "a1", "c1", "a1", "b1"):
         cached.embed([question])
     # b1 was evicted by c1 (a1 was used more recently), so it is embedded twice.
     assert [c[0] for c in inner.calls] == ["a1", "b1", "c1", "b1"]
-    cached.embed(["x", "y"])
-    cached.embed(["x", "y"])
-    assert inner.calls[-2:] == [["x", "y"], ["x", "y"]]
+
+
+def test_a_batch_of_questions_embeds_only_the_unknown_ones_in_one_call() -> None:
+    inner = CountingModel()
+    cached = CachedQueryEmbedder(inner, size=8)
+    cached.embed(["known"])
+    vectors = cached.embed(["x", "known", "yy"])
+    assert inner.calls == [["known"], ["x", "yy"]]
+    assert vectors.tolist() == [[1.0, 1.0], [5.0, 1.0], [2.0, 1.0]]
+    again = cached.embed(["YY", "x "])
+    assert inner.calls == [["known"], ["x", "yy"]]
+    assert again.tolist() == [[2.0, 1.0], [1.0, 1.0]]
+    assert (cached.hits, cached.misses) == (3, 3)
+    assert cached.cached("KNOWN") is not None
+    assert cached.cached("never asked") is None
+
+
+def test_a_zero_size_cache_always_asks_the_model() -> None:
+    inner = CountingModel()
+    cached = CachedQueryEmbedder(inner, size=0)
+    cached.embed(["a"])
+    cached.embed(["a"])
+    assert cached.cached("a") is None
+    assert inner.calls == [["a"], ["a"]]

@@ -14,10 +14,11 @@ from helpline.common.embedding import Embedder
 
 
 class CachedQueryEmbedder(Embedder):
-    """An `Embedder` that remembers the last `size` single-question embeddings (LRU).
+    """An `Embedder` of questions that remembers the last `size` of them (LRU).
 
-    Batches (several texts) go straight to the model; only the one-question calls the
-    retrieval makes are cached, keyed by the normalised question.
+    Keyed by the normalised question. In a batch (several questions embedded together,
+    see `helpline.rag.batching`) each question is looked up on its own, and only the
+    unknown ones go to the model, in one call.
     """
 
     def __init__(self, inner: Embedder, size: int) -> None:
@@ -36,20 +37,38 @@ class CachedQueryEmbedder(Embedder):
     def providers(self) -> list[str]:
         return self._inner.providers
 
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> npt.NDArray[np.float32]:
-        if len(texts) != 1 or self.size == 0:
-            return self._inner.embed(texts, batch_size)
-        key = normalise(texts[0])
+    def cached(self, question: str) -> npt.NDArray[np.float32] | None:
+        """The question's vector (a copy) if it is cached, else None (the miss is counted
+        when the question is embedded)."""
+        return self._get(normalise(question)) if self.size else None
+
+    def _get(self, key: str) -> npt.NDArray[np.float32] | None:
         with self._lock:
             vector = self._cache.get(key)
-            if vector is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                return vector.copy()
-            self.misses += 1
-        vector = self._inner.embed(texts, batch_size)
-        with self._lock:
-            self._cache[key] = vector.copy()
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-        return vector
+            if vector is None:
+                return None
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return vector.copy()
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> npt.NDArray[np.float32]:
+        if self.size == 0:
+            return self._inner.embed(texts, batch_size)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        unknown: list[int] = []
+        for row, text in enumerate(texts):
+            vector = self._get(normalise(text))
+            if vector is None:
+                unknown.append(row)
+            else:
+                out[row] = vector
+        if unknown:
+            vectors = self._inner.embed([texts[row] for row in unknown], batch_size)
+            out[unknown] = vectors
+            with self._lock:
+                self.misses += len(unknown)
+                for row, vector in zip(unknown, vectors, strict=True):
+                    self._cache[normalise(texts[row])] = vector.copy()
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        return out

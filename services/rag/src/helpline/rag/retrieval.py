@@ -7,14 +7,13 @@ at most `PER_PAGE` chunks of one page, so a long page cannot fill every source s
 
 from __future__ import annotations
 
-import asyncio
-
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import guarded
 from helpline.common.lexical import encode_query
 from helpline.common.messages import Answer, QueryTask
 from helpline.common.vectors import Hit, VectorStore
+from helpline.rag.batching import QuestionBatcher
 from helpline.rag.compose import compose
 
 #: Chunks of one page kept among the candidates (compose quotes at most two per source).
@@ -48,10 +47,12 @@ class Answerer:
         self.model = model
         self.breaker = breaker
         self.candidates = candidates_per_source
+        # Questions asked at the same time share one model call.
+        self.questions = QuestionBatcher(model)
 
     async def retrieve(self, question: str, top_k: int, brand: str | None) -> list[Hit]:
         """Candidate chunks for the question, best first, diversified across pages."""
-        vector = (await asyncio.to_thread(self.model.embed, [question]))[0]
+        vector = await self.questions.embed(question)
         wanted = top_k * self.candidates
         # Over-fetch: pages beyond PER_PAGE chunks are cut, and their places must be filled.
         hits = await guarded(
