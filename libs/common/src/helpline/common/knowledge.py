@@ -65,7 +65,16 @@ class Knowledge:
         self.model.close()
 
 
-def load_model(settings: StoreSettings, *, niceness: int = 0) -> Embedder:
-    """The embedding model on the providers and threads the settings give."""
+def load_model(
+    settings: StoreSettings, *, niceness: int = 0, int8_products: bool = False
+) -> Embedder:
+    """The embedding model on the providers and threads the settings give; `int8_products`
+    for a model that only indexes (see `embedding`)."""
     providers = [p.strip() for p in settings.embed_providers.split(",") if p.strip()]
-    return Embedder.load(threads=settings.embed_threads, providers=providers, niceness=niceness)
+    return Embedder.load(
+        threads=settings.embed_threads,
+        providers=providers,
+        niceness=niceness,
+        int8_products=int8_products,
+        cache_dir=settings.model_cache_dir,
+    )

@@ -10,6 +10,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Where the embedding model's CPU graph is built once and kept (`HELPLINE_MODEL_CACHE_DIR`).
+DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "helpline"
+
 
 class HelplineSettings(BaseSettings):
     """What every process needs: where the bus is, where data lives, how to log."""
@@ -114,6 +117,10 @@ class StoreSettings(BaseSettings):
         description="How much lower the CPU priority of indexing's model threads is than the "
         "service's (nice; 0: the same): in one process with queries, indexing takes the cores "
         "only when questions do not need them.",
+    )
+    model_cache_dir: Path = Field(
+        default=DEFAULT_MODEL_CACHE,
+        description="Where the embedding model's CPU graph (int8 matrix products) is built once and kept.",
     )
     embed_providers: str = Field(
         default="CPUExecutionProvider",
