@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import lxml.html
 import pytest
+import trafilatura.core
 
 from helpline.common.errors import Permanent
 from helpline.scraper.extract import Block, _fallback_blocks, _pruned, extract
@@ -212,3 +213,21 @@ def test_article_header_is_kept_but_page_header_is_not() -> None:
         "</body></html>"
     )
     assert _fallback_blocks(_pruned(root)) == [Block("Returns", "Send it back within 30 days.")]
+
+
+def test_main_text_is_extracted_without_trafilaturas_document_fingerprint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `trafilatura.extract` hashes the whole text for its own deduplication on every page; that
+    # hash is never used here and cost a fifth of an extraction, so it must not be computed.
+    def fingerprint(content: str) -> str:
+        raise AssertionError("the document fingerprint was computed")
+
+    monkeypatch.setattr(trafilatura.core, "content_fingerprint", fingerprint)
+    doc = extract(DOC_PAGE, PAGE_URL)
+    assert doc.blocks[0] == Block(
+        "Resetting your password",
+        "If you forgot the password for your Acme account, you can reset it from the sign-in "
+        "page in a few minutes. You will need access to the email address registered on the "
+        "account.",
+    )

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib.abc
 import socket
+import sys
 import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -182,6 +184,29 @@ async def test_fetches_an_html_page(site: Site, fetcher: Fetcher) -> None:
     assert result.headers["content-type"] == "text/html; charset=utf-8"
     assert result.fetched_at.tzinfo is not None
     assert before <= result.fetched_at <= datetime.now(UTC)
+
+
+class _ImportRecorder(importlib.abc.MetaPathFinder):
+    """Sees every import the module cache cannot answer (then lets the real finders search)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        self.names.append(fullname)
+
+
+async def test_a_fetch_searches_the_import_path_for_nothing(site: Site, fetcher: Fetcher) -> None:
+    # httpcore imports sniffio each time it takes a lock (several per request); without the
+    # package installed, every one of those imports failed after a search of sys.path.
+    await fetcher.fetch(site.url("/page"))
+    recorder = _ImportRecorder()
+    sys.meta_path.insert(0, recorder)
+    try:
+        await fetcher.fetch(site.url("/page"))
+    finally:
+        sys.meta_path.remove(recorder)
+    assert recorder.names == []
 
 
 async def test_sends_the_bot_user_agent(site: Site, fetcher: Fetcher) -> None:

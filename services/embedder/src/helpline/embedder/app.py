@@ -12,6 +12,7 @@ from helpline.common.bus import Bus
 from helpline.common.knowledge import Knowledge, load_model, store_breaker
 from helpline.common.runtime import retry_policy
 from helpline.common.worker import TaskConsumer
+from helpline.embedder.batching import ChunkPool
 from helpline.embedder.handlers import build_consumers
 from helpline.embedder.indexing import Indexer
 from helpline.embedder.settings import EmbedderSettings
@@ -34,15 +35,22 @@ class EmbedderComponent:
         own_model = knowledge is not None and niceness > 0
         self.index_model = load_model(settings, niceness=niceness) if own_model else None
         self._maintaining: asyncio.Task[None] | None = None
+        self.pool: ChunkPool | None = None
 
     def routers(self, bus: Bus) -> list[NatsRouter]:
         return []
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         breaker = store_breaker(bus.breakers, self.settings)
+        # Pages in hand share model calls (batching.py).
+        self.pool = ChunkPool(
+            self.index_model or self.knowledge.model,
+            max_chunks=self.settings.embed_pool_chunks,
+            wait_s=self.settings.embed_pool_wait_ms / 1000,
+        )
         indexer = Indexer(
             self.knowledge.store,
-            self.index_model or self.knowledge.model,
+            self.pool,
             breaker,
             self.settings.embed_batch_size,
         )
@@ -74,6 +82,8 @@ class EmbedderComponent:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintaining
             self._maintaining = None
+        if self.pool is not None:
+            await self.pool.close()
         if self.index_model is not None:
             self.index_model.close()
         if self._owns_knowledge:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from helpline.common.breaker import CircuitBreaker
-from helpline.common.embedding import Embedder
 from helpline.common.knowledge import guarded
 from helpline.common.lexical import encode_document
 from helpline.common.messages import ChunkBatch
 from helpline.common.vectors import IndexedPoint, VectorStore, point_id
+from helpline.embedder.batching import TextEmbedder
 
 
 def page_key(brand: str, url: str) -> str:
@@ -19,7 +19,11 @@ def page_key(brand: str, url: str) -> str:
 
 class Indexer:
     def __init__(
-        self, store: VectorStore, model: Embedder, breaker: CircuitBreaker, batch_size: int = 32
+        self,
+        store: VectorStore,
+        model: TextEmbedder,
+        breaker: CircuitBreaker,
+        batch_size: int = 32,
     ) -> None:
         self.store = store
         self.model = model

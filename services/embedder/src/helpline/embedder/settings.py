@@ -9,5 +9,19 @@ from helpline.common.settings import HelplineSettings, StoreSettings
 
 class EmbedderSettings(HelplineSettings, StoreSettings):
     embedder_concurrency: int = Field(
-        default=3, description="Chunk batches embedded at once per replica."
+        default=32,
+        description="Pages (chunk batches) in hand at once per replica; their chunks share "
+        "model calls, so this should hold several times HELPLINE_EMBED_POOL_CHUNKS / ~11.",
+    )
+    embed_pool_chunks: int = Field(
+        default=256,
+        ge=1,
+        description="Most chunks, from as many pages as are waiting, embedded in one model "
+        "call (sorted by length, run in batches of HELPLINE_EMBED_BATCH_SIZE).",
+    )
+    embed_pool_wait_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="How long a free model waits for more pages to join a call that is not "
+        "full yet.",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -39,6 +40,33 @@ from helpline.scraper.urls import canonical_url, in_scope, normalize_url
 
 # Remembered per page so an unchanged (304) crawl page still leads to the pages it links.
 MAX_REMEMBERED_LINKS = 2_000
+# Links settled per crawl in this process, for this many recent crawls at most.
+MAX_SETTLED_CRAWLS = 16
+MAX_SETTLED_LINKS = 200_000
+
+
+class SettledLinks:
+    """Links this process knows a crawl has settled: claimed (by any replica) or out of scope.
+
+    Most of a page's links (a documentation site's menu) were settled by an earlier page;
+    asking the `crawls` bucket again costs a KV round trip each (about 18 a page on the
+    PostgreSQL manual). A claim is final for its crawl, so a link found here can be skipped.
+    """
+
+    def __init__(self) -> None:
+        self._crawls: OrderedDict[str, set[str]] = OrderedDict()
+
+    def of(self, crawl_id: str) -> set[str]:
+        links = self._crawls.pop(crawl_id, None)
+        self._crawls[crawl_id] = links = links if links is not None else set()
+        while len(self._crawls) > MAX_SETTLED_CRAWLS:
+            self._crawls.popitem(last=False)
+        return links
+
+    @staticmethod
+    def add(links: set[str], link: str) -> None:
+        if len(links) < MAX_SETTLED_LINKS:
+            links.add(link)
 
 
 @dataclass(frozen=True)
@@ -71,6 +99,7 @@ class Scraper:
             fetcher, lambda: bus.kv(HOSTS_BUCKET), obey_robots=False
         )
         self.renderer = renderer
+        self.settled = SettledLinks()
 
     async def fetch(self, url: str, validators: Validators | None = None) -> FetchResult:
         """Fetch politely, through the site's breaker: a site that keeps failing is left alone."""
@@ -205,12 +234,21 @@ class Scraper:
         if scope is None or parent_id is None or task.depth >= scope.max_depth:
             return
         crawls = await self.bus.kv(CRAWLS_BUCKET)
+        settled = self.settled.of(parent_id)
         for link in links:
-            if not in_scope(link, scope) or not await self.politeness.allowed(link):
+            if link in settled:
                 continue
-            if not await claim_page(crawls, parent_id, link, scope.max_pages, task.task_id):
+            if not in_scope(link, scope):
+                SettledLinks.add(settled, link)
                 continue
-            await self._start_page(parent_id, task, link, task.depth + 1)
+            # Not remembered when disallowed: robots.txt may allow it by the next page.
+            if not await self.politeness.allowed(link):
+                continue
+            if await claim_page(crawls, parent_id, link, scope.max_pages, task.task_id):
+                await self._start_page(parent_id, task, link, task.depth + 1)
+            # Claimed now, claimed before, or over the crawl's budget: settled for good (a
+            # claim whose page was not published yet is not: the add comes after it).
+            SettledLinks.add(settled, link)
 
     async def _start_page(
         self, parent_id: str, origin: ScrapeTask | CrawlTask, url: str, depth: int
