@@ -48,9 +48,16 @@ class Knowledge:
     store: VectorStore
 
     @classmethod
-    def open(cls, settings: StoreSettings, data_dir: Path, *, niceness: int = 0) -> Knowledge:
+    def open(
+        cls,
+        settings: StoreSettings,
+        data_dir: Path,
+        *,
+        niceness: int = 0,
+        int8_products: bool = False,
+    ) -> Knowledge:
         """Load the model, open (and prepare) the store the settings name."""
-        model = load_model(settings, niceness=niceness)
+        model = load_model(settings, niceness=niceness, int8_products=int8_products)
         store = open_store(
             url=settings.qdrant_url,
             data_dir=data_dir,

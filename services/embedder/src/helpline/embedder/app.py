@@ -29,11 +29,17 @@ class EmbedderComponent:
         self.settings = settings
         self._owns_knowledge = knowledge is None
         niceness = settings.embed_index_niceness
-        self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir, niceness=niceness)
+        # Indexing alone may use the faster int8 graph; questions need the exact one.
+        int8 = settings.embed_index_int8
+        self.knowledge = knowledge or Knowledge.open(
+            settings, settings.data_dir, niceness=niceness, int8_products=int8
+        )
         # Sharing a process with rag (`helpline up`): indexing gets its own model at a lower
         # CPU priority, so a re-index never slows the questions answered beside it.
         own_model = knowledge is not None and niceness > 0
-        self.index_model = load_model(settings, niceness=niceness) if own_model else None
+        self.index_model = (
+            load_model(settings, niceness=niceness, int8_products=int8) if own_model else None
+        )
         self._maintaining: asyncio.Task[None] | None = None
         self.pool: ChunkPool | None = None
 
