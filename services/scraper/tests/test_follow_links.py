@@ -32,6 +32,11 @@ class FakeKV:
         value, revision = self.values[key]
         return type("Entry", (), {"value": value, "revision": revision})()
 
+    async def put(self, key: str, value: bytes) -> int:
+        revision = self.values.get(key, (b"", 0))[1] + 1
+        self.values[key] = (value, revision)
+        return revision
+
     async def update(self, key: str, value: bytes, last: int) -> int:
         if self.values.get(key, (b"", -1))[1] != last:
             raise KeyWrongLastSequenceError
