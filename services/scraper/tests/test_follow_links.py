@@ -5,6 +5,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from helpline.common.breaker import BreakerPolicy
+from helpline.common.crawlstate import claim_page
 from helpline.common.messages import CrawlScope, ScrapeTask
 from helpline.scraper.handlers import ChunkingLimits, Scraper
 from helpline.scraper.parsing import Parser
@@ -106,7 +107,7 @@ async def test_a_link_is_claimed_once_per_crawl_however_many_pages_repeat_it() -
 async def test_links_claimed_elsewhere_or_over_budget_are_not_asked_about_again() -> None:
     bus = FakeBus()
     other_replica, s = scraper(bus), scraper(bus)
-    await other_replica._follow_links(page_task(link("a")), [link("a"), link("b")])
+    await other_replica._follow_links(page_task(link("x")), [link("a"), link("b")])
     await s._follow_links(page_task(link("a"), max_pages=3), [link("a"), link("c"), link("d")])
     assert bus.submitted == [link("a"), link("b"), link("c")]  # "d" is over the budget of 3
     before = url_claims(bus.crawls)
@@ -120,3 +121,15 @@ async def test_each_crawl_claims_its_own_links() -> None:
     await s._follow_links(page_task(link("a"), "crawl-1"), [link("b")])
     await s._follow_links(page_task(link("a"), "crawl-2"), [link("b")])
     assert bus.submitted == [link("b"), link("b")]
+
+
+async def test_a_redelivered_page_publishes_again_what_it_had_claimed() -> None:
+    bus = FakeBus()
+    died, s = scraper(bus), scraper(bus)
+    # The first delivery claimed both links, then its process died before publishing "b".
+    await died._follow_links(page_task(link("a")), [link("a")])
+    crawls = bus.crawls
+    assert await claim_page(crawls, "crawl-1", link("b"), 100, f"t-{link('a')}")  # type: ignore[arg-type]
+    # Redelivered to another replica: its own claims are its own, so both are published.
+    await s._follow_links(page_task(link("a")), [link("a"), link("b")])
+    assert bus.submitted == [link("a"), link("a"), link("b")]
