@@ -82,3 +82,61 @@ def test_workers_die_with_a_killed_service() -> None:
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError("an extraction worker outlived its killed service")
+
+
+STARTING = """
+import asyncio, os
+from helpline.scraper.parsing import Parser
+
+async def main():
+    parser = Parser(processes=1)
+    asyncio.get_running_loop().run_in_executor(parser._pool, os.getpid)  # starts the worker
+    print("spawned", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def _children(pid: int) -> set[int]:
+    from pathlib import Path
+
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie no init reaps counts as gone
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_worker_still_starting_when_its_service_is_killed_does_not_outlive_it() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    service = subprocess.Popen([sys.executable, "-c", STARTING], stdout=subprocess.PIPE, text=True)
+    assert service.stdout is not None
+    assert service.stdout.readline().strip() == "spawned"
+    children = _children(service.pid)
+    assert children, "the pool started its worker"
+    service.send_signal(signal.SIGKILL)  # while the worker is still importing
+    service.wait()
+    service.stdout.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(_gone(c) for c in children):
+        time.sleep(0.1)
+    left = [c for c in children if not _gone(c)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a worker outlived the service killed while it was starting"

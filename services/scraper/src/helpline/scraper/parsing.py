@@ -55,6 +55,11 @@ def _init_worker() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A service killed while this worker was still starting died before the signal was
+    # asked for, and would never send it: the worker now belongs to init. Leave.
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(0)
 
 
 class Parser:
