@@ -7,9 +7,9 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -42,6 +42,7 @@ from helpline.gateway.schemas import (
     CacheStats,
     CrawlRequest,
     DeadLetterView,
+    EmbedDocument,
     EmbedRequest,
     ErrorBody,
     MaintenanceRequest,
@@ -54,8 +55,9 @@ from helpline.gateway.schemas import (
     ScrapeRequest,
     SourceOut,
 )
-from helpline.gateway.tasks import QueryTimeout, Tasks, task_id_for
+from helpline.gateway.tasks import SLICE, QueryTimeout, Tasks, task_id_for
 
+T = TypeVar("T")
 api = APIRouter(prefix="/api/v1")
 probes = APIRouter()
 
@@ -106,6 +108,16 @@ async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request)
 async def submit(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> JSONResponse:
     body = await enqueue(tasks, kind, task, request)
     return JSONResponse(body.model_dump(), status_code=202)
+
+
+async def built(items: list[T], make: Callable[[T], TaskMessage]) -> list[TaskMessage]:
+    """A batch's children, built a slice at a time between turns of the event loop (a
+    10,000-page batch takes a fifth of a second of CPU to build)."""
+    children: list[TaskMessage] = []
+    for start in range(0, len(items), SLICE):
+        children.extend(make(item) for item in items[start : start + SLICE])
+        await asyncio.sleep(0)
+    return children
 
 
 async def submit_parent(
@@ -180,9 +192,9 @@ async def scrape_batch(
     parent_id = task_id_for(Kind.SCRAPE, key)
     deadline = deadline_after(body.deadline_s)
     limits = BatchLimits(max_concurrent=body.max_concurrent, delay_ms=body.delay_ms)
-    urls = list(dict.fromkeys(body.urls))
-    children: list[TaskMessage] = [
-        ScrapeTask(
+    children = await built(
+        list(dict.fromkeys(body.urls)),
+        lambda url: ScrapeTask(
             task_id=derived_id(parent_id, url),
             priority=body.priority,
             deadline=deadline,
@@ -191,9 +203,8 @@ async def scrape_batch(
             brand=body.brand,
             batch=limits,
             render=body.render,
-        )
-        for url in urls
-    ]
+        ),
+    )
     return await submit_parent(tasks, Kind.SCRAPE, parent_id, body.priority, children, request)
 
 
@@ -206,27 +217,28 @@ async def embed_documents(
     parent_id = task_id_for(Kind.EMBED, key)
     deadline = deadline_after(body.deadline_s)
     now = utcnow()
-    children: list[TaskMessage] = []
-    for index, doc in enumerate(body.documents):
+
+    def child(numbered: tuple[int, EmbedDocument]) -> TaskMessage:
+        index, doc = numbered
         doc_id = doc.id or str(index)
         url = doc.url or f"doc://{doc.brand}/{doc_id}"
         title = doc.title or doc.text[:80]
         child_id = derived_id(parent_id, doc_id)
-        children.append(
-            ChunkBatch(
-                task_id=child_id,
-                priority=body.priority,
-                deadline=deadline,
-                parent_id=parent_id,
-                url=url,
-                title=title,
-                brand=doc.brand,
-                chunks=chunk_document(text_document(doc.text, url=url, title=title)),
-                fetched_at=now,
-                report_task_id=child_id,
-                report_kind=Kind.EMBED,
-            )
+        return ChunkBatch(
+            task_id=child_id,
+            priority=body.priority,
+            deadline=deadline,
+            parent_id=parent_id,
+            url=url,
+            title=title,
+            brand=doc.brand,
+            chunks=chunk_document(text_document(doc.text, url=url, title=title)),
+            fetched_at=now,
+            report_task_id=child_id,
+            report_kind=Kind.EMBED,
         )
+
+    children = await built(list(enumerate(body.documents)), child)
     return await submit_parent(tasks, Kind.EMBED, parent_id, body.priority, children, request)
 
 

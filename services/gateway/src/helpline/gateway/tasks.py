@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Children published (or built) between two turns of the event loop.
+SLICE = 256
+
+
 class QueryTimeout(Exception):
     """The query's deadline passed before an answer came back."""
 
@@ -154,13 +158,12 @@ class Tasks:
             record, created = existing, False
         except BUS_ERRORS as exc:
             raise Overloaded("the bus did not answer in time; try again later") from exc
-        room_for = asyncio.Semaphore(512)
-
-        async def publish(child: TaskMessage) -> None:
-            async with room_for:
-                await self.bus.submit(kind, child)
-
-        await asyncio.gather(*(publish(c) for c in children))
+        # A slice at a time, acknowledgements awaited together: a 10,000-page batch must not
+        # hold the event loop (and the questions answered on it) while it is published.
+        for start in range(0, len(children), SLICE):
+            await asyncio.gather(
+                *(self.bus.submit(kind, c) for c in children[start : start + SLICE])
+            )
         await self.bus.emit(
             TaskEvent(
                 task_id=parent.task_id,
