@@ -231,30 +231,3 @@ def test_main_text_is_extracted_without_trafilaturas_document_fingerprint(
         "page in a few minutes. You will need access to the email address registered on the "
         "account.",
     )
-
-
-DOCBOOK = """<html><head><title>19.4. Managing Kernel Resources</title></head><body>
-<div class="navheader"><table><tr><td><a href="prev.html">Prev</a></td>
-<td><a href="up.html">Up</a></td><td><a href="next.html">Next</a></td></tr></table></div>
-<div class="sect1" id="KERNEL-RESOURCES"><div class="titlepage"><div><div>
-<h2 class="title">19.4. Managing Kernel Resources</h2></div></div></div>
-<p>PostgreSQL can sometimes exhaust various operating system resource limits, especially
-when multiple copies of the server are running on the same system.</p>
-<div class="sect2" id="SYSVIPC"><div class="titlepage"><div><div>
-<h3 class="title">19.4.1. Shared Memory and Semaphores</h3></div></div></div>
-<p>PostgreSQL requires the operating system to provide inter-process communication features,
-specifically shared memory and semaphores, and refuses to start without enough of them.</p>
-</div></div>
-<div class="navfooter"><table><tr><td><a href="prev.html">Prev</a></td></tr></table></div>
-</body></html>"""
-
-
-def test_a_manual_without_main_markup_keeps_its_section_headings() -> None:
-    # DocBook output has no <main> or <article>: the content's sections must still reach
-    # the chunks under their headings (trafilatura alone drops them all on such pages).
-    doc = extract(DOCBOOK, "https://docs.example/kernel-resources.html")
-    headings = [b.heading for b in doc.blocks]
-    assert headings[0] == "19.4. Managing Kernel Resources"
-    assert headings[-1] == "19.4.1. Shared Memory and Semaphores"
-    assert "semaphores" in doc.blocks[-1].text
-    assert not any("Prev" in b.text or "Next" in b.text for b in doc.blocks)

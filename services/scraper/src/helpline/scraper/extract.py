@@ -199,25 +199,12 @@ def _fallback_blocks(root: Any) -> list[Block]:
 
 
 def _pruned(root: Any) -> Any:
-    """`root` without navigation, page header and footer, sidebars, scripts and cookie banners.
-
-    What is left of a page that does not say where its content is (no <main>, <article> or
-    role=main) is wrapped in a <main>: trafilatura otherwise looks for the content by class
-    names, and on markup it does not know (DocBook manuals: PostgreSQL's, for one) falls
-    back to collecting bare paragraphs, dropping every section heading. Boilerplate is
-    already gone, so the whole rest is the content.
-    """
+    """`root` without navigation, page header and footer, sidebars, scripts and cookie banners."""
     doomed = [el for el in root.iter() if isinstance(el.tag, str) and _is_boilerplate(el)]
     for el in doomed:
         # Nested matches were already removed with their ancestor.
         if el.getparent() is not None:
             el.drop_tree()
-    body = root.find("body")
-    if body is not None and not root.xpath("//main | //article | //*[@role='main']"):
-        main = body.makeelement("main")
-        main.text, body.text = body.text, None
-        main.extend(list(body))
-        body.append(main)
     return root
 
 
