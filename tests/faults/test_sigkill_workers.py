@@ -17,16 +17,16 @@ from helpline.common.subjects import Kind
 from helpline.common.testing import ServiceProcess, serve_site
 from helpline.common.vectors import open_store
 
-pytestmark = pytest.mark.slow
+# Above the suite-wide 300 s, for a slower CI machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-# The issue asks for 2000 pages; on a 2-core machine the whole system indexes about 20 a
-# second without faults and 10-14 with them (every replacement scraper spends seconds of CPU
-# starting), so 600 keep the test near a minute.
-PAGES = 600
+# The 2,000 pages the issue asks for: about 20 a second on a 2-core machine while scrapers
+# and the embedder are killed and replaced, so the test takes about two minutes.
+PAGES = 2000
 SCRAPERS = 2
 KILL_EVERY_S = 1.5
 EMBEDDER_KILLS_AT_S = (8.0, 25.0)
-SETTLE_S = 150.0  # reached only when something is lost
+SETTLE_S = 420.0  # reached only when something is lost
 
 
 def page(n: int) -> str:
@@ -127,7 +127,14 @@ async def test_sigkill_workers_loses_nothing(
     nats_server: NatsServer, prefix: str, tmp_path: Path, many_pages: str
 ) -> None:
     started = time.monotonic()
-    settings = layout(scraper_concurrency=6, embedder_concurrency=3)
+    # One site serves every page: no per-host interval (it alone would hold the run to 10
+    # pages a second), and extraction in the service so a replacement starts one process.
+    settings = layout(
+        scraper_concurrency=6,
+        embedder_concurrency=3,
+        scraper_host_interval_s=0.0,
+        scraper_extract_processes=0,
+    )
     embedder_dir = tmp_path / "embedder"
     embedder = service("embedder", nats_server.url, embedder_dir, prefix, settings)
     chaos = Chaos(nats_server.url, prefix, tmp_path, settings, embedder)
