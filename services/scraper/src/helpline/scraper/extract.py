@@ -41,8 +41,7 @@ def extract(html: str, url: str) -> Document:
     """Extract the title, main-content blocks and absolute links of the page at `url`."""
     try:
         root = lxml.html.document_fromstring(
-            html.encode("utf-8", errors="replace"),
-            parser=lxml.html.HTMLParser(encoding="utf-8"),
+            html.encode("utf-8", errors="replace"), parser=_html_parser()
         )
     except (lxml.etree.LxmlError, ValueError) as exc:
         raise Permanent("could not parse page") from exc
@@ -56,6 +55,25 @@ def extract(html: str, url: str) -> Document:
     content = _pruned(root)
     blocks = _main_blocks(content, url) or _fallback_blocks(content)
     return Document(url=url, title=title, blocks=blocks, links=links, canonical=canonical)
+
+
+def _html_parser() -> lxml.etree.HTMLParser:
+    """An HTML parser whose elements are all `HtmlElement`s, chosen in C.
+
+    lxml.html's own parser picks each element's class in a Python callback (forms, inputs
+    and labels get classes of their own), called every time Python touches an element.
+    Nothing here or in trafilatura needs those classes.
+    """
+    parser = lxml.etree.HTMLParser(encoding="utf-8")
+    parser.set_element_class_lookup(
+        lxml.etree.ElementDefaultClassLookup(
+            element=lxml.html.HtmlElement,
+            comment=lxml.html.HtmlComment,
+            pi=lxml.html.HtmlProcessingInstruction,
+            entity=lxml.html.HtmlEntity,
+        )
+    )
+    return parser
 
 
 def _options(url: str) -> Extractor:
