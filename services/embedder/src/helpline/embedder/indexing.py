@@ -36,7 +36,9 @@ class Indexer:
         wanted = {point_id(page_key(batch.brand, batch.url), c.position): c for c in batch.chunks}
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
         if changed:
-            vectors = await self.model.embed_async([c.text for _, c in changed], self.batch_size)
+            vectors = await self.model.embed_async(
+                [c.text for _, c in changed], self.batch_size, priority=batch.priority
+            )
             fetched_at = batch.fetched_at.isoformat()
             points = [
                 IndexedPoint(
