@@ -28,11 +28,13 @@ class FakeModel:
         self.release = asyncio.Event()
         self.release.set()
         self.running = asyncio.Event()
+        self.priorities: list[Priority | None] = []
 
     async def embed_async(
         self, texts: Sequence[str], batch_size: int = 32, *, priority: Priority | None = None
     ) -> Vectors:
         self.calls.append(list(texts))
+        self.priorities.append(priority)
         self.running.set()
         await self.release.wait()
         self.running.clear()
@@ -213,3 +215,17 @@ async def test_pages_indexed_together_each_hold_exactly_their_own_points() -> No
     assert [r["embedded"] for r in results] == [4, 4, 4, 4]
     for b, hashes in zip(batches, stored, strict=True):
         assert sorted(hashes.values()) == sorted(c.content_hash for c in b.chunks)
+
+
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+async def test_the_indexer_hands_the_model_its_pages_priority() -> None:
+    model = FakeModel()
+    store = QdrantServerStore(QdrantClient(location=":memory:"), "urgent", DIM)
+    store.ensure_collection()
+    indexer = Indexer(store, model, CircuitBreaker("vector-store", BreakerPolicy()))
+    batch = chunk_batch(1, 2).model_copy(update={"priority": Priority.HIGH})
+    try:
+        await indexer.index(batch)
+    finally:
+        store.close()
+    assert model.priorities == [Priority.HIGH]

@@ -57,22 +57,21 @@ def extract(html: str, url: str) -> Document:
     return Document(url=url, title=title, blocks=blocks, links=links, canonical=canonical)
 
 
-def _html_parser() -> lxml.etree.HTMLParser:
-    """An HTML parser whose elements are all `HtmlElement`s, chosen in C.
+# Every element an `HtmlElement`, chosen in C. lxml.html's own parser picks each element's
+# class in a Python callback (forms, inputs and labels get classes of their own), called every
+# time Python touches an element; nothing here or in trafilatura needs those classes.
+_CLASS_LOOKUP = lxml.etree.ElementDefaultClassLookup(
+    element=lxml.html.HtmlElement,
+    comment=lxml.html.HtmlComment,
+    pi=lxml.html.HtmlProcessingInstruction,
+    entity=lxml.html.HtmlEntity,
+)
 
-    lxml.html's own parser picks each element's class in a Python callback (forms, inputs
-    and labels get classes of their own), called every time Python touches an element.
-    Nothing here or in trafilatura needs those classes.
-    """
+
+def _html_parser() -> lxml.etree.HTMLParser:
+    """A parser per page (a parser is not shared between the threads that may extract)."""
     parser = lxml.etree.HTMLParser(encoding="utf-8")
-    parser.set_element_class_lookup(
-        lxml.etree.ElementDefaultClassLookup(
-            element=lxml.html.HtmlElement,
-            comment=lxml.html.HtmlComment,
-            pi=lxml.html.HtmlProcessingInstruction,
-            entity=lxml.html.HtmlEntity,
-        )
-    )
+    parser.set_element_class_lookup(_CLASS_LOOKUP)
     return parser
 
 
