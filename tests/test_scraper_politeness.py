@@ -3,6 +3,7 @@ scraper replicas, Retry-After, sitemaps and canonical URLs."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from conftest import System, settings_for, start_system, stop_system
 from e2e_helpers import wait_terminal
@@ -20,6 +22,9 @@ from helpline.common.embedding import Embedder
 from helpline.common.natsserver import NatsServer
 from helpline.common.runtime import Host
 from helpline.scraper.app import ScraperComponent
+from helpline.scraper.fetch import Fetcher
+from helpline.scraper.guard import AllowList
+from helpline.scraper.politeness import Politeness, Robots
 from helpline.scraper.settings import ScraperSettings
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -247,3 +252,42 @@ async def test_crawl_delay_holds_across_two_scraper_replicas(
     # The pace is reserved in a shared bucket: no two requests closer than the delay, less
     # the jitter between reserving a turn and the request reaching the site.
     assert min(gaps) >= delay * 0.75, gaps
+
+
+async def test_a_turn_woken_late_is_not_taken_next_to_the_following_one(
+    nats_server: NatsServer, prefix: str
+) -> None:
+    """A blocked event loop wakes a waiting request late; going then would start it right
+    before the next replica's turn. It takes a new turn after that one instead."""
+    interval = 0.4
+    nc = await nats.connect(nats_server.url)
+    try:
+        kv = await nc.jetstream().create_key_value(bucket=f"{prefix}-hosts")
+
+        async def hosts() -> Any:
+            return kv
+
+        fetcher = Fetcher(AllowList())
+        ours = Politeness(fetcher, hosts, host_interval_s=interval)
+        other = Politeness(fetcher, hosts, host_interval_s=interval)
+        rules = Robots(None, True)
+        url = "http://docs.example.com/a.html"
+        went: dict[str, float] = {}
+
+        async def turn(who: Politeness, name: str) -> None:
+            await who.wait_turn(url, rules)
+            went[name] = time.monotonic()
+
+        await turn(ours, "first")  # the host's first turn, at once; the next is 0.4 s on
+        ours_task = asyncio.create_task(turn(ours, "ours"))
+        await asyncio.sleep(0.05)  # ours reserved the next turn and sleeps until it
+        other_task = asyncio.create_task(turn(other, "other"))  # the turn after: 0.8 s on
+        await asyncio.sleep(0.05)
+        time.sleep(0.6)  # noqa: ASYNC251  (blocks the loop: ours is due at 0.4 s, wakes at 0.7 s)
+        await asyncio.gather(ours_task, other_task)
+        await fetcher.aclose()
+    finally:
+        await nc.close()
+    # The other replica went on time; ours, woken late, went a whole gap after it.
+    assert went["other"] - went["first"] >= 2 * interval * 0.9, went
+    assert went["ours"] - went["other"] >= interval * 0.9, went

@@ -9,7 +9,9 @@
   across all of them. The gap is the larger of `HELPLINE_SCRAPER_HOST_INTERVAL_S` and the
   site's Crawl-delay (or Request-rate). A turn further away than `max_wait_s` is not waited
   for in the slot: the task is `Deferred` until then (no attempt spent). A 429/503 with
-  Retry-After pushes the host's next turn back for every replica.
+  Retry-After pushes the host's next turn back for every replica. A request woken for its
+  turn more than a fifth of the gap late (a busy event loop) takes a new turn rather than
+  crowd the one after it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ def agent_token(user_agent: str) -> str:
 def origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+#: A turn woken later than this share of the interval after its time is given up for a new
+#: one, at most `LATE_RETRIES` times (then the request goes, late).
+LATE_SHARE = 0.2
+LATE_RETRIES = 3
 
 
 class Politeness:
@@ -168,9 +176,16 @@ class Politeness:
         interval = max(self.host_interval_s, robots.delay(self.agent) if self.obey_robots else 0)
         if interval <= 0:
             return
-        wait = await self._reserve(url, interval)
-        if wait > 0:
+        for _ in range(LATE_RETRIES):
+            wait = await self._reserve(url, interval)
+            if wait <= 0:
+                return
+            due = time.monotonic() + wait
             await asyncio.sleep(wait)
+            if time.monotonic() - due <= interval * LATE_SHARE:
+                return
+            # Woken late (a busy event loop): the turn after ours may be close now, and going
+            # anyway would crowd it. Take a new turn at the end of the line instead.
 
     async def _reserve(self, url: str, interval: float) -> float:
         kv = await self._hosts()
