@@ -121,10 +121,18 @@ async def test_a_niced_model_embeds_the_same_at_a_lower_priority(embedder: Embed
         assert await loop.run_in_executor(niced._executor, priority) == min(19, priority() + 7)
         # onnxruntime's own threads were started from a niced thread: they are niced too.
         assert _thread_niceness().count(min(19, priority() + 7)) >= 2
+        # Its pool threads yield rather than spin; the question model's keep spinning.
+        assert _spinning(niced) == "0"
+        assert _spinning(embedder) == "1"
     finally:
         niced.close()
     # Without niceness, embed_async runs in the default executor and gives the same vectors.
     np.testing.assert_allclose(await embedder.embed_async(texts), vectors, atol=1e-5)
+
+
+def _spinning(model: Embedder) -> str:
+    options = model._session.get_session_options()
+    return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
 
 
 def _thread_niceness() -> list[int]:
