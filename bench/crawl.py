@@ -31,8 +31,7 @@ from typing import Any
 import httpx
 
 from helpline.common.messages import CrawlScope
-from helpline.common.natsserver import free_port
-from helpline.common.testing import HelplineUp
+from helpline.common.testing import HelplineUp, serve_site_process
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
 from helpline.scraper.parsing import Parser
@@ -43,26 +42,6 @@ from query_latency import crawl as crawl_through_api
 from query_latency import ensure_manual
 
 MAX_CHARS, OVERLAP = 700, 100
-
-
-def serve(manual: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The manual over HTTP from its own process, so the server takes no time from the crawlers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(manual)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/index.html", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    sys.exit("the manual's HTTP server did not start")
 
 
 async def ours(base: str, concurrency: int, processes: int, max_pages: int) -> dict[str, Any]:
@@ -232,9 +211,8 @@ def main() -> None:
         scrapy_peer(args.scrapy_peer, args.concurrency, args.max_pages)
         return
 
-    manual = ensure_manual()
-    server, base = serve(manual)
-    try:
+    # The manual from its own process, so the server takes no time from the crawlers.
+    with serve_site_process(ensure_manual()) as base:
         print(
             f"PostgreSQL 15 manual served at {base}; {os.cpu_count()} cores; "
             f"concurrency {args.concurrency}; our extraction in {args.processes} processes",
@@ -259,9 +237,6 @@ def main() -> None:
             )
         if args.full:
             full_system(base, args.max_pages, texts)
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":
