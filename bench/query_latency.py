@@ -6,12 +6,14 @@ manual through the API, then measures `POST /api/v1/query` at concurrency 1 and 
 with the answer cache bypassed (`"cache": false`: retrieval every time), then cache hits.
 
     uv run python bench/query_latency.py [--max-pages 1200] [--requests 200] [--data-dir D]
-        [--no-embedding-cache]
+        [--no-embedding-cache] [--also-one-process]
 
 With `--data-dir`, the index is kept in D and reused by the next run (no crawl). The bench
 asks 40 questions over and over, so after the first round rag finds every question's
 embedding in its LRU (`HELPLINE_RAG_EMBEDDING_CACHE`); `--no-embedding-cache` adds a run with
 that cache off, where every question runs the model, as distinct questions would.
+`--also-one-process` adds a run with the gateway inside the workers' process
+(HELPLINE_UP_GATEWAY_PROCESS=false) rather than a process of its own.
 """
 
 from __future__ import annotations
@@ -175,6 +177,11 @@ def main() -> None:
         action="store_true",
         help="also measure uncached queries with rag's question-embedding cache off",
     )
+    parser.add_argument(
+        "--also-one-process",
+        action="store_true",
+        help="also measure uncached queries with the gateway inside `helpline up`'s process",
+    )
     args = parser.parse_args()
 
     manual = ensure_manual()
@@ -214,6 +221,16 @@ def main() -> None:
             ("cache hit, concurrency 1", hits_idle),
             ("cache hit, concurrency 8", hits_loaded),
         ]
+        if args.also_one_process:
+            one = {**env, "HELPLINE_UP_GATEWAY_PROCESS": "false"}
+            with HelplineUp(data, one) as up, httpx.Client(base_url=up.url, timeout=30) as client:
+                for _ in range(10):  # warm-up
+                    client.post("/api/v1/query", json={"question": QUESTIONS[0], "brand": BRAND})
+                for concurrency, count in ((1, args.requests), (8, args.requests * 2)):
+                    figures = asyncio.run(measure(up.url, concurrency, count))
+                    runs.append(
+                        (f"gateway in the workers' process, concurrency {concurrency}", figures)
+                    )
         if args.no_embedding_cache:
             with HelplineUp(data, {**env, "HELPLINE_RAG_EMBEDDING_CACHE": "0"}) as up:
                 with httpx.Client(base_url=up.url, timeout=30) as client:

@@ -71,11 +71,18 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
         assert "FW-409" in answer["answer"]
 
 
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
 def test_sigkill_of_helpline_up_leaves_no_nats_server(tmp_path: Path) -> None:
     up = HelplineUp(tmp_path / "data", ENV).start()
     assert up.process is not None
     nats_children = children_of(up.process.pid)
-    assert nats_children
+    # Its nats-server and its gateway (a process of its own).
+    commands = [command_line(p) for p in nats_children]
+    assert any("nats-server" in c for c in commands), commands
+    assert any(c.endswith("run gateway ") for c in commands), commands
     up.process.send_signal(signal.SIGKILL)
     up.process.wait()
     deadline = time.monotonic() + 10
@@ -94,3 +101,19 @@ def _alive(pid: int) -> bool:
     # A zombie still answers kill(0) until reaped by init; count it as gone.
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_a_gateway_that_dies_stops_helpline_up(tmp_path: Path) -> None:
+    """The API is gone: `helpline up` does not linger without it, and leaves nothing behind."""
+    up = HelplineUp(tmp_path / "data", ENV).start()
+    assert up.process is not None
+    children = children_of(up.process.pid)
+    gateway = next(p for p in children if command_line(p).endswith("run gateway "))
+    os.kill(gateway, signal.SIGKILL)
+    assert up.process.wait(60) != 0
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in children if _alive(p)]
+        time.sleep(0.1)
+    assert alive == []

@@ -22,7 +22,7 @@ TERMINAL = {"succeeded", "failed", "expired", "cancelled"}
 
 @app.command()
 def up() -> None:
-    """Run the whole system here: nats-server, Qdrant Edge and every service, in one process."""
+    """Run the whole system here: nats-server, Qdrant Edge, the workers and the gateway."""
     from helpline.cli.runner import up as run_up
 
     run_up(CliSettings())

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
 import uvloop
 
-from helpline.cli.settings import CliSettings
+from helpline.cli.settings import CliSettings, environment_with
 from helpline.common.health import HealthServer
 from helpline.common.knowledge import Knowledge
 from helpline.common.natsserver import NatsServer
@@ -102,6 +105,57 @@ async def serve(
         await host.stop()
 
 
+async def serve_beside_gateway(
+    settings: CliSettings, components: list[Component], *, stop: asyncio.Event
+) -> None:
+    """Host the workers here and the gateway in a child process (`helpline run gateway`)
+    until `stop`; a gateway that exits on its own stops everything."""
+    host = Host(settings.model_copy(), components, name="helpline")
+    await host.start()
+    gateway: subprocess.Popen[bytes] | None = None
+    try:
+        gateway = _spawn_gateway(settings)
+        exited = asyncio.ensure_future(asyncio.to_thread(gateway.wait))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not stop.is_set():
+            log.error("the gateway process exited (status %s); stopping", gateway.returncode)
+            raise SystemExit(1)
+    finally:
+        if gateway is not None:
+            # The API first, so nothing new arrives while the workers finish.
+            await asyncio.to_thread(_stop_child, gateway)
+        await host.stop()
+
+
+def _spawn_gateway(settings: CliSettings) -> subprocess.Popen[bytes]:
+    env = environment_with({"HELPLINE_NATS_URL": settings.nats_url or ""})
+    return subprocess.Popen(
+        [sys.executable, "-c", "from helpline.cli.main import app; app()", "run", "gateway"],
+        env=env,
+        # Its own session: a terminal's Ctrl-C reaches this process, which stops it in order.
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when `helpline up` dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_child(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _run(main: Callable[[asyncio.Event], object], event_loop: str = "uvloop") -> None:
     async def runner() -> None:
         stop = asyncio.Event()
@@ -116,7 +170,12 @@ def _run(main: Callable[[asyncio.Event], object], event_loop: str = "uvloop") ->
 
 
 def up(settings: CliSettings) -> None:
-    """Every service in this process, our own nats-server unless a URL is set, Qdrant Edge unless one is."""
+    """Every service, our own nats-server unless a URL is set, Qdrant Edge unless one is.
+
+    The workers share this process (embedder and rag share Qdrant Edge, which only one
+    process may open); the gateway runs in a child process unless HELPLINE_UP_GATEWAY_PROCESS
+    is false.
+    """
     setup_logging(settings.log_level, json_lines=settings.log_json)
     setup_tracing(
         settings.otel_service_name or "helpline",
@@ -138,12 +197,20 @@ def up(settings: CliSettings) -> None:
             nats_url = nats.url
             log.info("nats-server (JetStream, data in %s) on %s", data_dir / "nats", nats_url)
         knowledge = Knowledge.open(StoreSettings(), data_dir)
-        components = [build_component(n, nats_url, knowledge) for n in SERVICES]
         run_settings = settings.model_copy(update={"nats_url": nats_url})
-        _run(
-            lambda stop: serve(run_settings, components, name="helpline", stop=stop),
-            settings.event_loop,
-        )
+        if settings.up_gateway_process:
+            workers = [n for n in SERVICES if n != "gateway"]
+            components = [build_component(n, nats_url, knowledge) for n in workers]
+            _run(
+                lambda stop: serve_beside_gateway(run_settings, components, stop=stop),
+                settings.event_loop,
+            )
+        else:
+            components = [build_component(n, nats_url, knowledge) for n in SERVICES]
+            _run(
+                lambda stop: serve(run_settings, components, name="helpline", stop=stop),
+                settings.event_loop,
+            )
     finally:
         if knowledge is not None:
             knowledge.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -17,6 +18,11 @@ class CliSettings(HelplineSettings):
     nats_port: int = Field(
         default=0, description="Port of the nats-server `helpline up` starts (0: a free one)."
     )
+    up_gateway_process: bool = Field(
+        default=True,
+        description="`helpline up` serves the gateway from a process of its own, so HTTP "
+        "requests and the workers' Python code do not take turns on one interpreter lock.",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop",
         description="The event loop services run on: uvloop (faster sockets and scheduling) "
@@ -26,3 +32,8 @@ class CliSettings(HelplineSettings):
     @property
     def gateway_url(self) -> str:
         return self.api_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"
+
+
+def environment_with(overrides: dict[str, str]) -> dict[str, str]:
+    """This process's environment with `overrides`, for a child process."""
+    return {**os.environ, **overrides}
