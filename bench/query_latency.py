@@ -12,8 +12,8 @@ With `--data-dir`, the index is kept in D and reused by the next run (no crawl).
 asks 40 questions over and over, so after the first round rag finds every question's
 embedding in its LRU (`HELPLINE_RAG_EMBEDDING_CACHE`); `--no-embedding-cache` adds a run with
 that cache off, where every question runs the model, as distinct questions would.
-`--also-one-process` adds a run with the gateway inside the workers' process
-(HELPLINE_UP_GATEWAY_PROCESS=false) rather than a process of its own.
+`--also-one-process` adds a run with every service in `helpline up`'s one process
+(HELPLINE_UP_OWN_PROCESSES=[]) rather than the gateway in a process of its own.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument(
         "--also-one-process",
         action="store_true",
-        help="also measure uncached queries with the gateway inside `helpline up`'s process",
+        help="also measure uncached queries with every service in `helpline up`'s one process",
     )
     args = parser.parse_args()
 
@@ -222,7 +222,7 @@ def main() -> None:
             ("cache hit, concurrency 8", hits_loaded),
         ]
         if args.also_one_process:
-            one = {**env, "HELPLINE_UP_GATEWAY_PROCESS": "false"}
+            one = {**env, "HELPLINE_UP_OWN_PROCESSES": "[]"}
             with HelplineUp(data, one) as up, httpx.Client(base_url=up.url, timeout=30) as client:
                 for _ in range(10):  # warm-up
                     client.post("/api/v1/query", json={"question": QUESTIONS[0], "brand": BRAND})

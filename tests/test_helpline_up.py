@@ -63,7 +63,15 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
-    with HelplineUp(data_dir, ENV) as up, httpx.Client(base_url=up.url, timeout=30) as client:
+    # Restarted with every service in its one process (no children but nats-server).
+    one_process = {**ENV, "HELPLINE_UP_OWN_PROCESSES": "[]"}
+    with (
+        HelplineUp(data_dir, one_process) as up,
+        httpx.Client(base_url=up.url, timeout=30) as client,
+    ):
+        assert up.process is not None
+        commands = [command_line(p) for p in children_of(up.process.pid)]
+        assert not any(" run " in c for c in commands), commands
         after = client.get(f"/api/v1/tasks/{crawl_id}").json()
         assert after == before
         answer = ask(client)

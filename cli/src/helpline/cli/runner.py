@@ -9,7 +9,7 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -63,15 +63,26 @@ def build_component(name: str, nats_url: str, knowledge: Knowledge | None = None
 
 
 async def serve(
-    settings: CliSettings, components: list[Component], *, name: str, stop: asyncio.Event
+    settings: CliSettings,
+    components: list[Component],
+    *,
+    name: str,
+    stop: asyncio.Event,
+    children: Sequence[str] = (),
 ) -> None:
-    """Host the components; serve the gateway's API or a worker's probes until `stop`."""
+    """Host the components; serve the gateway's API, or a worker's probes, until `stop`.
+
+    `children` (`helpline up`): services run as child processes of their own (`helpline run
+    <service>`), stopped after the gateway and before the components here; one that exits
+    on its own stops everything (status 1).
+    """
     host = Host(settings.model_copy(), components, name=name)
     await host.start()
     gateway = next((c for c in components if isinstance(c, GatewayComponent)), None)
     server: _Server | None = None
     health: HealthServer | None = None
     serving: asyncio.Task[None] | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         if gateway is not None:
             config = uvicorn.Config(
@@ -91,49 +102,47 @@ async def serve(
                     f"the gateway could not listen on {settings.http_host}:{settings.http_port}"
                 )
             log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
-        else:
+        elif not children:
             health = HealthServer(settings.http_host, settings.http_port, host.bus.streams_present)
             await health.start()
-        await stop.wait()
+        for service in children:
+            processes[service] = _spawn_service(settings, service)
+        await _until_stopped(stop, processes)
     finally:
         if server is not None and serving is not None:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await serving
+        # A gateway first, so nothing new arrives while the workers finish.
+        for service in sorted(processes, key=lambda name: name != "gateway"):
+            await asyncio.to_thread(_stop_child, processes[service])
         if health is not None:
             await health.stop()
         await host.stop()
 
 
-async def serve_beside_gateway(
-    settings: CliSettings, components: list[Component], *, stop: asyncio.Event
+async def _until_stopped(
+    stop: asyncio.Event, processes: dict[str, subprocess.Popen[bytes]]
 ) -> None:
-    """Host the workers here and the gateway in a child process (`helpline run gateway`)
-    until `stop`; a gateway that exits on its own stops everything."""
-    host = Host(settings.model_copy(), components, name="helpline")
-    await host.start()
-    gateway: subprocess.Popen[bytes] | None = None
-    try:
-        gateway = _spawn_gateway(settings)
-        exited = asyncio.ensure_future(asyncio.to_thread(gateway.wait))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not stop.is_set():
-            log.error("the gateway process exited (status %s); stopping", gateway.returncode)
-            raise SystemExit(1)
-    finally:
-        if gateway is not None:
-            # The API first, so nothing new arrives while the workers finish.
-            await asyncio.to_thread(_stop_child, gateway)
-        await host.stop()
+    """Until `stop` is set; SystemExit(1) if one of `processes` exits first."""
+    waits = {asyncio.ensure_future(asyncio.to_thread(p.wait)): n for n, p in processes.items()}
+    stopping = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({*waits, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if stop.is_set():
+        return
+    name = next(waits[w] for w in done if w in waits)
+    log.error("the %s process exited (status %s); stopping", name, processes[name].returncode)
+    raise SystemExit(1)
 
 
-def _spawn_gateway(settings: CliSettings) -> subprocess.Popen[bytes]:
-    env = environment_with({"HELPLINE_NATS_URL": settings.nats_url or ""})
+def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[bytes]:
+    overrides = {"HELPLINE_NATS_URL": settings.nats_url or ""}
+    if service != "gateway":
+        overrides["HELPLINE_HTTP_PORT"] = "0"  # its probes on any free port, not the API's
     return subprocess.Popen(
-        [sys.executable, "-c", "from helpline.cli.main import app; app()", "run", "gateway"],
-        env=env,
+        [sys.executable, "-c", "from helpline.cli.main import app; app()", "run", service],
+        env=environment_with(overrides),
         # Its own session: a terminal's Ctrl-C reaches this process, which stops it in order.
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
@@ -172,9 +181,9 @@ def _run(main: Callable[[asyncio.Event], object], event_loop: str = "uvloop") ->
 def up(settings: CliSettings) -> None:
     """Every service, our own nats-server unless a URL is set, Qdrant Edge unless one is.
 
-    The workers share this process (embedder and rag share Qdrant Edge, which only one
-    process may open); the gateway runs in a child process unless HELPLINE_UP_GATEWAY_PROCESS
-    is false.
+    Embedder and rag share this process (and Qdrant Edge, which only one process may open);
+    the services in HELPLINE_UP_OWN_PROCESSES (the gateway unless set) run as child
+    processes, `helpline run <service>` against the same nats-server.
     """
     setup_logging(settings.log_level, json_lines=settings.log_json)
     setup_tracing(
@@ -198,19 +207,16 @@ def up(settings: CliSettings) -> None:
             log.info("nats-server (JetStream, data in %s) on %s", data_dir / "nats", nats_url)
         knowledge = Knowledge.open(StoreSettings(), data_dir)
         run_settings = settings.model_copy(update={"nats_url": nats_url})
-        if settings.up_gateway_process:
-            workers = [n for n in SERVICES if n != "gateway"]
-            components = [build_component(n, nats_url, knowledge) for n in workers]
-            _run(
-                lambda stop: serve_beside_gateway(run_settings, components, stop=stop),
-                settings.event_loop,
-            )
-        else:
-            components = [build_component(n, nats_url, knowledge) for n in SERVICES]
-            _run(
-                lambda stop: serve(run_settings, components, name="helpline", stop=stop),
-                settings.event_loop,
-            )
+        children = [n for n in SERVICES if n in settings.up_own_processes]
+        components = [
+            build_component(n, nats_url, knowledge) for n in SERVICES if n not in children
+        ]
+        _run(
+            lambda stop: serve(
+                run_settings, components, name="helpline", stop=stop, children=children
+            ),
+            settings.event_loop,
+        )
     finally:
         if knowledge is not None:
             knowledge.close()

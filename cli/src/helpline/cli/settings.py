@@ -18,10 +18,11 @@ class CliSettings(HelplineSettings):
     nats_port: int = Field(
         default=0, description="Port of the nats-server `helpline up` starts (0: a free one)."
     )
-    up_gateway_process: bool = Field(
-        default=True,
-        description="`helpline up` serves the gateway from a process of its own, so HTTP "
-        "requests and the workers' Python code do not take turns on one interpreter lock.",
+    up_own_processes: list[Literal["gateway", "scraper", "maintenance"]] = Field(
+        default=["gateway"],
+        description="Services `helpline up` runs as child processes of their own, so their "
+        "Python code and the rest take no turns on one interpreter lock (embedder and rag "
+        "share Qdrant Edge and stay in up's process). Empty: everything in one process.",
     )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop",
