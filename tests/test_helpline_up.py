@@ -93,12 +93,17 @@ def test_sigkill_of_helpline_up_leaves_no_nats_server(tmp_path: Path) -> None:
     assert any(c.endswith("run gateway ") for c in commands), commands
     up.process.send_signal(signal.SIGKILL)
     up.process.wait()
-    deadline = time.monotonic() + 10
-    alive = nats_children
+    assert still_alive(nats_children) == []
+
+
+def still_alive(pids: list[int], within_s: float = 10.0) -> list[int]:
+    """Those of `pids` still running after waiting up to `within_s` for them to go."""
+    deadline = time.monotonic() + within_s
+    alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [p for p in nats_children if _alive(p)]
+        alive = [p for p in pids if _alive(p)]
         time.sleep(0.1)
-    assert alive == []
+    return alive
 
 
 def _alive(pid: int) -> bool:
@@ -119,9 +124,4 @@ def test_a_gateway_that_dies_stops_helpline_up(tmp_path: Path) -> None:
     gateway = next(p for p in children if command_line(p).endswith("run gateway "))
     os.kill(gateway, signal.SIGKILL)
     assert up.process.wait(60) != 0
-    deadline = time.monotonic() + 10
-    alive = children
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in children if _alive(p)]
-        time.sleep(0.1)
-    assert alive == []
+    assert still_alive(children) == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import uvloop
 from helpline.cli.settings import CliSettings, environment_with
 from helpline.common.health import HealthServer
 from helpline.common.knowledge import Knowledge
-from helpline.common.natsserver import NatsServer
+from helpline.common.natsserver import NatsServer, die_with_parent, stop_process
 from helpline.common.observability import setup_logging, setup_tracing
 from helpline.common.runtime import Component, Host
 from helpline.common.settings import StoreSettings
@@ -115,7 +114,7 @@ async def serve(
                 await serving
         # A gateway first, so nothing new arrives while the workers finish.
         for service in sorted(processes, key=lambda name: name != "gateway"):
-            await asyncio.to_thread(_stop_child, processes[service])
+            await asyncio.to_thread(stop_process, processes[service], 30.0)
         if health is not None:
             await health.stop()
         await host.stop()
@@ -145,24 +144,8 @@ def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[byte
         env=environment_with(overrides),
         # Its own session: a terminal's Ctrl-C reaches this process, which stops it in order.
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when `helpline up` dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _stop_child(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _run(main: Callable[[asyncio.Event], object], event_loop: str = "uvloop") -> None:

@@ -27,11 +27,24 @@ def nats_server_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the parent dies, even by SIGKILL (Linux), so no server is orphaned."""
+def die_with_parent() -> None:
+    """In a child (`preexec_fn`): SIGTERM when the parent dies, even by SIGKILL (Linux), so
+    nothing it started is orphaned."""
     with contextlib.suppress(Exception):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it lingers past `timeout_s`; waited for either way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,7 +104,7 @@ class NatsServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -109,14 +122,8 @@ class NatsServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), then kill if it lingers."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL, for fault tests."""
