@@ -75,13 +75,14 @@ async def test_a_parent_left_behind_is_recounted_by_the_maintenance_check(
         assert "finished" not in still_open
         assert "gone" not in still_open
         assert "stalled" in still_open
-        checks = [
-            r
-            for r in (
-                await system.client.get("/api/v1/tasks", params={"kind": "maintenance"})
-            ).json()
-            if r["status"] == "succeeded"
-        ]
+        # The check's own record is written by the tracker from its events, which may land
+        # after the recounts it caused: wait for it too.
+        checks: list[dict] = []
+        deadline = time.monotonic() + 10
+        while not checks and time.monotonic() < deadline:
+            listing = await system.client.get("/api/v1/tasks", params={"kind": "maintenance"})
+            checks = [r for r in listing.json() if r["status"] == "succeeded"]
+            await asyncio.sleep(0.2)
         assert checks, "the check runs as a maintenance task with a record"
         assert "recounted" in checks[0]["result"]
     finally:
