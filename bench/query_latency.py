@@ -228,9 +228,7 @@ def main() -> None:
                     client.post("/api/v1/query", json={"question": QUESTIONS[0], "brand": BRAND})
                 for concurrency, count in ((1, args.requests), (8, args.requests * 2)):
                     figures = asyncio.run(measure(up.url, concurrency, count))
-                    runs.append(
-                        (f"gateway in the workers' process, concurrency {concurrency}", figures)
-                    )
+                    runs.append((f"all in one process, concurrency {concurrency}", figures))
         if args.no_embedding_cache:
             with HelplineUp(data, {**env, "HELPLINE_RAG_EMBEDDING_CACHE": "0"}) as up:
                 with httpx.Client(base_url=up.url, timeout=30) as client:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from helpline.common.natsserver import free_port
+from helpline.common.natsserver import free_port, stop_process
 
 # A route handler gets the request handler and writes the whole response itself.
 Route = Callable[[SimpleHTTPRequestHandler], None]
@@ -80,12 +80,7 @@ def serve_site_process(root: Path, *, host: str = "127.0.0.1") -> Iterator[str]:
                 time.sleep(0.1)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10.0)
 
 
 def slow_route(seconds: float) -> Route:
