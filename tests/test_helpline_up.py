@@ -125,3 +125,23 @@ def test_a_gateway_that_dies_stops_helpline_up(tmp_path: Path) -> None:
     os.kill(gateway, signal.SIGKILL)
     assert up.process.wait(60) != 0
     assert still_alive(children) == []
+
+
+def test_the_scraper_as_a_child_process_crawls(tmp_path: Path, docs_site: str) -> None:
+    """HELPLINE_UP_OWN_PROCESSES moves a worker out too: its probes take a port of their own
+    (the gateway has the API's), and the crawl goes through it."""
+    env = {**ENV, "HELPLINE_UP_OWN_PROCESSES": '["gateway", "scraper"]'}
+    with (
+        HelplineUp(tmp_path / "data", env) as up,
+        httpx.Client(base_url=up.url, timeout=30) as client,
+    ):
+        assert up.process is not None
+        commands = [command_line(p) for p in children_of(up.process.pid)]
+        assert any(c.endswith("run scraper ") for c in commands), commands
+        response = client.post(
+            "/api/v1/crawl", json={"url": f"{docs_site}/index.html", "brand": "acme"}
+        )
+        assert response.status_code == 202
+        record = wait_terminal(client, response.json()["task_id"])
+        assert record["status"] == "succeeded", record
+        assert ask(client)["sources"][0]["url"] == f"{docs_site}/config/firewall.html"
