@@ -39,6 +39,7 @@ from helpline.common.answercache import ANSWERS_BUCKET, GENERATIONS_BUCKET
 from helpline.common.breaker import BreakerBoard
 from helpline.common.errors import Retryable
 from helpline.common.messages import TaskEvent, TaskMessage
+from helpline.common.observability import span
 from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
@@ -453,7 +454,8 @@ class Bus:
         """Publish to a stream and wait for its acknowledgement; traced like FastStream's
         publishes (a producer span, its context in the headers). Many may be in flight."""
         headers = {"Nats-Msg-Id": msg_id}
-        with _tracer.start_as_current_span(
+        with span(
+            _tracer,
             f"{subject} publish",
             kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.system": "nats", "messaging.destination.name": subject},

@@ -58,6 +58,7 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
+from helpline.common.observability import span
 from helpline.common.pulling import Puller
 from helpline.common.subjects import Kind, Priority
 
@@ -516,8 +517,8 @@ class TaskConsumer:
     async def handle(self, delivery: Delivery) -> None:
         """Decode, skip what is finished or poison, run and settle one delivery."""
         context = propagate.extract(delivery.headers)
-        with _tracer.start_as_current_span(
-            f"{delivery.subject} process", context=context, kind=trace.SpanKind.CONSUMER
+        with span(
+            _tracer, f"{delivery.subject} process", context=context, kind=trace.SpanKind.CONSUMER
         ):
             try:
                 task = self.model.model_validate_json(delivery.body)
