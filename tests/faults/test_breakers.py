@@ -21,6 +21,7 @@ class FailingStore:
 
     def __init__(self, inner: VectorStore) -> None:
         self.inner = inner
+        self.holds_gil = inner.holds_gil
         self.down = False
         self.calls_while_down = 0
 

@@ -116,6 +116,11 @@ def point_id(url: str, position: int) -> str:
 class VectorStore(Protocol):
     """Dense cosine vectors with payload, filtered by brand."""
 
+    #: Whether every call holds the GIL from start to end (an in-process engine): calling it
+    #: from a thread then frees nothing for the event loop and only adds the hand-offs, so
+    #: callers call it in place (`knowledge.guarded`). False: a call waits on I/O, off the loop.
+    holds_gil: bool
+
     def ensure_collection(self) -> None:
         """Create the collection and its payload indexes if they are missing."""
         ...
@@ -226,6 +231,8 @@ class EdgeStore(VectorStore):
     Only one process may open a folder at a time: the WAL is locked while it is open.
     Writes flush at most every `flush_interval` seconds (0: after every write).
     """
+
+    holds_gil = True
 
     def __init__(self, path: Path, dim: int, *, flush_interval: float = 5.0) -> None:
         self.path = path
@@ -420,6 +427,8 @@ def _edge_filter(*, brand: str | None = None, url: str | None = None) -> edge.Fi
 
 class QdrantServerStore(VectorStore):
     """A collection of a Qdrant server (or of qdrant_client's local mode, for tests)."""
+
+    holds_gil = False
 
     def __init__(self, client: QdrantClient, collection: str, dim: int) -> None:
         self.client = client

@@ -32,7 +32,13 @@ class Indexer:
 
     async def index(self, batch: ChunkBatch) -> dict[str, Any]:
         """Make the index hold exactly this page's chunks; returns what changed."""
-        existing = await guarded(self.breaker, self.store.hashes_for_url, batch.url, batch.brand)
+        existing = await guarded(
+            self.breaker,
+            self.store.hashes_for_url,
+            batch.url,
+            batch.brand,
+            inline=self.store.holds_gil,
+        )
         wanted = {point_id(page_key(batch.brand, batch.url), c.position): c for c in batch.chunks}
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
         if changed:
@@ -60,10 +66,10 @@ class Indexer:
                 )
                 for (pid, chunk), vector in zip(changed, vectors, strict=True)
             ]
-            await guarded(self.breaker, self.store.upsert, points)
+            await guarded(self.breaker, self.store.upsert, points, inline=self.store.holds_gil)
         stale = [pid for pid in existing if pid not in wanted]
         if stale:
-            await guarded(self.breaker, self.store.delete, stale)
+            await guarded(self.breaker, self.store.delete, stale, inline=self.store.holds_gil)
         new = sum(1 for pid, _ in changed if pid not in existing)
         return {
             "url": batch.url,

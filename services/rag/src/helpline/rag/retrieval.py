@@ -56,7 +56,13 @@ class Answerer:
         wanted = top_k * self.candidates
         # Over-fetch: pages beyond PER_PAGE chunks are cut, and their places must be filled.
         hits = await guarded(
-            self.breaker, self.store.search, vector, wanted * 2, brand, encode_query(question)
+            self.breaker,
+            self.store.search,
+            vector,
+            wanted * 2,
+            brand,
+            encode_query(question),
+            inline=self.store.holds_gil,
         )
         return diversify(hits, PER_PAGE, wanted)
 
