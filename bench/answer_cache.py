@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from loadgen import Connection, percentile, query_load
 
 from helpline.common.testing import HelplineUp, serve_site
 
@@ -35,58 +35,23 @@ QUESTIONS = [
 ]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 async def measure(
     base_url: str, concurrency: int, requests: int, *, cache: bool
 ) -> dict[str, float]:
-    latencies: list[float] = []
-    server_ms: list[float] = []
-    cached: list[bool] = []
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(QUESTIONS[i % len(QUESTIONS)])
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            question = queue.get_nowait()
-            started = time.perf_counter()
-            response = await client.post(
-                "/api/v1/query", json={"question": question, "brand": "acme", "cache": cache}
-            )
-            latencies.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-            body = response.json()
-            server_ms.append(body["duration_ms"])
-            cached.append(body["cached"])
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "p50": percentile(latencies, 50),
-        "p99": percentile(latencies, 99),
-        "mean": statistics.fmean(latencies),
-        "server_p50": percentile(server_ms, 50),
-        "server_p99": percentile(server_ms, 99),
-        "hit_share": sum(cached) / len(cached),
-        "qps": requests / elapsed,
-    }
+    return await query_load(base_url, concurrency, requests, QUESTIONS, brand="acme", cache=cache)
 
 
 async def http_floor(base_url: str, requests: int) -> dict[str, float]:
     """What any request costs here (client, uvicorn, FastAPI): the floor under a cache hit."""
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    connection = Connection(base_url)
+    try:
         for _ in range(requests):
             started = time.perf_counter()
-            (await client.get("/healthz")).raise_for_status()
+            await connection.request("GET", "/healthz")
             latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        await connection.close()
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
 
 

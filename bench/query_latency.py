@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+from loadgen import query_load
 
 from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import OPTIMIZE_QUIET_S, EdgeStore
@@ -98,46 +98,10 @@ def ensure_manual() -> Path:
     return MANUAL
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 async def measure(
     base_url: str, concurrency: int, requests: int, *, cache: bool = False
 ) -> dict[str, float]:
-    latencies: list[float] = []
-    server_ms: list[float] = []
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(QUESTIONS[i % len(QUESTIONS)])
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            question = queue.get_nowait()
-            started = time.perf_counter()
-            response = await client.post(
-                "/api/v1/query",
-                json={"question": question, "brand": BRAND, "cache": cache},
-            )
-            latencies.append((time.perf_counter() - started) * 1000)
-            response.raise_for_status()
-            server_ms.append(response.json()["duration_ms"])
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "p50": percentile(latencies, 50),
-        "p95": percentile(latencies, 95),
-        "p99": percentile(latencies, 99),
-        "mean": statistics.fmean(latencies),
-        "server_p50": percentile(server_ms, 50),
-        "qps": requests / elapsed,
-    }
+    return await query_load(base_url, concurrency, requests, QUESTIONS, brand=BRAND, cache=cache)
 
 
 def crawl(client: httpx.Client, site: str, max_pages: int) -> tuple[dict, float]:

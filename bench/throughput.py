@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import nats
+from loadgen import Connection
 
 from helpline.common.bus import Bus, BusLayout, make_broker
 from helpline.common.messages import MaintenanceTask, new_task_id
@@ -109,36 +110,20 @@ async def library_throughput(nats_url: str, n: int) -> float:
     return n / (last - started)
 
 
-async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> str:
-    """One keep-alive HTTP/1.1 request; the task id from its 202."""
-    writer.write(request)
-    status = await reader.readline()
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length)
-    if b" 202 " not in status:
-        raise RuntimeError(f"{status!r} {body[:200]!r}")
-    return str(json.loads(body)["task_id"])
-
-
 async def rest_throughput(nats_url: str, port: int, n: int) -> float:
     """N pings submitted as POST /api/v1/maintenance/ping over 64 keep-alive connections."""
     terminal = Terminal()
     await terminal.start(nats_url)
-    request = (
-        f"POST /api/v1/maintenance/ping HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    ).encode()
     submitted: list[str] = []
 
     async def client(count: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for _ in range(count):
-            submitted.append(await _post(reader, writer, request))
-        writer.close()
+        connection = Connection(f"http://127.0.0.1:{port}")
+        try:
+            for _ in range(count):
+                answer = await connection.post_json("/api/v1/maintenance/ping", {}, expect=202)
+                submitted.append(answer["task_id"])
+        finally:
+            await connection.close()
 
     started = time.perf_counter()
     shares = [n // CONNECTIONS + (1 if i < n % CONNECTIONS else 0) for i in range(CONNECTIONS)]
