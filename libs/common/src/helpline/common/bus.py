@@ -33,6 +33,7 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 from opentelemetry import propagate, trace
+from pydantic import BaseModel
 
 from helpline.common import subjects
 from helpline.common.answercache import ANSWERS_BUCKET, GENERATIONS_BUCKET
@@ -462,6 +463,22 @@ class Bus:
         ):
             propagate.inject(headers)
             await self._publish(subject, payload, stream=stream, headers=headers)
+
+    async def send(
+        self, subject: str, message: BaseModel, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish a message on core NATS (no stream, no acknowledgement): a reply to a
+        waiting inbox. Traced like `publish`, without FastStream's codec and middleware
+        chain, which rag's replies went through before."""
+        out = dict(headers or {})
+        with span(
+            _tracer,
+            f"{subject} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+        ):
+            propagate.inject(out)
+            await self.nc.publish(subject, message.model_dump_json().encode(), headers=out)
 
     async def _publish_to_jetstream(
         self, subject: str, payload: bytes, *, stream: str, headers: dict[str, str]

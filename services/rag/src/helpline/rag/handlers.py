@@ -23,18 +23,18 @@ def build_consumers(
 
         async def emit(part: AnswerPart) -> None:
             if reply_to:
-                await bus.broker.publish(part, reply_to, headers={REPLY_PART_HEADER: "1"})
+                await bus.send(reply_to, part, {REPLY_PART_HEADER: "1"})
 
         try:
             answer = await responder.answer(task, emit)
         except Exception as exc:
             # The gateway is waiting: tell it now rather than let it time out.
             if task.reply_to:
-                await bus.broker.publish(
+                await bus.send(
+                    task.reply_to,
                     Answer(
                         task_id=task.task_id, answer="", sources=[], error=error_of(exc).message
                     ),
-                    task.reply_to,
                 )
             raise
         # Cached before the reply: whoever got this answer and asks again gets the cached one.
@@ -46,7 +46,7 @@ def build_consumers(
             except Exception as exc:
                 log.warning("could not cache the answer to %s: %r", task.task_id, exc)
         if task.reply_to:
-            await bus.broker.publish(answer, task.reply_to)
+            await bus.send(task.reply_to, answer)
         return {"sources": [s.url for s in answer.sources], "answer_mode": answer.answer_mode}
 
     # A question is worth answering once; its deadline is seconds away, so no retries.
