@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -28,17 +29,19 @@ def recorded() -> Iterator[tuple[trace.Tracer, InMemorySpanExporter]]:
     provider.shutdown()
 
 
-def parent(sampled: bool) -> trace.Span:
+def under(sampled: bool, monkeypatch: pytest.MonkeyPatch, *, follows: bool = True) -> Context:
+    """A remote parent's context; `follows`: the installed sampler follows the parent."""
+    monkeypatch.setattr(observability, "_unsampled_stays_unsampled", follows)
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-    return NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=flags))
+    parent = NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=flags))
+    return trace.set_span_in_context(parent)
 
 
 def test_under_an_unsampled_parent_no_span_is_built_and_its_ids_propagate(
     recorded: tuple[trace.Tracer, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracer, exporter = recorded
-    monkeypatch.setattr(observability, "_unsampled_stays_unsampled", True)
-    context = trace.set_span_in_context(parent(sampled=False))
+    context = under(False, monkeypatch)
     headers: dict[str, str] = {}
     with span(tracer, "work process", kind=SpanKind.CONSUMER, context=context):
         current = trace.get_current_span().get_span_context()
@@ -54,8 +57,7 @@ def test_a_sampled_parent_or_none_gets_a_real_span(
     recorded: tuple[trace.Tracer, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracer, exporter = recorded
-    monkeypatch.setattr(observability, "_unsampled_stays_unsampled", True)
-    context = trace.set_span_in_context(parent(sampled=True))
+    context = under(True, monkeypatch)
     with (
         span(tracer, "work process", kind=SpanKind.CONSUMER, context=context),
         span(tracer, "events publish", kind=SpanKind.PRODUCER, attributes={"a": "b"}),
@@ -79,8 +81,7 @@ def test_a_sampler_that_may_sample_below_an_unsampled_parent_keeps_its_spans(
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ALWAYS_ON)  # samples whatever the parent says
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(observability, "_unsampled_stays_unsampled", follows_parent(ALWAYS_ON))
-    context = trace.set_span_in_context(parent(sampled=False))
+    context = under(False, monkeypatch, follows=follows_parent(ALWAYS_ON))
     with span(provider.get_tracer("test"), "work process", kind=SpanKind.CONSUMER, context=context):
         pass
     provider.shutdown()

@@ -13,6 +13,8 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -455,13 +457,7 @@ class Bus:
         """Publish to a stream and wait for its acknowledgement; traced like FastStream's
         publishes (a producer span, its context in the headers). Many may be in flight."""
         headers = {"Nats-Msg-Id": msg_id}
-        with span(
-            _tracer,
-            f"{subject} publish",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
-        ):
-            propagate.inject(headers)
+        with _producer_span(subject, headers):
             await self._publish(subject, payload, stream=stream, headers=headers)
 
     async def send(
@@ -471,13 +467,7 @@ class Bus:
         waiting inbox. Traced like `publish`, without FastStream's codec and middleware
         chain, which rag's replies went through before."""
         out = dict(headers or {})
-        with span(
-            _tracer,
-            f"{subject} publish",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
-        ):
-            propagate.inject(out)
+        with _producer_span(subject, out):
             await self.nc.publish(subject, message.model_dump_json().encode(), headers=out)
 
     async def _publish_to_jetstream(
@@ -515,6 +505,19 @@ class Bus:
             stream=subjects.events_stream(self.layout.prefix),
             msg_id=event.event_id,
         )
+
+
+@contextmanager
+def _producer_span(subject: str, headers: dict[str, str]) -> Iterator[None]:
+    """A publish's producer span (see `observability.span`), its context put in `headers`."""
+    with span(
+        _tracer,
+        f"{subject} publish",
+        kind=trace.SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+    ):
+        propagate.inject(headers)
+        yield
 
 
 async def kv_get(kv: KeyValue, key: str) -> tuple[bytes, int] | None:
