@@ -464,8 +464,7 @@ class Bus:
         self, subject: str, message: BaseModel, headers: dict[str, str] | None = None
     ) -> None:
         """Publish a message on core NATS (no stream, no acknowledgement): a reply to a
-        waiting inbox. Traced like `publish`, without FastStream's codec and middleware
-        chain, which rag's replies went through before."""
+        waiting inbox. Traced like `publish`; no FastStream codec or middleware."""
         out = dict(headers or {})
         with _producer_span(subject, out):
             await self.nc.publish(subject, message.model_dump_json().encode(), headers=out)
