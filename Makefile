@@ -3,12 +3,16 @@ SHELL := /bin/bash
 # uv from PATH, else a private copy in .tools/ (installed by `make install` with pip).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_LINK_MODE ?= copy
+# Bytecode compiled at install: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
+# process would otherwise compile every module it imports, seconds per service start.
+export UV_COMPILE_BYTECODE ?= 1
 
 .PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
 	$(UV) sync --locked --all-packages
+	@.venv/bin/python -m compileall -q libs services cli > /dev/null
 
 up: install
 	$(UV) run helpline up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -145,3 +146,27 @@ def test_the_scraper_as_a_child_process_crawls(tmp_path: Path, docs_site: str) -
         record = wait_terminal(client, response.json()["task_id"])
         assert record["status"] == "succeeded", record
         assert ask(client)["sources"][0]["url"] == f"{docs_site}/config/firewall.html"
+
+
+HEAVY = {
+    "gateway": {"onnxruntime", "qdrant_client", "qdrant_edge", "playwright", "trafilatura"},
+    "maintenance": {"onnxruntime", "qdrant_client", "playwright", "trafilatura", "fastapi"},
+    "scraper": {"onnxruntime", "qdrant_client", "fastapi"},
+}
+
+
+@pytest.mark.parametrize("service", sorted(HEAVY))
+def test_a_service_process_loads_only_its_own_libraries(service: str) -> None:
+    """`helpline run <service>` builds its component without importing the others' heavy
+    libraries (each cost seconds of start-up, paid by every replica and every restart)."""
+    probe = (
+        "import sys; from helpline.cli.runner import build_component; "
+        f"build_component({service!r}, 'nats://127.0.0.1:1'); "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(out.stdout.split())
+    assert "nats" in loaded  # the probe really built a component
+    assert loaded & HEAVY[service] == set()
