@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
-from helpline.common.bus import CRAWLS_BUCKET, Bus, BusLayout, make_broker
+from helpline.common.bus import CRAWLS_BUCKET, Acks, Bus, BusLayout, make_broker
 from helpline.common.crawlstate import Tally, claim_page, mark_finished, pages_claimed, tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer
@@ -149,6 +149,33 @@ async def test_a_refused_publish_fails_at_once_not_at_the_timeout(bus: Bus, pref
     async with asyncio.timeout(1.0):  # the publish timeout is 5 s
         with pytest.raises(APIError, match="maximum messages exceeded"):
             await bus.acks.publish(subject, b"does not fit", {})
+
+
+async def test_an_unanswered_publish_times_out_and_answered_ones_do_not(
+    bus: Bus, prefix: str
+) -> None:
+    """One timer serves every awaited acknowledgement: the unanswered fail with
+    TimeoutError at their deadline, the answered return their sequence, nothing is kept."""
+    subject = await work_stream(bus, f"{prefix}_ACKS")
+    silent = f"{prefix}.silent"  # a subscriber that never answers: no "no responders"
+
+    async def ignore(_msg: Msg) -> None:
+        return None
+
+    listener = await bus.nc.subscribe(silent, cb=ignore)
+    acks = Acks(bus.nc, timeout_s=0.3)
+    started = asyncio.get_running_loop().time()
+    outcomes = await asyncio.gather(
+        *(acks.publish(silent if i % 2 else subject, b"x", {}) for i in range(20)),
+        return_exceptions=True,
+    )
+    waited = asyncio.get_running_loop().time() - started
+    await listener.unsubscribe()
+    assert sorted(o for o in outcomes if isinstance(o, int)) == list(range(1, 11))
+    assert all(isinstance(o, TimeoutError) for o in outcomes[1::2])
+    assert 0.25 <= waited < 2.0
+    assert await acks.publish(subject, b"after", {}) == 11  # the timer re-arms
+    assert not acks._waiting and len(acks._deadlines) <= 1
 
 
 async def test_a_failed_compare_and_swap_fails_at_once(bus: Bus) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -96,3 +98,20 @@ def test_which_samplers_follow_the_parent() -> None:
     assert follows_parent(ParentBased(TraceIdRatioBased(0.1)))
     assert not follows_parent(ALWAYS_ON)
     assert not follows_parent(TraceIdRatioBased(0.1))
+
+
+def test_without_a_provider_no_span_is_built_and_a_callers_context_propagates() -> None:
+    """A library caller that installed no tracer provider: spans would be the API's no-op
+    ones, so none is built, and the caller's own context still reaches the headers. A
+    fresh interpreter, since a provider, once installed, stays."""
+    probe = f"""
+from opentelemetry import propagate, trace
+from helpline.common.observability import span
+parent = propagate.extract({{"traceparent": "00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"}})
+headers = {{}}
+with span(trace.get_tracer("probe"), "x publish", kind=trace.SpanKind.PRODUCER, context=parent):
+    propagate.inject(headers)
+print(headers.get("traceparent"))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,12 +195,19 @@ class Acks:
     nats-py's `publish_async` would do, but its reply handler raises a stream's error
     (a full stream, a failed compare-and-swap) instead of handing it to the waiting
     publisher, who then waits until the timeout.
+
+    Every publish shares one timeout, so the acknowledgements awaited are also in deadline
+    order: one timer, armed while any is awaited, fails the overdue ones with
+    `TimeoutError`, instead of a timer and a waiter per publish (`asyncio.wait_for`).
     """
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self._nc = nc
+        self._timeout_s = timeout_s
         self._prefix = f"_INBOX.{uuid.uuid4().hex}."
         self._waiting: dict[str, asyncio.Future[int]] = {}
+        self._deadlines: deque[tuple[float, str]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._next = 0
         self._sub: Subscription | None = None
 
@@ -209,13 +217,33 @@ class Acks:
             self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_ack)
         self._next += 1
         token = str(self._next)
-        ack: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        ack: asyncio.Future[int] = loop.create_future()
         self._waiting[token] = ack
+        while self._deadlines and self._deadlines[0][1] not in self._waiting:
+            self._deadlines.popleft()  # answered already: keep the queue as short as the wait
+        self._deadlines.append((loop.time() + self._timeout_s, token))
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadlines[0][0], self._expire, loop)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            return await asyncio.wait_for(ack, PUBLISH_TIMEOUT_S)
+            return await ack
         finally:
             self._waiting.pop(token, None)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the acknowledgements awaited past their deadline; re-arm for the next."""
+        self._timer = None
+        now = loop.time()
+        while self._deadlines:
+            deadline, token = self._deadlines[0]
+            ack = self._waiting.get(token)
+            if ack is not None and deadline > now:
+                self._timer = loop.call_at(deadline, self._expire, loop)
+                return
+            self._deadlines.popleft()
+            if ack is not None and not ack.done():
+                ack.set_exception(TimeoutError("no acknowledgement from the stream in time"))
 
     async def _on_ack(self, msg: Msg) -> None:
         ack = self._waiting.get(msg.subject[len(self._prefix) :])

@@ -28,6 +28,8 @@ _configured = False
 #: Whether a span under an unsampled parent is never recorded (the installed sampler is
 #: parent-based, or records nothing): `span` then builds none.
 _unsampled_stays_unsampled = False
+#: Whether a tracer provider has been installed (it cannot be taken back).
+_provider_installed = False
 
 
 def setup_tracing(
@@ -67,6 +69,20 @@ def follows_parent(sampler: Sampler) -> bool:
     return drops_all or isinstance(sampler, ParentBased)
 
 
+def _no_op(tracer: trace.Tracer) -> bool:
+    """Whether every span of `tracer` is the API's no-op one: a no-op tracer, or one from
+    the global provider while none is installed (a library caller that traces nothing)."""
+    global _provider_installed
+    if isinstance(tracer, trace.NoOpTracer):
+        return True
+    if _provider_installed or not isinstance(tracer, trace.ProxyTracer):
+        return False
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return True
+    _provider_installed = True
+    return False
+
+
 @contextmanager
 def span(
     tracer: trace.Tracer,
@@ -76,16 +92,18 @@ def span(
     context: otel_context.Context | None = None,
     attributes: Attributes = None,
 ) -> Iterator[None]:
-    """`tracer.start_as_current_span`, except under a parent that is not sampled.
+    """`tracer.start_as_current_span`, except under a parent that is not sampled, or where
+    no tracer provider is installed.
 
-    There the span would be dropped anyway (the sampler follows the parent), so none is
-    built: the parent (from `context`, else the current one) is made current instead, and
-    its trace id still reaches logs and the headers of what is published inside. Without an
-    exporter every trace starts unsampled; there a no-op task cost the worker 11-16 % less
-    CPU (bench/throughput.py).
+    There the span would be dropped anyway (the sampler follows the parent) or be the API's
+    no-op, so none is built: the parent (from `context`, else the current one) is made
+    current instead, and its trace id still reaches logs and the headers of what is
+    published inside. Without an exporter every trace starts unsampled; there a no-op task
+    cost the worker 11-16 % less CPU (bench/throughput.py).
     """
     parent = trace.get_current_span(context).get_span_context()
-    if not (_unsampled_stays_unsampled and parent.is_valid and not parent.trace_flags.sampled):
+    unsampled = _unsampled_stays_unsampled and parent.is_valid and not parent.trace_flags.sampled
+    if not unsampled and not _no_op(tracer):
         with tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes):
             yield
         return
