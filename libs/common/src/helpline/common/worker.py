@@ -420,8 +420,6 @@ class TaskConsumer:
         self.started_by_priority: dict[Priority, int] = dict.fromkeys(priorities, 0)
         self._waiting: dict[Priority, deque[Msg]] = {p: deque() for p in priorities}
         self._pullers: dict[Priority, Puller] = {}
-        self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._picks = 0
@@ -441,12 +439,11 @@ class TaskConsumer:
             await puller.start()
             self._pullers[priority] = puller
             self._refill(priority)
-        self._loops.append(asyncio.create_task(self._dispatch()))
         self._loops.append(asyncio.create_task(self._keep_waiting_alive()))
 
     def _arrive(self, priority: Priority, msg: Msg) -> None:
         self._waiting[priority].append(msg)
-        self._arrived.set()
+        self._start_waiting()
 
     def _refill(self, priority: Priority) -> None:
         """Ask for as many of this priority as there are free slots to run them (at least
@@ -472,14 +469,15 @@ class TaskConsumer:
         self._picks += 1
         return ready[-1] if self._picks % self.reserved_every == 0 else ready[0]
 
-    async def _dispatch(self) -> None:
-        while not self._stopping:
-            await self._slots.acquire()
+    def _start_waiting(self) -> None:
+        """Start waiting messages while slots are free, the highest priority first (with the
+        reserved share). Called as a message arrives and as a task ends, so a task starts
+        in that turn of the event loop, not in a dispatcher's later one: on a loop busy with
+        bulk work every turn waits behind everything else that is ready."""
+        while not self._stopping and self.busy < self.concurrency:
             priority = self._pick()
-            while priority is None:
-                self._arrived.clear()
-                await self._arrived.wait()
-                priority = self._pick()
+            if priority is None:
+                return
             msg = self._waiting[priority].popleft()
             self.started_by_priority[priority] += 1
             batch = priority in BATCH_PRIORITIES
@@ -507,12 +505,10 @@ class TaskConsumer:
         finally:
             self.busy -= 1
             self.bulk_busy -= batch
-            self._slots.release()
             for priority in self.priorities:
-                if not self._pullers[priority].open:
+                if priority in self._pullers and not self._pullers[priority].open:
                     self._refill(priority)
-            if batch:
-                self._arrived.set()  # a batch slot freed: waiting batch work may go
+            self._start_waiting()
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode, skip what is finished or poison, run and settle one delivery."""
