@@ -103,8 +103,11 @@ async def serve(
         if gateway is not None:
             import uvicorn
 
+            from helpline.gateway.app import GatewayComponent
+
+            assert isinstance(gateway, GatewayComponent)
             config = uvicorn.Config(
-                gateway.app,  # type: ignore[attr-defined]
+                gateway.app,
                 host=settings.http_host,
                 port=settings.http_port,
                 log_config=None,
