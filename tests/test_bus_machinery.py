@@ -20,6 +20,7 @@ from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.runtime import Host
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
+from helpline.common.worker import RetryPolicy, TaskConsumer, TaskContext
 from helpline.gateway.tracker import Tracker, _ParentDelta
 from helpline.maintenance.app import MaintenanceComponent
 from helpline.maintenance.settings import MaintenanceSettings
@@ -313,3 +314,28 @@ async def test_a_page_claimed_before_a_crash_is_still_its_claimers(bus: Bus) -> 
     assert not await claim_page(crawls, "crawl", "http://site/c", 2, "page-1")
     assert not await claim_page(crawls, "crawl", "http://site/c", 2, "page-1")
     assert await pages_claimed(crawls, "crawl") == 2
+
+
+async def test_a_task_that_ends_while_its_pool_stops_settles_cleanly(bus: Bus) -> None:
+    """Stopping lets a running task finish within the grace period: it ends without an
+    error (its pool's pullers are already gone by then) and its message is acknowledged."""
+    started = asyncio.Event()
+
+    async def slow(_task: MaintenanceTask, _ctx: TaskContext) -> dict[str, bool]:
+        started.set()
+        await asyncio.sleep(0.3)
+        return {"ok": True}
+
+    pool = TaskConsumer(
+        bus, Kind.MAINTENANCE, MaintenanceTask, slow, concurrency=1, policy=RetryPolicy()
+    )
+    await pool.start()
+    await bus.submit(Kind.MAINTENANCE, MaintenanceTask(task_id=new_task_id(), job="ping"))
+    async with asyncio.timeout(10):
+        await started.wait()
+    running = set(pool._running)
+    await pool.stop(grace_s=5)
+    assert len(running) == 1
+    assert all(task.done() and task.exception() is None for task in running)
+    info = await bus.js.stream_info(bus.layout.task_stream(Kind.MAINTENANCE))
+    assert info.state.messages == 0  # acknowledged: gone from the work queue
