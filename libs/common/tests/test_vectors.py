@@ -3,10 +3,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -244,10 +246,22 @@ def test_edge_refuses_another_dimension(tmp_path: Path) -> None:
         EdgeStore(tmp_path / "shard", DIM * 2)
 
 
-def test_edge_concurrent_searches_and_upserts(tmp_path: Path) -> None:
-    store = EdgeStore(tmp_path / "shard", DIM, flush_interval=0.05)
+def test_edge_concurrent_searches_and_upserts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EdgeStore(tmp_path / "shard", DIM, flush_interval=0.0)
     store.ensure_collection()
     brands = ("acme", "globex")
+    # Housekeeping flushes whatever is pending, beside the writes and searches.
+    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 0.0)
+    writing = threading.Event()
+
+    def housekeeping() -> int:
+        rounds = 0
+        while writing.is_set():
+            store.maintain()
+            rounds += 1
+        return rounds
 
     def write(batch: int) -> None:
         store.upsert(
@@ -260,12 +274,16 @@ def test_edge_concurrent_searches_and_upserts(tmp_path: Path) -> None:
     def read(seed: int) -> set[str]:
         return {h.payload["brand"] for h in store.search(unit(seed), limit=10, brand="globex")}
 
+    writing.set()
     with ThreadPoolExecutor(max_workers=8) as pool:
+        housekeeper = pool.submit(housekeeping)
         writes = [pool.submit(write, b) for b in range(40)]
         reads = [pool.submit(read, s) for s in range(200)]
         for future in writes:
             future.result()
         seen = set().union(*(future.result() for future in reads))
+        writing.clear()
+        assert housekeeper.result() > 0
 
     assert seen <= {"globex"}
     assert (store.count(), store.count("globex")) == (800, 400)
@@ -305,6 +323,7 @@ def test_edge_builds_its_index_once_writing_pauses(
     target = points[1234]
     before = [h.id for h in store.search(target.vector, limit=10)]
     # Just written: not yet (an optimize holds the process for seconds).
+    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 0.0)
     assert store.maintain() is False
     monkeypatch.setattr(vectors, "OPTIMIZE_QUIET_S", 0.0)
     assert store.maintain() is True
@@ -320,6 +339,60 @@ def test_edge_builds_its_index_once_writing_pauses(
     assert reopened.maintain() is True
     assert reopened.search(target.vector, limit=1)[0].id == target.id
     reopened.close()
+
+
+class CountingFlushes:
+    """An Edge shard whose flushes are counted."""
+
+    def __init__(self, shard: Any) -> None:
+        self.shard = shard
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.shard.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.shard, name)
+
+
+def test_edge_housekeeping_waits_for_a_lull_in_searches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EdgeStore(tmp_path / "shard", DIM, flush_interval=0.0)
+    store.ensure_collection()
+    shard = CountingFlushes(store._shard)
+    monkeypatch.setattr(store, "_shard", shard)
+    points = [chunk(f"https://docs/p{i // 10}", i % 10, seed=i) for i in range(2_500)]
+    monkeypatch.setattr(vectors, "OPTIMIZE_QUIET_S", 0.0)
+
+    store.upsert(points[:10])
+    assert shard.flushes == 0  # not in the write a question may wait behind
+    store.search(unit(1), limit=3)  # a question is being answered
+    assert store.maintain() is False
+    assert shard.flushes == 0
+    monkeypatch.setattr(vectors, "FLUSH_MAX_DEFER_S", 0.0)  # deferred long enough
+    assert store.maintain() is False
+    assert shard.flushes == 1
+    assert store.maintain() is False  # nothing pending
+    assert shard.flushes == 1
+
+    monkeypatch.setattr(vectors, "FLUSH_MAX_DEFER_S", 30.0)
+    store.upsert(points[10:])
+    store.search(unit(2), limit=3)
+    assert store.maintain() is False  # enough new points, but questions are being asked
+    assert shard.flushes == 1
+    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 0.0)  # the questions paused
+    assert store.maintain() is True
+    assert shard.flushes == 2
+    store.upsert(points[:1])
+    store.search(unit(3), limit=3)
+    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 3600.0)
+    assert store.maintain() is False
+    monkeypatch.setattr(vectors, "OPTIMIZE_AFTER_POINTS", 1)
+    monkeypatch.setattr(vectors, "OPTIMIZE_MAX_DEFER_S", 0.0)  # deferred long enough
+    assert store.maintain() is True
+    store.close()
 
 
 def test_weighted_fusion_prefers_the_heavier_ranking() -> None:

@@ -76,6 +76,13 @@ SEARCH_THREADS = 1
 #: Qdrant Edge builds its vector index only when asked (`EdgeStore.maintain`).
 OPTIMIZE_AFTER_POINTS = 2_000
 OPTIMIZE_QUIET_S = 20.0
+#: Housekeeping holds the interpreter lock a questioner needs (an optimize for seconds, a
+#: flush for 8-60 ms), so it waits until no search ran for this long ...
+SEARCH_LULL_S = 1.0
+#: ... but a flush waits at most this long past its due time, and an optimize this long
+#: past the end of writing, however busy the searches.
+FLUSH_MAX_DEFER_S = 30.0
+OPTIMIZE_MAX_DEFER_S = 120.0
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +236,7 @@ class EdgeStore(VectorStore):
     upserts, queries, scrolls and flushes).
 
     Only one process may open a folder at a time: the WAL is locked while it is open.
-    Writes flush at most every `flush_interval` seconds (0: after every write).
+    Writes are flushed by `maintain`, at most every `flush_interval` seconds.
     """
 
     holds_gil = True
@@ -263,6 +270,10 @@ class EdgeStore(VectorStore):
             path.mkdir(parents=True, exist_ok=True)
             self._shard = edge.EdgeShard.create(str(path), config)
         self._flushed_at = time.monotonic()
+        # Writes made and writes flushed: a write during a flush (which lets go of the GIL
+        # for part of its run) is not counted as flushed.
+        self._writes = self._flushed_writes = 0
+        self._searched_at = 0.0
         self._closed = False
         # Points written since the last optimize. A loaded shard counts all its points:
         # optimizing what is already indexed returns at once.
@@ -309,6 +320,7 @@ class EdgeStore(VectorStore):
         sparse: SparseVector | None = None,
     ) -> list[Hit]:
         """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
+        self._searched_at = time.monotonic()
         dense = edge.Query.Nearest(_as_list(vector, self.dim))
         if sparse is None or not sparse.indices:
             request = edge.QueryRequest(
@@ -374,46 +386,64 @@ class EdgeStore(VectorStore):
             self._closed = True
 
     def maintain(self) -> bool:
-        """Build the vector index (HNSW) over what was written, once writing has paused.
+        """Housekeeping, called periodically by the writer: build the vector index (HNSW)
+        over what was written once writing has paused, and flush what is pending.
 
-        Until then new points are searched exhaustively: 3 ms a query at 13k points,
-        0.6 ms once indexed. Optimizing holds the GIL for its whole run (about 3.5 s at
-        13k points), so it waits until `OPTIMIZE_AFTER_POINTS` points are new and nothing
-        was written for `OPTIMIZE_QUIET_S`: after a crawl, not during one.
+        Until an optimize, new points are searched exhaustively: 3 ms a query at 13k
+        points, 0.6 ms once indexed. Optimizing holds the GIL for its whole run (2.6-3.5 s
+        at 13k points), so it waits until `OPTIMIZE_AFTER_POINTS` points are new and nothing
+        was written for `OPTIMIZE_QUIET_S`: after a crawl, not during one. Both wait for a
+        lull in searches (`SEARCH_LULL_S`), so that questions being asked are not held
+        behind them, up to their `*_MAX_DEFER_S`. Returns whether it optimized.
         """
-        if self._unindexed < OPTIMIZE_AFTER_POINTS:
-            return False
-        if time.monotonic() - self._written_at < OPTIMIZE_QUIET_S:
-            return False
-        with self._flush_lock:
-            if self._closed:
-                return False
-            started = time.monotonic()
-            self._shard.optimize()
-            self._shard.flush()
-            self._flushed_at = time.monotonic()
-        log.info(
-            "vector index optimized (%d new points) in %.1f s",
-            self._unindexed,
-            time.monotonic() - started,
-        )
-        self._unindexed = 0
-        return True
+        now = time.monotonic()
+        lull = now - self._searched_at >= SEARCH_LULL_S
+        if (
+            self._unindexed >= OPTIMIZE_AFTER_POINTS
+            and now - self._written_at >= OPTIMIZE_QUIET_S
+            and (lull or now - self._written_at >= OPTIMIZE_QUIET_S + OPTIMIZE_MAX_DEFER_S)
+        ):
+            with self._flush_lock:
+                if self._closed:
+                    return False
+                started = time.monotonic()
+                writes = self._writes
+                self._shard.optimize()
+                self._shard.flush()
+                self._flushed_at = time.monotonic()
+                self._flushed_writes = writes
+            log.info(
+                "vector index optimized (%d new points) in %.1f s",
+                self._unindexed,
+                time.monotonic() - started,
+            )
+            self._unindexed = 0
+            return True
+        due = now - self._flushed_at - self._flush_interval
+        pending = self._writes != self._flushed_writes
+        if pending and due >= 0 and (lull or due >= FLUSH_MAX_DEFER_S):
+            self._flush_now()
+        return False
 
     def _after_write(self) -> None:
-        self._written_at = time.monotonic()
         # Every update is appended to the WAL (an mmap), so it survives the process
         # being killed without any flush: load() replays it. flush() msyncs the WAL and
-        # the segments (30-45 ms at 20k points, holding the GIL), which only adds safety
-        # against an OS crash or power loss and keeps the WAL replay at startup short.
-        # Like a Qdrant server's flush_interval_sec, do it at most every few seconds.
-        if time.monotonic() - self._flushed_at >= self._flush_interval:
-            self._flush_now()
+        # the segments (8 ms a few writes after the last, 60 ms after 20k points, much of
+        # it holding the GIL), which only adds safety against an OS crash or power loss and
+        # keeps the WAL replay at startup short. Like a Qdrant server's flush_interval_sec
+        # it runs every few seconds, from `maintain`: not in the write a question may be
+        # waiting behind.
+        self._written_at = time.monotonic()
+        self._writes += 1
 
     def _flush_now(self) -> None:
         with self._flush_lock:
+            if self._closed:
+                return
+            writes = self._writes
             self._shard.flush()
             self._flushed_at = time.monotonic()
+            self._flushed_writes = writes
 
 
 def _edge_filter(*, brand: str | None = None, url: str | None = None) -> edge.Filter | None:
