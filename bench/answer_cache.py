@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 from loadgen import Connection, percentile, query_load
 
+from helpline.common.bus import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"
@@ -63,7 +64,7 @@ def crawl(client: httpx.Client, site: str) -> dict[str, object]:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         record: dict[str, object] = client.get(f"/api/v1/tasks/{task_id}").json()
-        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+        if record["status"] in TERMINAL_STATUSES:
             return record
         time.sleep(0.2)
     raise SystemExit("the crawl did not finish in 5 minutes")

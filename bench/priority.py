@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from helpline.common.bus import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site_process
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"
@@ -44,7 +45,7 @@ QUESTIONS = [
 def wait_terminal(client: httpx.Client, task_id: str) -> dict:
     while True:
         record = client.get(f"/api/v1/tasks/{task_id}").json()
-        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+        if record["status"] in TERMINAL_STATUSES:
             return record
         time.sleep(0.2)
 

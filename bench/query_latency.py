@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 from loadgen import query_load
 
+from helpline.common.bus import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import OPTIMIZE_QUIET_S, EdgeStore
 from helpline.embedder.app import MAINTAIN_EVERY_S
@@ -126,7 +127,7 @@ def crawl(client: httpx.Client, site: str, max_pages: int) -> tuple[dict, float]
                 f"after {time.perf_counter() - started:.0f}s",
                 flush=True,
             )
-        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+        if record["status"] in TERMINAL_STATUSES:
             return record, time.perf_counter() - started
         time.sleep(0.5)
 

@@ -35,6 +35,7 @@ import httpx
 import qdrant_edge as edge
 from query_latency import BRAND, MANUAL, ensure_manual
 
+from helpline.common.bus import TERMINAL_STATUSES
 from helpline.common.embedding import Embedder
 from helpline.common.lexical import SparseVector, encode_query
 from helpline.common.testing import HelplineUp, serve_site
@@ -125,7 +126,7 @@ def wait_task(client: httpx.Client, task_id: str) -> dict:
                 f"after {time.perf_counter() - started:.0f}s",
                 flush=True,
             )
-        if record["status"] in {"succeeded", "failed", "expired", "cancelled"}:
+        if record["status"] in TERMINAL_STATUSES:
             return record
         time.sleep(1)
 

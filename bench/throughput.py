@@ -37,14 +37,13 @@ from loadgen import Connection
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from helpline.common.bus import Bus, BusLayout, make_broker
+from helpline.common.bus import TERMINAL_STATUSES, Bus, BusLayout, make_broker
 from helpline.common.messages import MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.subjects import Kind, bucket
 from helpline.common.taskstore import TaskStore
 from helpline.common.testing import ServiceProcess
 
-TERMINAL = {"succeeded", "failed", "expired", "cancelled"}
 BENCH = Path(__file__).resolve().parent
 CONNECTIONS = 64
 WARM_UP = 20
@@ -78,7 +77,7 @@ class Terminal:
         if not value or b'"status":"queued"' in value or b'"status":"running"' in value:
             return
         key = msg.subject[len(self._prefix) :]
-        if key in self.at or json.loads(value).get("status") not in TERMINAL:
+        if key in self.at or json.loads(value).get("status") not in TERMINAL_STATUSES:
             return
         self.at[key] = time.perf_counter()
         self._missing.discard(key)
