@@ -13,11 +13,14 @@ default of 0.1 s a re-index of one site runs at most 10 pages/s. The bulk pages 
 per second while the loaded queries ran are printed.
 
     uv run python bench/priority.py [--backlog 10000] [--queries 1000] [--host-interval 0]
+
+HELPLINE_* settings in the environment reach the system measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -86,6 +89,9 @@ def main() -> None:
         "HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1",
         "HELPLINE_LOG_LEVEL": "WARNING",
         "HELPLINE_SCRAPER_HOST_INTERVAL_S": str(args.host_interval),
+        # Settings to compare, from the caller: HELPLINE_BULK_YIELD_WINDOW_S=0 turns off
+        # batch work's yielding to questions.
+        **{k: v for k, v in os.environ.items() if k.startswith("HELPLINE_")},
     }
     with (
         tempfile.TemporaryDirectory(prefix="helpline-priority-") as tmp,

@@ -79,3 +79,69 @@ async def test_critical_overtakes_bulk_backlog_and_backlog_drains(
         )
     finally:
         await stop_system(system)
+
+
+async def test_batch_work_yields_while_urgent_work_runs_in_the_process(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder
+) -> None:
+    """Bulk pings run at full speed, then at the reserved share while critical pings keep
+    starting in the same process, then at full speed again; every one of them finishes."""
+    system = await start_system(
+        nats_server.url,
+        prefix,
+        tmp_path,
+        model,
+        maintenance_concurrency=2,
+        bulk_yield_window_s=1.0,
+        bulk_yield_starts_per_s=5.0,
+    )
+    try:
+        gateway = system.host.components[0]
+        tasks: Tasks = gateway.tasks  # type: ignore[attr-defined]
+        pool = next(c for c in system.host.task_consumers if c.kind is Kind.MAINTENANCE)
+        backlog = await submit_pings(tasks, 1500, Priority.BULK, delay_ms=2)
+
+        def bulk_started() -> int:
+            return pool.started_by_priority[Priority.BULK]
+
+        async def bulk_rate(seconds: float) -> float:
+            before = bulk_started()
+            await asyncio.sleep(seconds)
+            return (bulk_started() - before) / seconds
+
+        for _ in range(1000):
+            if bulk_started() >= 20:
+                break
+            await asyncio.sleep(0.01)
+        full_speed = await bulk_rate(0.5)
+
+        async def questions(seconds: float) -> list[str]:
+            ids = []
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                ids += await submit_pings(tasks, 1, Priority.CRITICAL, delay_ms=0)
+                await asyncio.sleep(0.05)
+            return ids
+
+        asking = asyncio.create_task(questions(2.0))
+        await asyncio.sleep(0.3)  # the first critical pings have started
+        yielding = await bulk_rate(1.5)
+        critical = await asking
+        await asyncio.sleep(1.2)  # the window has passed
+        after = await bulk_rate(0.5)
+
+        print(
+            f"YIELD bulk starts/s: {full_speed:.0f} before, {yielding:.1f} while critical pings "
+            f"ran, {after:.0f} after"
+        )
+        assert yielding <= 5.0 * 1.5 + 1  # the reserved share, give or take a timer's tick
+        assert yielding > 0  # and never nothing
+        assert full_speed >= 4 * yielding
+        assert after >= 4 * yielding or bulk_started() == len(backlog)
+        for task_id in critical:
+            assert (await wait_terminal(system.client, task_id))["status"] == "succeeded"
+        for task_id in backlog:
+            record = await wait_terminal(system.client, task_id, timeout_s=120)
+            assert record["status"] == "succeeded"
+    finally:
+        await stop_system(system)

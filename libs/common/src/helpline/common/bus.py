@@ -45,6 +45,7 @@ from helpline.common.errors import Retryable
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.observability import span
 from helpline.common.subjects import Kind, Priority
+from helpline.common.urgency import Urgency
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -97,6 +98,8 @@ class BusLayout:
     max_deliver: int = 4
     max_ack_pending: int = 1_000
     bulk_concurrency: int = 2
+    bulk_yield_window_s: float = 1.0
+    bulk_yield_starts_per_s: float = 5.0
     task_record_ttl_s: float = 7 * 24 * 3600.0
     answer_cache_ttl_s: float = 3600.0
 
@@ -108,6 +111,8 @@ class BusLayout:
             file_storage=settings.file_storage,
             replicas=settings.stream_replicas,
             bulk_concurrency=settings.bulk_concurrency,
+            bulk_yield_window_s=settings.bulk_yield_window_s,
+            bulk_yield_starts_per_s=settings.bulk_yield_starts_per_s,
             stream_max_msgs=settings.stream_max_msgs,
             ack_wait_s=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
@@ -285,6 +290,8 @@ class Bus:
         self._publish = publish or self._publish_to_jetstream
         self._acks: Acks | None = None
         self.breakers = BreakerBoard()
+        # Shared by this process's task pools: batch work yields to urgent work.
+        self.urgency = Urgency(layout.bulk_yield_window_s, layout.bulk_yield_starts_per_s)
         self.cancelled: set[str] = set()
         self._kv: dict[str, KeyValue] = {}
         self._cancel_watch: asyncio.Task[None] | None = None

@@ -51,6 +51,18 @@ class HelplineSettings(BaseSettings):
         ge=1,
         description="Of each pool's slots, how many low and bulk (batch) work may hold.",
     )
+    bulk_yield_window_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="While critical or high work started in a process within this many "
+        "seconds, its low and bulk work yields to it (0: never).",
+    )
+    bulk_yield_starts_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="While batch work yields, how many low and bulk tasks each pool of the "
+        "process still starts a second (its reserved share).",
+    )
     shutdown_grace_s: float = Field(
         default=30.0,
         description="On SIGTERM, how long in-flight tasks may finish before they are handed back.",

@@ -19,7 +19,8 @@ slots to run, and at least one per priority, so that when every slot is busy one
 of each priority waits here and the rest stay on the bus for other replicas. Whenever one
 of `concurrency` slots frees, the highest waiting priority runs, except that every
 `reserved_every`-th slot goes to the lowest waiting one, so lower levels keep a small share
-and never starve.
+and never starve. While urgent work started in this process recently, batch work starts
+only at the reserved rate of `urgency.Urgency`, whatever slots are free.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ from helpline.common.messages import (
 from helpline.common.observability import span
 from helpline.common.pulling import Puller
 from helpline.common.subjects import Kind, Priority
+from helpline.common.urgency import BATCH_PRIORITIES
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -80,7 +83,6 @@ Result = dict[str, Any] | None | _ReportedLater
 T = TypeVar("T", bound=TaskMessage)
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 _tracer = trace.get_tracer("helpline.worker")
-BATCH_PRIORITIES = frozenset({Priority.LOW, Priority.BULK})
 # A task still running after this long reports its start; a quicker one only its outcome.
 START_REPORT_AFTER_S = 0.05
 # Most messages of one priority asked for in one pull request.
@@ -424,6 +426,8 @@ class TaskConsumer:
         self._loops: list[asyncio.Task[None]] = []
         self._picks = 0
         self._stopping = False
+        self._batch_started_at = float("-inf")
+        self._batch_wake: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Bind the shared durable consumers and start pulling."""
@@ -458,16 +462,30 @@ class TaskConsumer:
         self._pullers[priority].want(want)
 
     def _pick(self) -> Priority | None:
-        bulk_full = self.bulk_busy >= self.bulk_concurrency
+        bulk_held = self.bulk_busy >= self.bulk_concurrency or self._batch_yields()
         ready = [
             p
             for p in self.priorities
-            if self._waiting[p] and not (bulk_full and p in BATCH_PRIORITIES)
+            if self._waiting[p] and not (bulk_held and p in BATCH_PRIORITIES)
         ]
         if not ready:
             return None
         self._picks += 1
         return ready[-1] if self._picks % self.reserved_every == 0 else ready[0]
+
+    def _batch_yields(self) -> bool:
+        """Whether batch work waits for urgent work started in this process (`Urgency`);
+        if so, the pool looks again when it may start the next."""
+        wait = self.bus.urgency.batch_wait(self._batch_started_at)
+        if wait <= 0:
+            return False
+        if self._batch_wake is None and any(self._waiting[p] for p in BATCH_PRIORITIES):
+            self._batch_wake = asyncio.get_running_loop().call_later(wait, self._batch_woken)
+        return True
+
+    def _batch_woken(self) -> None:
+        self._batch_wake = None
+        self._start_waiting()
 
     def _start_waiting(self) -> None:
         """Start waiting messages while slots are free, the highest priority first (with the
@@ -480,7 +498,10 @@ class TaskConsumer:
                 return
             msg = self._waiting[priority].popleft()
             self.started_by_priority[priority] += 1
+            self.bus.urgency.started(priority)
             batch = priority in BATCH_PRIORITIES
+            if batch:
+                self._batch_started_at = time.monotonic()
             self.busy += 1
             self.bulk_busy += batch
             task = asyncio.create_task(self._run(Delivery(msg), batch))
@@ -550,6 +571,9 @@ class TaskConsumer:
     async def stop(self, grace_s: float) -> None:
         """Stop taking work; give running tasks `grace_s` to finish, then hand them back."""
         self._stopping = True
+        if self._batch_wake is not None:
+            self._batch_wake.cancel()
+            self._batch_wake = None
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
