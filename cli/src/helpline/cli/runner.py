@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import subprocess
@@ -128,6 +129,7 @@ async def serve(
             await health.start()
         for service in children:
             processes[service] = _spawn_service(settings, service)
+        _freeze_startup_objects()
         await _until_stopped(stop, processes)
     finally:
         if server is not None and serving is not None:
@@ -140,6 +142,15 @@ async def serve(
         if health is not None:
             await health.stop()
         await host.stop()
+
+
+def _freeze_startup_objects() -> None:
+    """What startup loaded (modules, the model's session, the app's routes and schemas)
+    lives as long as the process: moved out of the collector's sight, a full collection no
+    longer walks it. Without this, the gateway's full collections while it took a
+    10,000-URL batch held its loop 60-90 ms each, and a question with it."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _until_stopped(
