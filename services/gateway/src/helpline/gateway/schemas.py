@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -19,9 +20,21 @@ Brand = Annotated[
 ]
 
 
+#: An http(s) URL whose host is plain letters, digits, dots and dashes: accepted as it is,
+#: without `urlsplit` (a tenth of its time; a 10,000-URL batch is checked on the gateway's
+#: event loop, while questions wait). Anything else takes the full check.
+_PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:[/?#][^\s]*)?")
+
+
 def check_http_url(value: str) -> str:
     """Only absolute http(s) URLs with a host; the scraper checks the address itself."""
     value = value.strip()
+    if len(value) <= 2048 and _PLAIN_HTTP_URL.fullmatch(value):
+        return value
+    return _check_url_parts(value)
+
+
+def _check_url_parts(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
         raise ValueError("must be an http or https URL")
