@@ -136,3 +136,34 @@ async def test_full_stream_answers_503_then_recovers(
         assert status["bus"]["streams_present"] is True
     finally:
         await stop_system(system)
+
+
+def test_the_workers_view_counts_each_replica_once() -> None:
+    from helpline.gateway.views import workers
+
+    def replica(name: str, yielding: bool, yielded_s: float) -> dict[str, object]:
+        return {
+            "replica": name,
+            "services": ["scraper", "embedder"],
+            "at": "2026-12-01T12:00:00+00:00",
+            "pools": [
+                {"kind": "scrape", "concurrency": 6, "busy": 2},
+                {"kind": "crawl", "concurrency": 2, "busy": 0},
+                {"kind": "embed", "concurrency": 3, "busy": 1},
+            ],
+            "batch_yielding": yielding,
+            "batch_yielded_s": yielded_s,
+        }
+
+    view = {w["service"]: w for w in workers([replica("a", True, 2.5), replica("b", False, 1.0)])}
+    scraper = view["scraper"]
+    assert scraper["replica_count"] == 2
+    assert (scraper["concurrency"], scraper["busy"]) == (16, 4)
+    # Two pools of one replica: its yielding counted once.
+    assert scraper["batch_yielding"] is True
+    assert scraper["batch_yielded_s"] == 3.5
+    assert view["embedder"]["batch_yielded_s"] == 3.5
+    # A heartbeat from before these fields existed.
+    old = replica("c", False, 0.0)
+    del old["batch_yielding"], old["batch_yielded_s"]
+    assert workers([old])[0]["batch_yielding"] is False

@@ -138,6 +138,10 @@ async def test_batch_work_yields_while_urgent_work_runs_in_the_process(
         assert yielding > 0  # and never nothing
         assert full_speed >= 4 * yielding
         assert after >= 4 * yielding or bulk_started() == len(backlog)
+        # The replica's heartbeat, and so GET /api/v1/workers, says how long it held back.
+        report = system.host.report()
+        assert report["batch_yielding"] is False
+        assert 1.5 <= float(str(report["batch_yielded_s"])) <= 4.0
         for task_id in critical:
             assert (await wait_terminal(system.client, task_id))["status"] == "succeeded"
         for task_id in backlog:

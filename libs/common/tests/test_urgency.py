@@ -32,3 +32,16 @@ def test_a_zero_window_never_yields() -> None:
     urgency.started(Priority.CRITICAL, now=10.0)
     assert not urgency.yielding(now=10.0)
     assert urgency.batch_wait(last_batch_start=10.0, now=10.0) == 0.0
+
+
+def test_the_time_spent_yielding_adds_up_overlapping_windows_once() -> None:
+    urgency = Urgency(window_s=1.0, batch_starts_per_s=5.0)
+    assert urgency.yielded_s(now=5.0) == 0.0
+    urgency.started(Priority.CRITICAL, now=10.0)
+    assert urgency.yielded_s(now=10.25) == 0.25  # only what has passed
+    urgency.started(Priority.CRITICAL, now=10.5)  # overlaps: the window now ends at 11.5
+    assert urgency.yielded_s(now=11.5) == 1.5
+    assert urgency.yielded_s(now=20.0) == 1.5
+    urgency.started(Priority.BULK, now=20.0)  # batch work yields to nothing
+    urgency.started(Priority.HIGH, now=30.0)
+    assert urgency.yielded_s(now=40.0) == 2.5

@@ -84,7 +84,7 @@ class Host:
         log.info("started %s", ", ".join(c.name for c in self.components))
 
     def report(self) -> dict[str, object]:
-        """This replica as the gateway's views show it: services and breakers."""
+        """This replica as the gateway's views show it: services, breakers and pools."""
         return {
             "replica": self.replica_id,
             "services": [c.name for c in self.components],
@@ -92,6 +92,9 @@ class Host:
             "at": utcnow().isoformat(),
             "breakers": self.bus.breakers.snapshot(),
             "pools": [c.report() for c in self.task_consumers],
+            # Batch work held back for questions (`urgency.Urgency`): now, and in all.
+            "batch_yielding": self.bus.urgency.yielding(),
+            "batch_yielded_s": round(self.bus.urgency.yielded_s(), 3),
         }
 
     async def _beat(self, every_s: float = 5.0) -> None:

@@ -27,11 +27,25 @@ class Urgency:
         self.window_s = window_s
         self.batch_interval_s = 1.0 / batch_starts_per_s if batch_starts_per_s > 0 else 0.0
         self.urgent_at = float("-inf")
+        # Seconds of yielding counted so far, up to the end of the current window.
+        self._counted = 0.0
+        self._counted_until = float("-inf")
 
     def started(self, priority: Priority, now: float | None = None) -> None:
         """A task of `priority` started in this process."""
-        if priority in URGENT_PRIORITIES:
-            self.urgent_at = time.monotonic() if now is None else now
+        if priority not in URGENT_PRIORITIES:
+            return
+        now = time.monotonic() if now is None else now
+        self.urgent_at = now
+        if self.window_s > 0:
+            until = now + self.window_s
+            self._counted += until - max(self._counted_until, now)
+            self._counted_until = until
+
+    def yielded_s(self, now: float | None = None) -> float:
+        """How long, in all, batch work here has been held back for urgent work."""
+        now = time.monotonic() if now is None else now
+        return self._counted - max(0.0, self._counted_until - now)
 
     def yielding(self, now: float | None = None) -> bool:
         """Whether batch work is being held back now."""

@@ -47,7 +47,8 @@ async def queues(bus: Bus) -> list[dict[str, Any]]:
 
 
 def workers(replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per service: replicas seen through heartbeats, configured concurrency, busy, last seen."""
+    """Per service: replicas seen through heartbeats, configured concurrency, busy, last seen,
+    and whether its batch work is holding back for questions in the same process."""
     services: dict[str, dict[str, Any]] = {}
     for replica in replicas:
         for pool in replica.get("pools", []):
@@ -60,10 +61,14 @@ def workers(replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "concurrency": 0,
                     "busy": 0,
                     "last_seen": None,
+                    "batch_yielding": False,
+                    "batch_yielded_s": 0.0,
                 },
             )
             if replica["replica"] not in entry["replicas"]:
                 entry["replicas"].append(replica["replica"])
+                entry["batch_yielding"] |= bool(replica.get("batch_yielding", False))
+                entry["batch_yielded_s"] += float(replica.get("batch_yielded_s", 0.0))
             entry["concurrency"] += pool["concurrency"]
             entry["busy"] += pool["busy"]
             entry["last_seen"] = max(filter(None, [entry["last_seen"], replica["at"]]))
@@ -76,6 +81,8 @@ def workers(replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "concurrency": 0,
                     "busy": 0,
                     "last_seen": replica["at"],
+                    "batch_yielding": False,
+                    "batch_yielded_s": 0.0,
                 },
             )
     for entry in services.values():
