@@ -407,11 +407,8 @@ class EdgeStore(VectorStore):
                 if self._closed:
                     return False
                 started = time.monotonic()
-                writes = self._writes
                 self._shard.optimize()
-                self._shard.flush()
-                self._flushed_at = time.monotonic()
-                self._flushed_writes = writes
+                self._flush_locked()
             log.info(
                 "vector index optimized (%d new points) in %.1f s",
                 self._unindexed,
@@ -438,12 +435,15 @@ class EdgeStore(VectorStore):
 
     def _flush_now(self) -> None:
         with self._flush_lock:
-            if self._closed:
-                return
-            writes = self._writes
-            self._shard.flush()
-            self._flushed_at = time.monotonic()
-            self._flushed_writes = writes
+            if not self._closed:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        """Flush, holding `_flush_lock`; only the writes made before it count as flushed."""
+        writes = self._writes
+        self._shard.flush()
+        self._flushed_at = time.monotonic()
+        self._flushed_writes = writes
 
 
 def _edge_filter(*, brand: str | None = None, url: str | None = None) -> edge.Filter | None:

@@ -53,18 +53,7 @@ def workers(replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for replica in replicas:
         for pool in replica.get("pools", []):
             service = _service_of(pool["kind"], replica.get("services", []))
-            entry = services.setdefault(
-                service,
-                {
-                    "service": service,
-                    "replicas": [],
-                    "concurrency": 0,
-                    "busy": 0,
-                    "last_seen": None,
-                    "batch_yielding": False,
-                    "batch_yielded_s": 0.0,
-                },
-            )
+            entry = services.setdefault(service, _service_entry(service, [], None))
             if replica["replica"] not in entry["replicas"]:
                 entry["replicas"].append(replica["replica"])
                 entry["batch_yielding"] |= bool(replica.get("batch_yielding", False))
@@ -73,21 +62,22 @@ def workers(replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["busy"] += pool["busy"]
             entry["last_seen"] = max(filter(None, [entry["last_seen"], replica["at"]]))
         for name in replica.get("services", []):
-            services.setdefault(
-                name,
-                {
-                    "service": name,
-                    "replicas": [replica["replica"]],
-                    "concurrency": 0,
-                    "busy": 0,
-                    "last_seen": replica["at"],
-                    "batch_yielding": False,
-                    "batch_yielded_s": 0.0,
-                },
-            )
+            services.setdefault(name, _service_entry(name, [replica["replica"]], replica["at"]))
     for entry in services.values():
         entry["replica_count"] = len(entry["replicas"])
     return sorted(services.values(), key=lambda e: e["service"])
+
+
+def _service_entry(service: str, replicas: list[str], last_seen: str | None) -> dict[str, Any]:
+    return {
+        "service": service,
+        "replicas": replicas,
+        "concurrency": 0,
+        "busy": 0,
+        "last_seen": last_seen,
+        "batch_yielding": False,
+        "batch_yielded_s": 0.0,
+    }
 
 
 _KIND_SERVICE = {
