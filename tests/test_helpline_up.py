@@ -59,6 +59,9 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
         assert up.process is not None
         nats_children = children_of(up.process.pid)
         assert nats_children, "helpline up runs its own nats-server"
+        # Once started, up's process and the gateway's froze what startup loaded.
+        log = up.log_path.read_text()
+        assert log.count("objects from startup frozen") == 2, log[-2000:]
     # Stopped with SIGTERM: the nats-server it started is gone too.
     for pid in nats_children:
         with pytest.raises(ProcessLookupError):
