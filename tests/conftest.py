@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from helpline.common.bus import Bus, BusLayout, make_broker
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import Knowledge
 from helpline.common.natsserver import NatsServer
@@ -47,6 +48,19 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     """One real nats-server (JetStream) for the session; tests isolate by prefix."""
     with NatsServer(tmp_path_factory.mktemp("nats")) as server:
         yield server
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer, prefix: str) -> AsyncIterator[Bus]:
+    """A bus of the test's own, its streams and buckets declared (in memory)."""
+    broker = make_broker(nats_server.url, name=f"test-{prefix}")
+    await broker.connect()
+    running = Bus(broker, BusLayout(prefix=prefix, file_storage=False))
+    await running.bootstrap()
+    try:
+        yield running
+    finally:
+        await broker.stop()
 
 
 @pytest.fixture(scope="session")

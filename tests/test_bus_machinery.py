@@ -4,14 +4,13 @@ records by compare-and-swap, and parents counted from their ledger."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
-from helpline.common.bus import CRAWLS_BUCKET, Acks, Bus, BusLayout, make_broker
+from helpline.common.bus import CRAWLS_BUCKET, Acks, Bus
 from helpline.common.crawlstate import Tally, claim_page, mark_finished, pages_claimed, tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer
@@ -24,18 +23,6 @@ from helpline.common.worker import RetryPolicy, TaskConsumer, TaskContext
 from helpline.gateway.tracker import Tracker, _ParentDelta
 from helpline.maintenance.app import MaintenanceComponent
 from helpline.maintenance.settings import MaintenanceSettings
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer, prefix: str) -> AsyncIterator[Bus]:
-    broker = make_broker(nats_server.url, name=f"test-{prefix}")
-    await broker.connect()
-    running = Bus(broker, BusLayout(prefix=prefix, file_storage=False))
-    await running.bootstrap()
-    try:
-        yield running
-    finally:
-        await broker.stop()
 
 
 async def work_stream(bus: Bus, name: str, **limits: object) -> str:

@@ -16,18 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from helpline.common.kvscan import kv_entries
 from helpline.common.messages import Answer
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
     from helpline.common.bus import Bus
+
+log = logging.getLogger(__name__)
 
 ANSWERS_BUCKET = "answers"
 GENERATIONS_BUCKET = "generations"
@@ -69,32 +73,49 @@ class Generations:
         self._current: dict[str, int] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[None] | None = None
 
     async def start(self, bus: Bus) -> None:
         kv = await bus.kv(GENERATIONS_BUCKET)
+        # Changes from now on; the generations stored so far are read apart, completely
+        # (the watch's own "that was all" marker can come before them: kvscan.py).
         watcher = await kv.watchall()
 
         async def follow() -> None:
             async for entry in watcher:
-                if entry is None:
-                    self._ready.set()
+                if entry is not None and entry.key:
+                    self._note(entry.key, entry.revision or 0)
+
+        async def load() -> None:
+            delay = 0.5
+            while True:
+                try:
+                    async for stored in kv_entries(kv):
+                        self._note(stored.key, stored.revision)
+                except Exception as exc:  # the bus is away: questions skip the cache meanwhile
+                    log.warning("reading the index generations: %r", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
                     continue
-                if entry.key:
-                    self._current[entry.key] = max(
-                        self._current.get(entry.key, 0), entry.revision or 0
-                    )
+                self._ready.set()
+                return
 
         self._task = asyncio.create_task(follow())
-        # The initial values arrive at once; until then nothing is served from the cache.
+        self._loading = asyncio.create_task(load())
+        # Until they are read nothing is served from the cache.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), 5.0)
 
+    def _note(self, key: str, revision: int) -> None:
+        self._current[key] = max(self._current.get(key, 0), revision)
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        for task in (self._loading, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._loading = None
 
     def current(self, brand: str | None) -> int | None:
         """The brand's generation (0 before any change), or None while still loading."""

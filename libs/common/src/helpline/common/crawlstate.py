@@ -23,6 +23,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from helpline.common.bus import kv_get
+from helpline.common.kvscan import kv_entries
 from helpline.common.messages import BatchLimits
 
 
@@ -152,20 +153,11 @@ async def mark_finished(
 async def tally(kv: KeyValue, parent_id: str) -> Tally:
     """Every finished child of a parent, summed from the ledger."""
     done = ok = chunks = 0
-    watcher = await kv.watch(_finished_key(parent_id, "*"))
-    try:
-        async for entry in watcher:
-            if entry is None:  # the end of what is stored
-                break
-            if entry.value is None or entry.operation is not None:
-                continue
-            outcome = json.loads(entry.value)
-            done += 1
-            ok += bool(outcome.get("ok"))
-            chunks += int(outcome.get("chunks", 0))
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    async for entry in kv_entries(kv, _finished_key(parent_id, "*")):
+        outcome = json.loads(entry.value)
+        done += 1
+        ok += bool(outcome.get("ok"))
+        chunks += int(outcome.get("chunks", 0))
     return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks)
 
 
@@ -186,18 +178,11 @@ async def mark_closed(kv: KeyValue, parent_id: str) -> None:
 
 async def open_parents(kv: KeyValue) -> dict[str, tuple[dict[str, Any], int]]:
     """Every open parent: what the last check noted of it, and that note's revision."""
-    found: dict[str, tuple[dict[str, Any], int]] = {}
-    watcher = await kv.watch(_open_key("*"))
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value and entry.operation is None:
-                found[entry.key.split(".", 1)[1]] = (json.loads(entry.value), entry.revision or 0)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
-    return found
+    return {
+        entry.key.split(".", 1)[1]: (json.loads(entry.value), entry.revision)
+        async for entry in kv_entries(kv, _open_key("*"))
+        if entry.value
+    }
 
 
 async def note_open(kv: KeyValue, parent_id: str, note: dict[str, Any], last: int) -> None:

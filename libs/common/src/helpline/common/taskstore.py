@@ -24,6 +24,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
 from helpline.common.bus import BUS_ERRORS, TASKS_BUCKET, Overloaded, kv_get
+from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.records import Status, TaskRecord
 from helpline.common.subjects import Kind
@@ -127,22 +128,15 @@ class TaskStore:
     async def scan(self, *, match: Callable[[bytes], bool] | None = None) -> list[TaskRecord]:
         """Every stored record (those `match` lets through, judged on the raw JSON first), read
         in one pass over the bucket rather than a request per record."""
-        watcher = await (await self.bus.kv(TASKS_BUCKET)).watchall(ignore_deletes=True)
-        found: list[TaskRecord] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored
-                    break
-                if (
-                    entry.value
-                    and entry.operation is None
-                    and (match is None or match(entry.value))
-                ):
-                    found.append(TaskRecord.from_bytes(entry.value))
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        return found
+        kv = await self.bus.kv(TASKS_BUCKET)
+        # By id: a record rewritten during the pass comes again, its later value last.
+        found: dict[str, bytes] = {}
+        async for entry in kv_entries(kv):
+            if entry.value and (match is None or match(entry.value)):
+                found[entry.key] = entry.value
+            else:
+                found.pop(entry.key, None)
+        return [TaskRecord.from_bytes(value) for value in found.values()]
 
     async def _read(self, task_id: str) -> tuple[TaskRecord, int] | None:
         current = await kv_get(await self.bus.kv(TASKS_BUCKET), task_id)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from helpline.common.answercache import AnswerCache, Generations
 from helpline.common.bus import (
@@ -21,9 +21,9 @@ from helpline.common.bus import (
     REPLICAS_BUCKET,
     Bus,
     Overloaded,
-    kv_get,
 )
 from helpline.common.crawlstate import mark_open
+from helpline.common.kvscan import kv_entries
 from helpline.common.messages import (
     REPLY_PART_HEADER,
     Answer,
@@ -226,16 +226,8 @@ class Tasks:
     async def replicas(self) -> list[dict[str, Any]]:
         """What every live replica last reported (its heartbeat), by replica id."""
         kv = await self.bus.kv(REPLICAS_BUCKET)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
-        out: list[dict[str, Any]] = []
-        for key in sorted(keys):
-            current = await kv_get(kv, key)
-            if current is not None:
-                out.append(json.loads(current[0]))
-        return out
+        latest = {entry.key: entry.value async for entry in kv_entries(kv) if entry.value}
+        return [json.loads(latest[key]) for key in sorted(latest)]
 
     def _query(
         self,
