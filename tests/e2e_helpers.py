@@ -1,14 +1,28 @@
-"""Waiting on task records through the API (bounded, never a bare sleep-and-hope)."""
+"""Waiting on task records through the API, and on anything else that settles
+asynchronously (bounded, never a bare sleep-and-hope)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 TERMINAL = {"succeeded", "failed", "expired", "cancelled"}
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float, every_s: float = 0.2
+) -> bool:
+    """Poll `check` until it holds or the time is up; returns whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(every_s)
+    return await check()
 
 
 async def wait_terminal(

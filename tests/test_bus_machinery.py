@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from e2e_helpers import eventually
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
@@ -324,5 +325,9 @@ async def test_a_task_that_ends_while_its_pool_stops_settles_cleanly(bus: Bus) -
     await pool.stop(grace_s=5)
     assert len(running) == 1
     assert all(task.done() and task.exception() is None for task in running)
-    info = await bus.js.stream_info(bus.layout.task_stream(Kind.MAINTENANCE))
-    assert info.state.messages == 0  # acknowledged: gone from the work queue
+
+    async def acknowledged() -> bool:  # gone from the work queue (an ack is not awaited)
+        info = await bus.js.stream_info(bus.layout.task_stream(Kind.MAINTENANCE))
+        return info.state.messages == 0
+
+    assert await eventually(acknowledged, timeout_s=5, every_s=0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from e2e_helpers import eventually
 from nats.js.kv import KeyValue
 
 from helpline.common.answercache import (
@@ -83,11 +84,11 @@ async def test_the_listing_leaves_no_consumer_behind(bus: Bus) -> None:
     for _ in range(3):
         assert await listed(kv) == {"a": b"1"}
     stream = f"KV_{bus.layout.bucket(CRAWLS_BUCKET)}"
-    for _ in range(100):  # the delete is sent, not waited for
-        if (await bus.js.stream_info(stream)).state.consumer_count == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert (await bus.js.stream_info(stream)).state.consumer_count == 0
+
+    async def none_left() -> bool:  # the delete is sent, not waited for
+        return (await bus.js.stream_info(stream)).state.consumer_count == 0
+
+    assert await eventually(none_left, timeout_s=5, every_s=0.02)
 
 
 async def test_generations_are_all_known_once_started(bus: Bus) -> None:

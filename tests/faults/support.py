@@ -207,18 +207,6 @@ async def pending(nats_url: str, prefix: str, kind: Kind) -> tuple[int, int]:
         await nc.close()
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float, every_s: float = 0.2
-) -> bool:
-    """Poll `check` until it holds or the time is up; returns whether it held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(every_s)
-    return await check()
-
-
 async def bus_quiet(nats_url: str, prefix: str, kinds: Iterable[Kind]) -> bool:
     """No task of these kinds waits or runs, and the tracker has applied every event."""
     nc = await nats.connect(nats_url)

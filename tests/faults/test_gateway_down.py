@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+from e2e_helpers import eventually
 from faults.support import (
-    eventually,
     gateway,
     layout,
     pending,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import System, start_system, stop_system
-from e2e_helpers import wait_terminal
+from e2e_helpers import eventually, wait_terminal
 
 from helpline.common.embedding import Embedder
 from helpline.common.natsserver import NatsServer
@@ -145,7 +145,12 @@ async def test_poison_message_is_dead_lettered_and_others_keep_flowing(system: S
     assert [entry["task_id"] for entry in letters] == ["poison1"]
     replay = await system.client.post("/api/v1/dlq/poison1/replay")
     assert replay.status_code == 409
-    # Nothing left in the queue: the poison was not redelivered forever.
-    state = (await bus.js.stream_info(bus.layout.task_stream(Kind.SCRAPE))).state
-    assert state.messages == 0
+
+    # Nothing left in the queue: the poison was not redelivered forever (its settling, sent
+    # after its event, is not awaited).
+    async def queue_empty() -> bool:
+        state = (await bus.js.stream_info(bus.layout.task_stream(Kind.SCRAPE))).state
+        return state.messages == 0
+
+    assert await eventually(queue_empty, timeout_s=5, every_s=0.05)
     print("FAULT poison: dead_lettered=1 stuck=0")

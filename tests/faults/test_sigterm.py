@@ -11,7 +11,8 @@ from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from faults.support import eventually, gateway, layout, service, settle, start_all, submit_all
+from e2e_helpers import eventually
+from faults.support import gateway, layout, service, settle, start_all, submit_all
 
 from helpline.common.natsserver import NatsServer
 from helpline.common.testing import Route, serve_site
