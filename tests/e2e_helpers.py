@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,4 +39,16 @@ async def wait_terminal(
         if record["status"] in TERMINAL:
             return record
         await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} not terminal after {timeout_s}s: {record}")
+    raise AssertionError(
+        f"task {task_id} not terminal after {timeout_s}s: {record}"
+        f"{await _children_summary(client, task_id)}"
+    )
+
+
+async def _children_summary(client: httpx.AsyncClient, task_id: str) -> str:
+    """How a parent's children stand, to tell a stuck parent from stuck children."""
+    listed = await client.get("/api/v1/tasks", params={"limit": 1000})
+    if listed.status_code != 200:
+        return ""
+    statuses = Counter(t["status"] for t in listed.json() if t.get("parent_id") == task_id)
+    return f"; its children: {dict(statuses)}" if statuses else ""
