@@ -6,6 +6,8 @@ import pytest
 from conftest import System
 from e2e_helpers import wait_terminal
 
+from helpline.gateway.app import GatewayComponent
+
 
 async def test_unknown_task_is_404(system: System) -> None:
     response = await system.client.get("/api/v1/tasks/0123456789abcdef")
@@ -165,3 +167,19 @@ async def test_embed_rejects_empty_text_naming_the_document(system: System) -> N
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "documents.0.text"
+
+
+async def test_a_read_the_bus_does_not_answer_is_503_not_a_stack_trace(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = next(c for c in system.host.components if isinstance(c, GatewayComponent))
+    tasks = gateway.app.state.tasks
+
+    async def silent(**_kwargs: object) -> list[object]:
+        raise TimeoutError("$KV_tasks: 12 entries of '>' never came")
+
+    monkeypatch.setattr(tasks.store, "scan", silent)
+    response = await system.client.get("/api/v1/tasks")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {"detail": "the bus did not answer in time; try again later"}

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from faststream.nats import NatsRouter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from helpline.common.bus import Bus
+from helpline.common.bus import BUS_ERRORS, Bus
 from helpline.common.taskstore import TaskStore
 from helpline.common.worker import TaskConsumer
-from helpline.gateway.routes import api, probes
+from helpline.gateway.routes import RETRY_AFTER_S, api, probes
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
 from helpline.gateway.tracker import Tracker
@@ -48,6 +48,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             for err in exc.errors()
         ]
         return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    async def bus_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A read the bus did not answer (a listing, a record): the client may retry.
+        log.warning("%s %s: the bus did not answer (%r)", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the bus did not answer in time; try again later"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for error in BUS_ERRORS:
+        app.add_exception_handler(error, bus_unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
