@@ -14,9 +14,10 @@ from helpline.common.answercache import (
     bump_generation,
     generation_key,
 )
-from helpline.common.bus import CRAWLS_BUCKET, Bus
+from helpline.common.bus import CRAWLS_BUCKET, Bus, make_broker
 from helpline.common.crawlstate import mark_finished, tally
 from helpline.common.kvscan import kv_entries
+from helpline.common.natsserver import NatsServer
 
 
 async def listed(kv: KeyValue, pattern: str = ">", **kwargs: object) -> dict[str, bytes]:
@@ -104,3 +105,22 @@ async def test_generations_are_all_known_once_started(bus: Bus) -> None:
             assert {b: generations.current(b) for b in brands} == stored
         finally:
             await generations.stop()
+
+
+async def test_a_starting_process_knows_every_earlier_cancellation(
+    bus: Bus, nats_server: NatsServer
+) -> None:
+    ids = [f"task{i}" for i in range(300)]
+    await bus.cancel(ids)
+    for _ in range(5):  # a fresh process each time, as `Host.start` does it
+        broker = make_broker(nats_server.url, name="starting")
+        await broker.connect()
+        starting = Bus(broker, bus.layout)
+        try:
+            await starting.watch_cancellations()
+            # At once, before its first task: not when the watch gets round to it.
+            assert starting.is_cancelled(*ids[-3:])
+            assert starting.cancelled >= set(ids)
+        finally:
+            await starting.close()
+            await broker.stop()

@@ -42,6 +42,7 @@ from helpline.common import subjects
 from helpline.common.answercache import ANSWERS_BUCKET, GENERATIONS_BUCKET
 from helpline.common.breaker import BreakerBoard
 from helpline.common.errors import Retryable
+from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.observability import span
 from helpline.common.subjects import Kind, Priority
@@ -437,7 +438,9 @@ class Bus:
         return any(t in self.cancelled for t in task_ids if t)
 
     async def watch_cancellations(self) -> None:
-        """Keep `cancelled` current from the cancels bucket (in memory: no read per task)."""
+        """Keep `cancelled` current from the cancels bucket (in memory: no read per task).
+        Returns once every cancellation stored so far is known, so a process that is only
+        starting does not run a task cancelled before it started."""
         kv = await self.kv(CANCELS_BUCKET)
         watcher = await kv.watchall()
 
@@ -447,6 +450,8 @@ class Bus:
                     self.cancelled.add(entry.key)
 
         self._cancel_watch = asyncio.create_task(follow())
+        # The watch delivers them too, but says "that was all" too early (kvscan.py).
+        self.cancelled.update([entry.key async for entry in kv_entries(kv) if entry.value])
 
     async def close(self) -> None:
         if self._cancel_watch is not None:
