@@ -81,6 +81,8 @@ PUBLISH_TIMEOUT_S = 5.0
 WRONG_LAST_SEQUENCE = (10071, 10164)
 # What the NATS client raises when the server is down, restarting or too slow to answer.
 BUS_ERRORS = (TimeoutError, NatsTimeoutError, ConnectionClosedError, NoServersError, NatsError)
+#: What a client is told when the bus does not answer.
+BUS_SILENT = "the bus did not answer in time; try again later"
 
 
 class Overloaded(Retryable):

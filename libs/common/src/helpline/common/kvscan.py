@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nats.js import api
+from nats.js.kv import KV_MARKER_REASON, KV_OP
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 _API = "$JS.API"
 #: Messages asked for in one pull request.
 PAGE = 1000
-#: Header that marks a deleted or purged key (and, from nats-server 2.11, an expiry marker).
-_DELETED_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
+#: Headers that mark a deleted or purged key (and, from nats-server 2.11, an expiry marker).
+_DELETED_HEADERS = (KV_OP, KV_MARKER_REASON)
 
 
 @dataclass(frozen=True)

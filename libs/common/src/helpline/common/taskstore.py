@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
-from helpline.common.bus import BUS_ERRORS, TASKS_BUCKET, Overloaded, kv_get
+from helpline.common.bus import BUS_ERRORS, BUS_SILENT, TASKS_BUCKET, Overloaded, kv_get
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.records import Status, TaskRecord
@@ -234,7 +234,7 @@ class TaskStore:
                 return existing, False
             record, created_now = existing, False
         except BUS_ERRORS as exc:
-            raise Overloaded("the bus did not answer in time; try again later") from exc
+            raise Overloaded(BUS_SILENT) from exc
         try:
             await self.bus.submit(kind, task)
         except BaseException:

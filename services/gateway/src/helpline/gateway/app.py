@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from faststream.nats import NatsRouter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from helpline.common.bus import BUS_ERRORS, Bus
+from helpline.common.bus import BUS_ERRORS, BUS_SILENT, Bus
 from helpline.common.taskstore import TaskStore
 from helpline.common.worker import TaskConsumer
 from helpline.gateway.routes import RETRY_AFTER_S, api, probes
@@ -53,7 +53,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         # A read the bus did not answer (a listing, a record): the client may retry.
         log.warning("%s %s: the bus did not answer (%r)", request.method, request.url.path, exc)
         return JSONResponse(
-            {"detail": "the bus did not answer in time; try again later"},
+            {"detail": BUS_SILENT},
             status_code=503,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )

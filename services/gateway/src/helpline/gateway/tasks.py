@@ -17,6 +17,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from helpline.common.answercache import AnswerCache, Generations
 from helpline.common.bus import (
     BUS_ERRORS,
+    BUS_SILENT,
     CRAWLS_BUCKET,
     REPLICAS_BUCKET,
     Bus,
@@ -127,7 +128,7 @@ class Tasks:
         try:
             await mark_open(await self.bus.kv(CRAWLS_BUCKET), parent_id, time.time())
         except BUS_ERRORS as exc:
-            raise Overloaded("the bus did not answer in time; try again later") from exc
+            raise Overloaded(BUS_SILENT) from exc
 
     async def submit_parent(
         self, kind: Kind, parent: TaskRecord, children: list[TaskMessage]
@@ -157,7 +158,7 @@ class Tasks:
                 return existing, False
             record, created = existing, False
         except BUS_ERRORS as exc:
-            raise Overloaded("the bus did not answer in time; try again later") from exc
+            raise Overloaded(BUS_SILENT) from exc
         # A slice at a time, acknowledgements awaited together: a 10,000-page batch must not
         # hold the event loop (and the questions answered on it) while it is published.
         for start in range(0, len(children), SLICE):
