@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 from loadgen import Connection, percentile, query_load
 
-from helpline.common.bus import TERMINAL_STATUSES
+from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"

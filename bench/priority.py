@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from helpline.common.bus import TERMINAL_STATUSES
+from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site_process
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"

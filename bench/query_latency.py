@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from loadgen import query_load
 
-from helpline.common.bus import TERMINAL_STATUSES
+from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import OPTIMIZE_QUIET_S, EdgeStore
 from helpline.embedder.app import MAINTAIN_EVERY_S

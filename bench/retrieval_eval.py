@@ -35,9 +35,9 @@ import httpx
 import qdrant_edge as edge
 from query_latency import BRAND, MANUAL, ensure_manual
 
-from helpline.common.bus import TERMINAL_STATUSES
 from helpline.common.embedding import Embedder
 from helpline.common.lexical import SparseVector, encode_query
+from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import SPARSE_VECTOR, EdgeStore, Hit
 

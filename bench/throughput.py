@@ -37,9 +37,10 @@ from loadgen import Connection
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from helpline.common.bus import TERMINAL_STATUSES, Bus, BusLayout, make_broker
+from helpline.common.bus import Bus, BusLayout, make_broker
 from helpline.common.messages import MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer, free_port
+from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.subjects import Kind, bucket
 from helpline.common.taskstore import TaskStore
 from helpline.common.testing import ServiceProcess

@@ -11,14 +11,14 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
-from helpline.common.bus import CRAWLS_BUCKET, Acks, Bus
+from helpline.common.bus import Acks, Bus
 from helpline.common.crawlstate import Tally, claim_page, mark_finished, pages_claimed, tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.runtime import Host
-from helpline.common.subjects import Kind, Priority
+from helpline.common.subjects import Bucket, Kind, Priority
 from helpline.common.taskstore import TaskStore
 from helpline.common.worker import RetryPolicy, TaskConsumer, TaskContext
 from helpline.gateway.tracker import Tracker, _ParentDelta
@@ -214,14 +214,14 @@ async def parent_with_children(bus: Bus, store: TaskStore, finished: int, total:
             progress=Progress(done=0, total=total),
         )
     )
-    crawls = await bus.kv(CRAWLS_BUCKET)
+    crawls = await bus.kv(Bucket.CRAWLS)
     for i in range(finished):
         assert await mark_finished(crawls, parent_id, f"c{i}", ok=i > 0, chunks=2 if i else 0)
     return parent_id
 
 
 async def test_a_child_is_written_to_its_parents_ledger_once(bus: Bus) -> None:
-    crawls = await bus.kv(CRAWLS_BUCKET)
+    crawls = await bus.kv(Bucket.CRAWLS)
     assert await mark_finished(crawls, "p0", "c1", ok=True, chunks=3)
     assert not await mark_finished(crawls, "p0", "c1", ok=True, chunks=3)
     assert await mark_finished(crawls, "p0", "c2", ok=False, chunks=0)
@@ -291,7 +291,7 @@ async def test_run_returns_the_outcome_to_the_caller(nats_server: NatsServer, pr
 
 
 async def test_a_page_claimed_before_a_crash_is_still_its_claimers(bus: Bus) -> None:
-    crawls = await bus.kv(CRAWLS_BUCKET)
+    crawls = await bus.kv(Bucket.CRAWLS)
     assert await claim_page(crawls, "crawl", "http://site/a", 2, "page-1")
     # page-1 died before publishing /a; its redelivery finds its own claim and publishes.
     assert await claim_page(crawls, "crawl", "http://site/a", 2, "page-1")

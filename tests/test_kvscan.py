@@ -8,16 +8,12 @@ import asyncio
 from e2e_helpers import eventually
 from nats.js.kv import KeyValue
 
-from helpline.common.answercache import (
-    GENERATIONS_BUCKET,
-    Generations,
-    bump_generation,
-    generation_key,
-)
-from helpline.common.bus import CRAWLS_BUCKET, Bus, make_broker
+from helpline.common.answercache import Generations, bump_generation, generation_key
+from helpline.common.bus import Bus, make_broker
 from helpline.common.crawlstate import mark_finished, tally
 from helpline.common.kvscan import kv_entries
 from helpline.common.natsserver import NatsServer
+from helpline.common.subjects import Bucket
 
 
 async def listed(kv: KeyValue, pattern: str = ">", **kwargs: object) -> dict[str, bytes]:
@@ -25,7 +21,7 @@ async def listed(kv: KeyValue, pattern: str = ">", **kwargs: object) -> dict[str
 
 
 async def test_every_entry_under_the_pattern_and_no_deleted_one(bus: Bus) -> None:
-    kv = await bus.kv(CRAWLS_BUCKET)
+    kv = await bus.kv(Bucket.CRAWLS)
     assert await listed(kv) == {}
     for i in range(20):
         await kv.put(f"p1.done.c{i}", str(i).encode())
@@ -46,7 +42,7 @@ async def test_every_entry_under_the_pattern_and_no_deleted_one(bus: Bus) -> Non
 async def test_a_listing_read_straight_after_the_writes_is_never_short(bus: Bus) -> None:
     """nats-py's watch could end such a listing before entries already in flight: with
     it, about 1 in 20 of these tallies came back short; every one must come back whole."""
-    kv = await bus.kv(CRAWLS_BUCKET)
+    kv = await bus.kv(Bucket.CRAWLS)
     short = []
     for parent in range(30):
         await asyncio.gather(
@@ -60,8 +56,8 @@ async def test_a_listing_read_straight_after_the_writes_is_never_short(bus: Bus)
 
 
 async def test_keys_deleted_or_rewritten_during_the_listing(bus: Bus) -> None:
-    kv = await bus.kv(CRAWLS_BUCKET)
-    bucket = bus.layout.bucket(CRAWLS_BUCKET)
+    kv = await bus.kv(Bucket.CRAWLS)
+    bucket = bus.layout.bucket(Bucket.CRAWLS)
     stream = f"KV_{bucket}"
     for i in range(20):
         await kv.put(f"k{i:02}", b"old")
@@ -80,11 +76,11 @@ async def test_keys_deleted_or_rewritten_during_the_listing(bus: Bus) -> None:
 
 
 async def test_the_listing_leaves_no_consumer_behind(bus: Bus) -> None:
-    kv = await bus.kv(CRAWLS_BUCKET)
+    kv = await bus.kv(Bucket.CRAWLS)
     await kv.put("a", b"1")
     for _ in range(3):
         assert await listed(kv) == {"a": b"1"}
-    stream = f"KV_{bus.layout.bucket(CRAWLS_BUCKET)}"
+    stream = f"KV_{bus.layout.bucket(Bucket.CRAWLS)}"
 
     async def none_left() -> bool:  # the delete is sent, not waited for
         return (await bus.js.stream_info(stream)).state.consumer_count == 0
@@ -96,7 +92,7 @@ async def test_generations_are_all_known_once_started(bus: Bus) -> None:
     brands = [f"brand{i}" for i in range(30)]
     for brand in brands:
         await bump_generation(bus, brand)
-    kv = await bus.kv(GENERATIONS_BUCKET)
+    kv = await bus.kv(Bucket.GENERATIONS)
     stored = {b: (await kv.get(generation_key(b))).revision for b in brands}
     for _ in range(20):  # a fresh reader each time: none may start with a brand missing
         generations = Generations()

@@ -9,12 +9,11 @@ from pathlib import Path
 
 from conftest import start_system, stop_system
 
-from helpline.common.bus import CRAWLS_BUCKET
 from helpline.common.crawlstate import mark_finished, mark_open, open_parents
 from helpline.common.embedding import Embedder
 from helpline.common.natsserver import NatsServer
 from helpline.common.records import Progress, Status, TaskRecord
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Bucket, Kind
 from helpline.common.taskstore import TaskStore
 
 
@@ -39,7 +38,7 @@ async def test_a_parent_left_behind_is_recounted_by_the_maintenance_check(
     try:
         bus = system.host.bus
         store = TaskStore(bus)
-        crawls = await bus.kv(CRAWLS_BUCKET)
+        crawls = await bus.kv(Bucket.CRAWLS)
         # "finished": both children are in the ledger, the count got only one of them.
         # "stalled": three children, two in the ledger, the count got one.
         # "gone": listed as open, but its record was never written.

@@ -11,13 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from helpline.cli.settings import CliSettings
+from helpline.common.records import TERMINAL_STATUSES
 
 app = typer.Typer(
     help="Helpline: crawl product documentation and answer questions with cited sources."
 )
 console = Console()
 err = Console(stderr=True)
-TERMINAL = {"succeeded", "failed", "expired", "cancelled"}
 
 
 @app.command()
@@ -104,7 +104,7 @@ def _follow(client: httpx.Client, task_id: str) -> dict[str, Any]:
                 total=progress.get("total") or None,
                 description=record["status"],
             )
-            if record["status"] in TERMINAL:
+            if record["status"] in TERMINAL_STATUSES:
                 return record
             time.sleep(0.5)
 

@@ -25,6 +25,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import Answer
+from helpline.common.subjects import Bucket
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ANSWERS_BUCKET = "answers"
-GENERATIONS_BUCKET = "generations"
 ALL_BRANDS = "_all"
 
 _SPACE = re.compile(r"\s+")
@@ -61,7 +60,7 @@ def answer_key(question: str, brand: str | None, top_k: int, generation: int) ->
 
 async def bump_generation(bus: Bus, brand: str) -> None:
     """Declare that a brand's index changed: its cached answers (and all-brands ones) go stale."""
-    kv = await bus.kv(GENERATIONS_BUCKET)
+    kv = await bus.kv(Bucket.GENERATIONS)
     await kv.put(generation_key(brand), b"")
     await kv.put(ALL_BRANDS, b"")
 
@@ -76,7 +75,7 @@ class Generations:
         self._loading: asyncio.Task[None] | None = None
 
     async def start(self, bus: Bus) -> None:
-        kv = await bus.kv(GENERATIONS_BUCKET)
+        kv = await bus.kv(Bucket.GENERATIONS)
         # Changes from now on; the generations stored so far are read apart, completely
         # (the watch's own "that was all" marker can come before them: kvscan.py).
         watcher = await kv.watchall()
@@ -152,7 +151,7 @@ class AnswerCache:
 
     async def get(self, key: str) -> Answer | None:
         """The cached answer under `key` (counted as a hit), or None (a miss)."""
-        kv = await self.bus.kv(ANSWERS_BUCKET)
+        kv = await self.bus.kv(Bucket.ANSWERS)
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:
@@ -196,4 +195,4 @@ async def store_answer(kv: KeyValue, key: str, answer: Answer) -> None:
 
 
 def _stream(bus: Bus) -> str:
-    return f"KV_{bus.layout.bucket(ANSWERS_BUCKET)}"
+    return f"KV_{bus.layout.bucket(Bucket.ANSWERS)}"

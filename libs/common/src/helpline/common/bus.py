@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import (
     APIError,
@@ -39,13 +37,13 @@ from opentelemetry import propagate, trace
 from pydantic import BaseModel
 
 from helpline.common import subjects
-from helpline.common.answercache import ANSWERS_BUCKET, GENERATIONS_BUCKET
 from helpline.common.breaker import BreakerBoard
-from helpline.common.errors import Retryable
+from helpline.common.errors import Overloaded
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.observability import span
-from helpline.common.subjects import Kind, Priority
+from helpline.common.records import TERMINAL_STATUSES
+from helpline.common.subjects import Bucket, Kind, Priority
 from helpline.common.urgency import Urgency
 
 if TYPE_CHECKING:
@@ -60,18 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("helpline.bus")
 
-TASKS_BUCKET = "tasks"
-CRAWLS_BUCKET = "crawls"
-DEFERRALS_BUCKET = "deferrals"
-CANCELS_BUCKET = "cancels"
-REPLICAS_BUCKET = "replicas"
-# Per indexed page: validators for conditional GETs, chunk count, links (`pagestate`).
-PAGES_BUCKET = "pages"
-# Per scraped host: when the next request may start, shared by every scraper replica.
-HOSTS_BUCKET = "hosts"
 HOSTS_TTL_S = 24 * 3600.0
 REPLICA_TTL_S = 30.0
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired", "cancelled"})
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 
@@ -79,14 +67,6 @@ EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 PUBLISH_TIMEOUT_S = 5.0
 # JetStream's "wrong last sequence" error codes: the compare in compare-and-swap failed.
 WRONG_LAST_SEQUENCE = (10071, 10164)
-# What the NATS client raises when the server is down, restarting or too slow to answer.
-BUS_ERRORS = (TimeoutError, NatsTimeoutError, ConnectionClosedError, NoServersError, NatsError)
-#: What a client is told when the bus does not answer.
-BUS_SILENT = "the bus did not answer in time; try again later"
-
-
-class Overloaded(Retryable):
-    """The bus refused a message (stream at its limit): try again later."""
 
 
 @dataclass(frozen=True)
@@ -353,19 +333,19 @@ class Bus:
         )
         # Records and crawl counts are read on every change (compare-and-swap): direct gets,
         # answered without the JetStream API, take half the time.
-        await self._ensure_bucket(TASKS_BUCKET, ttl=lay.task_record_ttl_s, history=1, direct=True)
-        await self._ensure_bucket(CRAWLS_BUCKET, ttl=lay.task_record_ttl_s, history=1, direct=True)
-        await self._ensure_bucket(DEFERRALS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
-        await self._ensure_bucket(CANCELS_BUCKET, ttl=lay.task_record_ttl_s, history=1)
-        await self._ensure_bucket(REPLICAS_BUCKET, ttl=REPLICA_TTL_S, history=1)
-        await self._ensure_bucket(PAGES_BUCKET, ttl=0, history=1)
-        await self._ensure_bucket(HOSTS_BUCKET, ttl=HOSTS_TTL_S, history=1)
+        await self._ensure_bucket(Bucket.TASKS, ttl=lay.task_record_ttl_s, history=1, direct=True)
+        await self._ensure_bucket(Bucket.CRAWLS, ttl=lay.task_record_ttl_s, history=1, direct=True)
+        await self._ensure_bucket(Bucket.DEFERRALS, ttl=lay.task_record_ttl_s, history=1)
+        await self._ensure_bucket(Bucket.CANCELS, ttl=lay.task_record_ttl_s, history=1)
+        await self._ensure_bucket(Bucket.REPLICAS, ttl=REPLICA_TTL_S, history=1)
+        await self._ensure_bucket(Bucket.PAGES, ttl=0, history=1)
+        await self._ensure_bucket(Bucket.HOSTS, ttl=HOSTS_TTL_S, history=1)
         # Direct gets: read by every query, answered by any replica without the JetStream API.
         await self._ensure_bucket(
-            ANSWERS_BUCKET, ttl=lay.answer_cache_ttl_s, history=1, direct=True
+            Bucket.ANSWERS, ttl=lay.answer_cache_ttl_s, history=1, direct=True
         )
         # Generations never expire: a lost one would make stale answers current again.
-        await self._ensure_bucket(GENERATIONS_BUCKET, ttl=0.0, history=1)
+        await self._ensure_bucket(Bucket.GENERATIONS, ttl=0.0, history=1)
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
@@ -431,7 +411,7 @@ class Bus:
 
     async def cancel(self, task_ids: list[str]) -> None:
         """Mark tasks cancelled for every replica (workers skip them or stop at a checkpoint)."""
-        kv = await self.kv(CANCELS_BUCKET)
+        kv = await self.kv(Bucket.CANCELS)
         for task_id in task_ids:
             await kv.put(task_id, b"1")
         self.cancelled.update(task_ids)
@@ -443,7 +423,7 @@ class Bus:
         """Keep `cancelled` current from the cancels bucket (in memory: no read per task).
         Returns once every cancellation stored so far is known, so a process that is only
         starting does not run a task cancelled before it started."""
-        kv = await self.kv(CANCELS_BUCKET)
+        kv = await self.kv(Bucket.CANCELS)
         watcher = await kv.watchall()
 
         async def follow() -> None:
@@ -462,11 +442,11 @@ class Bus:
 
     async def deferrals(self, task_id: str) -> int:
         """How many deliveries of this task waited on an open breaker (not attempts)."""
-        current = await kv_get(await self.kv(DEFERRALS_BUCKET), task_id)
+        current = await kv_get(await self.kv(Bucket.DEFERRALS), task_id)
         return int(current[0]) if current else 0
 
     async def add_deferral(self, task_id: str) -> None:
-        kv = await self.kv(DEFERRALS_BUCKET)
+        kv = await self.kv(Bucket.DEFERRALS)
         while True:
             current = await kv_get(kv, task_id)
             try:
@@ -480,7 +460,7 @@ class Bus:
 
     async def task_finished(self, task_id: str) -> bool:
         """Whether the task's record is already terminal (a redelivery then does nothing)."""
-        current = await kv_get(await self.kv(TASKS_BUCKET), task_id)
+        current = await kv_get(await self.kv(Bucket.TASKS), task_id)
         if current is None:
             return False
         try:

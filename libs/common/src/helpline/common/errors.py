@@ -4,6 +4,7 @@
 HelplineError
   Retryable        -> nak with backoff (timeouts, 5xx, 429); counts as an attempt
     Deferred       -> nak until the dependency may be back (breaker open); no attempt spent
+    Overloaded     -> the bus refused or did not answer; HTTP 503 with Retry-After
   Permanent        -> term, task failed (bad URL, blocked address, 404, parse failure)
     InputRejected  -> HTTP 4xx at the gateway with a clear message
     TaskCancelled  -> ack, task cancelled (DELETE /api/v1/tasks/{id})
@@ -17,6 +18,15 @@ clients (only its type), because it may carry internals.
 """
 
 from __future__ import annotations
+
+from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+#: What the NATS client raises when the server is down, restarting or too slow to answer.
+BUS_ERRORS = (TimeoutError, NatsTimeoutError, ConnectionClosedError, NoServersError, NatsError)
+#: What a client is told when the bus does not answer.
+BUS_SILENT = "the bus did not answer in time; try again later"
 
 
 class HelplineError(Exception):
@@ -37,6 +47,10 @@ class Retryable(HelplineError):
 
 class Deferred(Retryable):
     """A dependency is known to be down (its breaker is open): wait, without spending an attempt."""
+
+
+class Overloaded(Retryable):
+    """The bus refused a message (stream at its limit) or did not answer: try again later."""
 
 
 class Permanent(HelplineError):

@@ -27,6 +27,8 @@ class Status(StrEnum):
 
 
 _TERMINAL = {Status.SUCCEEDED, Status.FAILED, Status.EXPIRED, Status.CANCELLED}
+#: The terminal states as the stored record spells them.
+TERMINAL_STATUSES: frozenset[str] = frozenset(s.value for s in _TERMINAL)
 
 _EVENT_STATUS = {
     EventType.STARTED: Status.RUNNING,

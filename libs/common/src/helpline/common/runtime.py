@@ -16,9 +16,10 @@ from typing import Protocol
 
 from faststream.nats import NatsRouter
 
-from helpline.common.bus import REPLICAS_BUCKET, Bus, BusLayout, make_broker
+from helpline.common.bus import Bus, BusLayout, make_broker
 from helpline.common.messages import utcnow
 from helpline.common.settings import HelplineSettings
+from helpline.common.subjects import Bucket
 from helpline.common.worker import RetryPolicy, TaskConsumer
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Host:
     async def _beat(self, every_s: float = 5.0) -> None:
         while True:
             with contextlib.suppress(Exception):  # the bus may be reconnecting; try next beat
-                kv = await self.bus.kv(REPLICAS_BUCKET)
+                kv = await self.bus.kv(Bucket.REPLICAS)
                 await kv.put(self.replica_id, json.dumps(self.report()).encode())
             await asyncio.sleep(every_s)
 
@@ -111,7 +112,7 @@ class Host:
             self._heartbeat.cancel()
             self._heartbeat = None
             with contextlib.suppress(Exception):
-                await (await self.bus.kv(REPLICAS_BUCKET)).delete(self.replica_id)
+                await (await self.bus.kv(Bucket.REPLICAS)).delete(self.replica_id)
         grace = self.settings.shutdown_grace_s
         results = await asyncio.gather(
             *(consumer.stop(grace) for consumer in self.task_consumers),

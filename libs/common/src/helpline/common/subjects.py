@@ -89,6 +89,20 @@ def consumer(kind: Kind, priority: Priority) -> str:
 TRACKER_CONSUMER = "gateway-tracker"
 
 
+class Bucket(StrEnum):
+    """Every KV bucket the services share; `bucket()` gives a deployment's full name."""
+
+    TASKS = "tasks"  # task records (`records`, `taskstore`)
+    CRAWLS = "crawls"  # crawl claims, batch gates, parents' ledgers (`crawlstate`)
+    DEFERRALS = "deferrals"  # deliveries that waited on an open breaker, per task
+    CANCELS = "cancels"  # cancelled task ids
+    REPLICAS = "replicas"  # replica heartbeats
+    PAGES = "pages"  # per indexed page: validators, chunk count, links (`pagestate`)
+    HOSTS = "hosts"  # per scraped host: when the next request may start
+    ANSWERS = "answers"  # the answer cache (`answercache`)
+    GENERATIONS = "generations"  # per brand: the index generation answers are keyed by
+
+
 def bucket(name: str, prefix: str = PREFIX) -> str:
-    """A KV bucket's name (`tasks`, `crawls`)."""
+    """A KV bucket's full name in a deployment (`helpline_tasks`)."""
     return f"{prefix.replace('.', '_')}_{name}"

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
-from helpline.common.bus import BUS_ERRORS, BUS_SILENT, TASKS_BUCKET, Overloaded, kv_get
+from helpline.common.bus import kv_get
+from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.records import Status, TaskRecord
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Bucket, Kind
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -43,7 +44,7 @@ class TaskStore:
 
     def __init__(self, bus: Bus, *, remember: int = 20_000) -> None:
         self.bus = bus
-        self._subject_prefix = f"$KV.{bus.layout.bucket(TASKS_BUCKET)}."
+        self._subject_prefix = f"$KV.{bus.layout.bucket(Bucket.TASKS)}."
         self._remember = remember
         # A record as written (parsed, or the raw bytes a watch delivered) and its revision.
         self._known: OrderedDict[str, tuple[TaskRecord | bytes, int]] = OrderedDict()
@@ -128,7 +129,7 @@ class TaskStore:
     async def scan(self, *, match: Callable[[bytes], bool] | None = None) -> list[TaskRecord]:
         """Every stored record (those `match` lets through, judged on the raw JSON first), read
         in one pass over the bucket rather than a request per record."""
-        kv = await self.bus.kv(TASKS_BUCKET)
+        kv = await self.bus.kv(Bucket.TASKS)
         # By id: a record rewritten during the pass comes again, its later value last.
         found: dict[str, bytes] = {}
         async for entry in kv_entries(kv):
@@ -139,7 +140,7 @@ class TaskStore:
         return [TaskRecord.from_bytes(value) for value in found.values()]
 
     async def _read(self, task_id: str) -> tuple[TaskRecord, int] | None:
-        current = await kv_get(await self.bus.kv(TASKS_BUCKET), task_id)
+        current = await kv_get(await self.bus.kv(Bucket.TASKS), task_id)
         if current is None:
             return None
         return TaskRecord.from_bytes(current[0]), current[1]
@@ -165,7 +166,7 @@ class TaskStore:
         except KeyWrongLastSequenceError:
             # A record purged after a refused submit leaves a marker behind; the bucket's
             # own create looks past it (and raises the same error if the record exists).
-            kv = await self.bus.kv(TASKS_BUCKET)
+            kv = await self.bus.kv(Bucket.TASKS)
             revision = await kv.create(record.task_id, record.to_bytes())
             self._keep(record.task_id, record, revision)
 
@@ -192,7 +193,7 @@ class TaskStore:
         """Remove a record (its task was refused by the bus)."""
         self._known.pop(task_id, None)
         with contextlib.suppress(Exception):
-            await (await self.bus.kv(TASKS_BUCKET)).purge(task_id)
+            await (await self.bus.kv(Bucket.TASKS)).purge(task_id)
 
     async def submit(
         self, kind: Kind, task: TaskMessage, *, fresh: bool = False

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from helpline.common.answercache import bump_generation
-from helpline.common.bus import PAGES_BUCKET, Bus
+from helpline.common.bus import Bus
 from helpline.common.messages import ChunkBatch
 from helpline.common.pagestate import save_page_state
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Bucket, Kind
 from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext
 from helpline.embedder.indexing import Indexer
 
@@ -25,7 +25,7 @@ def build_consumers(
             state = batch.page_state
             if state is not None:
                 state = state.model_copy(update={"chunks": len(batch.chunks)})
-            await save_page_state(await bus.kv(PAGES_BUCKET), batch.page_key, state)
+            await save_page_state(await bus.kv(Bucket.PAGES), batch.page_key, state)
         return result
 
     return [

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from faststream.nats import NatsRouter
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from helpline.common.bus import BUS_ERRORS, BUS_SILENT, Bus
+from helpline.common.bus import Bus
+from helpline.common.errors import BUS_ERRORS, BUS_SILENT
 from helpline.common.taskstore import TaskStore
 from helpline.common.worker import TaskConsumer
 from helpline.gateway.routes import RETRY_AFTER_S, api, probes

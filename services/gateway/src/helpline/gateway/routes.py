@@ -15,9 +15,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from helpline.common.answercache import AnswerCache
-from helpline.common.bus import BUS_ERRORS, Overloaded
 from helpline.common.chunking import chunk_document, text_document
-from helpline.common.errors import InputRejected
+from helpline.common.errors import BUS_ERRORS, InputRejected, Overloaded
 from helpline.common.messages import (
     Answer,
     AnswerPart,

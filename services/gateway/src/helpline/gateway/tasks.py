@@ -15,15 +15,9 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import KeyWrongLastSequenceError
 
 from helpline.common.answercache import AnswerCache, Generations
-from helpline.common.bus import (
-    BUS_ERRORS,
-    BUS_SILENT,
-    CRAWLS_BUCKET,
-    REPLICAS_BUCKET,
-    Bus,
-    Overloaded,
-)
+from helpline.common.bus import Bus
 from helpline.common.crawlstate import mark_open
+from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import (
     REPLY_PART_HEADER,
@@ -39,7 +33,7 @@ from helpline.common.messages import (
     utcnow,
 )
 from helpline.common.records import Status, TaskRecord
-from helpline.common.subjects import Kind, Priority
+from helpline.common.subjects import Bucket, Kind, Priority
 from helpline.common.taskstore import TaskStore
 
 if TYPE_CHECKING:
@@ -126,7 +120,7 @@ class Tasks:
 
     async def _mark_open(self, parent_id: str) -> None:
         try:
-            await mark_open(await self.bus.kv(CRAWLS_BUCKET), parent_id, time.time())
+            await mark_open(await self.bus.kv(Bucket.CRAWLS), parent_id, time.time())
         except BUS_ERRORS as exc:
             raise Overloaded(BUS_SILENT) from exc
 
@@ -226,7 +220,7 @@ class Tasks:
 
     async def replicas(self) -> list[dict[str, Any]]:
         """What every live replica last reported (its heartbeat), by replica id."""
-        kv = await self.bus.kv(REPLICAS_BUCKET)
+        kv = await self.bus.kv(Bucket.REPLICAS)
         latest = {entry.key: entry.value async for entry in kv_entries(kv) if entry.value}
         return [json.loads(latest[key]) for key in sorted(latest)]
 

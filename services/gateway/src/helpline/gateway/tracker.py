@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from helpline.common import subjects
-from helpline.common.bus import CRAWLS_BUCKET, Bus
+from helpline.common.bus import Bus
 from helpline.common.crawlstate import (
     Tally,
     mark_closed,
@@ -38,6 +38,7 @@ from helpline.common.crawlstate import (
 from helpline.common.messages import EventType, TaskEvent, utcnow
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord, apply_event
+from helpline.common.subjects import Bucket
 from helpline.common.taskstore import TaskStore
 
 if TYPE_CHECKING:
@@ -252,7 +253,7 @@ class Tracker:
             return applied
         ok = record.status is Status.SUCCEEDED
         chunks = int((record.result or {}).get("chunks_indexed", 0)) if ok else 0
-        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        crawls = await self.bus.kv(Bucket.CRAWLS)
         if await mark_finished(crawls, record.parent_id, task_id, ok=ok, chunks=chunks):
             applied.counted = record
         return applied
@@ -270,7 +271,7 @@ class Tracker:
             await self.recount(parent_id)
 
     async def _add_to_parent(self, parent_id: str, delta: _ParentDelta) -> None:
-        claimed = await pages_claimed(await self.bus.kv(CRAWLS_BUCKET), parent_id)
+        claimed = await pages_claimed(await self.bus.kv(Bucket.CRAWLS), parent_id)
         updated = await self.store.change(
             parent_id,
             lambda parent: (
@@ -285,7 +286,7 @@ class Tracker:
 
     async def recount(self, parent_id: str, finished_at: Any = None) -> TaskRecord | None:
         """Set a parent's progress from its ledger, finishing it when every claimed page has."""
-        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        crawls = await self.bus.kv(Bucket.CRAWLS)
         counted = await tally(crawls, parent_id)
         claimed = await pages_claimed(crawls, parent_id)
         updated = await self.store.change(

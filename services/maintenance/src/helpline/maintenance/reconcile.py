@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpline.common.bus import CRAWLS_BUCKET, TASKS_BUCKET, Bus, kv_get
+from helpline.common.bus import Bus, kv_get
 from helpline.common.crawlstate import mark_closed, note_open, open_parents, pages_claimed, tally
 from helpline.common.messages import EventType, TaskEvent
 from helpline.common.records import Progress, TaskRecord
+from helpline.common.subjects import Bucket
 
 # A parent listed as open whose record never appeared (its submit failed) is forgotten then.
 FORGET_UNRECORDED_S = 600.0
@@ -25,8 +26,8 @@ FORGET_UNRECORDED_S = 600.0
 
 async def reconcile(bus: Bus, now: float) -> dict[str, Any]:
     """Check every open parent; returns how many were open, recounted and closed."""
-    crawls = await bus.kv(CRAWLS_BUCKET)
-    records = await bus.kv(TASKS_BUCKET)
+    crawls = await bus.kv(Bucket.CRAWLS)
+    records = await bus.kv(Bucket.TASKS)
     listed = await open_parents(crawls)
     recounted, closed = [], 0
     for parent_id, (note, note_revision) in listed.items():

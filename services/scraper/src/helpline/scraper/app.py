@@ -7,8 +7,9 @@ import asyncio
 from faststream.nats import NatsRouter
 
 from helpline.common.breaker import BreakerPolicy
-from helpline.common.bus import HOSTS_BUCKET, Bus
+from helpline.common.bus import Bus
 from helpline.common.runtime import retry_policy
+from helpline.common.subjects import Bucket
 from helpline.common.worker import TaskConsumer
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
@@ -44,7 +45,7 @@ class ScraperComponent:
         self.parser = Parser(processes=s.scraper_extract_processes)
         politeness = Politeness(
             self.fetcher,
-            lambda: bus.kv(HOSTS_BUCKET),
+            lambda: bus.kv(Bucket.HOSTS),
             host_interval_s=s.scraper_host_interval_s,
             obey_robots=s.scraper_obey_robots,
             robots_ttl_s=s.scraper_robots_ttl_s,

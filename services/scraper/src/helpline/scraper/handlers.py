@@ -9,7 +9,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
-from helpline.common.bus import CRAWLS_BUCKET, HOSTS_BUCKET, PAGES_BUCKET, Bus
+from helpline.common.bus import Bus
 from helpline.common.crawlstate import (
     claim_page,
     enter_batch_gate,
@@ -30,7 +30,7 @@ from helpline.common.messages import (
     utcnow,
 )
 from helpline.common.pagestate import load_page_state, page_key
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Bucket, Kind
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
 from helpline.scraper.parsing import Parser
@@ -96,7 +96,7 @@ class Scraper:
         self.lease_s = batch_lease_s
         self.parser = parser or Parser()
         self.politeness = politeness or Politeness(
-            fetcher, lambda: bus.kv(HOSTS_BUCKET), obey_robots=False
+            fetcher, lambda: bus.kv(Bucket.HOSTS), obey_robots=False
         )
         self.renderer = renderer
         self.settled = SettledLinks()
@@ -121,7 +121,7 @@ class Scraper:
         return page
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
-        pages_kv = await self.bus.kv(PAGES_BUCKET)
+        pages_kv = await self.bus.kv(Bucket.PAGES)
         key = page_key(task.brand, task.url)
         previous = await load_page_state(pages_kv, key)
         crawling = task.crawl is not None and task.parent_id is not None
@@ -218,7 +218,7 @@ class Scraper:
         validators: Validators | None = None,
     ) -> FetchResult:
         """Fetch within the batch's limits, shared by every replica; waiting spends no attempt."""
-        gate = await self.bus.kv(CRAWLS_BUCKET)
+        gate = await self.bus.kv(Bucket.CRAWLS)
         wait = await enter_batch_gate(
             gate, parent_id, task.task_id, limits, self.lease_s, time.time()
         )
@@ -233,7 +233,7 @@ class Scraper:
         scope, parent_id = task.crawl, task.parent_id
         if scope is None or parent_id is None or task.depth >= scope.max_depth:
             return
-        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        crawls = await self.bus.kv(Bucket.CRAWLS)
         settled = self.settled.of(parent_id)
         for link in links:
             if link in settled:
@@ -282,7 +282,7 @@ class Scraper:
         root = normalize_url(task.url)
         if root is None:
             raise Permanent("not an http(s) URL")
-        crawls = await self.bus.kv(CRAWLS_BUCKET)
+        crawls = await self.bus.kv(Bucket.CRAWLS)
         await claim_page(crawls, task.task_id, root, task.scope.max_pages, task.task_id)
         # Submitted even when already claimed: a redelivered crawl re-publishes its first page,
         # which the bus's duplicate window (same task id) drops if it was already sent.
