@@ -26,17 +26,12 @@ from helpline.common.embedding import Embedder
 from helpline.common.errors import Retryable
 from helpline.common.messages import utcnow
 from helpline.common.natsserver import NatsServer, free_port
+from helpline.common.processes import group_members, marked_processes
 from helpline.common.testing import serve_site
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.guard import AllowList
-from helpline.scraper.render import (
-    BrowserOptions,
-    BrowserPool,
-    Renderer,
-    group_members,
-    marked_processes,
-)
+from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,9 @@ import uvloop
 
 from helpline.cli.settings import CliSettings, environment_with
 from helpline.common.health import HealthServer
-from helpline.common.natsserver import NatsServer, die_with_parent, stop_process
+from helpline.common.natsserver import NatsServer
 from helpline.common.observability import setup_logging, setup_tracing
+from helpline.common.processes import die_with_parent, stop_process
 from helpline.common.runtime import Component, Host
 
 if TYPE_CHECKING:

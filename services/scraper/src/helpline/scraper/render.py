@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -51,6 +50,13 @@ from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.errors import BlockedAddress, HelplineError, Permanent, Retryable
 from helpline.common.messages import RenderMode, utcnow
+from helpline.common.processes import (
+    find_process_group,
+    group_memory_bytes,
+    kill_group,
+    kill_marked,
+    pdeathsig_script,
+)
 from helpline.scraper.fetch import FetchResult, GuardedTransport
 from helpline.scraper.guard import AllowList, resolve_checked
 
@@ -303,7 +309,7 @@ class BrowserPool:
             return True
         if run.process_group is None or run.renders % 10:
             return False
-        used = await asyncio.to_thread(_group_memory_bytes, run.process_group)
+        used = await asyncio.to_thread(group_memory_bytes, run.process_group)
         return used > self.options.max_memory_mb * 1024 * 1024
 
     async def _close_slot(self, slot: _Slot) -> None:
@@ -346,22 +352,20 @@ class BrowserPool:
                 ) from exc
             self._generation += 1
             self.launches += 1
-            run = _BrowserRun(browser, self._generation, _find_process_group(self._marker))
+            run = _BrowserRun(browser, self._generation, find_process_group(self._marker))
             self._runs[run.generation] = run
             self._run = run
             return run
 
     def _wrapped(self, executable: str) -> str:
         """`executable`, started so that it dies with the Playwright driver (where possible)."""
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
+        script = pdeathsig_script(executable)
+        if script is None:
             return executable
         if self._wrapper_dir is None:
             self._wrapper_dir = tempfile.mkdtemp(prefix="helpline-browser-")
         wrapper = Path(self._wrapper_dir) / "chromium"
-        wrapper.write_text(
-            f'#!/bin/sh\nexec {_sh_quote(setpriv)} --pdeathsig KILL -- {_sh_quote(executable)} "$@"\n'
-        )
+        wrapper.write_text(script)
         wrapper.chmod(0o700)
         return str(wrapper)
 
@@ -372,7 +376,7 @@ class BrowserPool:
         with contextlib.suppress(PlaywrightError):
             await run.browser.close()
         if run.process_group is not None:
-            await asyncio.to_thread(_kill_group, run.process_group)
+            await asyncio.to_thread(kill_group, run.process_group)
 
     async def close(self) -> None:
         """Close every page and browser, stop the driver, leave no browser process behind."""
@@ -391,7 +395,7 @@ class BrowserPool:
             shutil.rmtree(self._wrapper_dir, ignore_errors=True)
             self._wrapper_dir = None
         # Anything a crashed driver left behind.
-        await asyncio.to_thread(_kill_marked, self._marker)
+        await asyncio.to_thread(kill_marked, self._marker)
 
     async def _intercept(self, slot: _Slot, route: Route) -> None:
         state = slot.state
@@ -550,91 +554,3 @@ async def _settle(slot: _Slot, settle_s: float, min_text_chars: int) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
-def _sh_quote(value: str) -> str:
-    return "'" + value.replace("'", "'\\''") + "'"
-
-
-def _proc_entries() -> list[int]:
-    return (
-        [int(name) for name in os.listdir("/proc") if name.isdigit()]
-        if os.path.isdir("/proc")
-        else []
-    )
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _stat_fields(pid: int) -> list[str]:
-    raw = _read(f"/proc/{pid}/stat").decode(errors="replace")
-    # The command name is in parentheses and may hold spaces; fields after it are plain.
-    return raw[raw.rfind(")") + 2 :].split() if ")" in raw else []
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Processes whose command line carries `marker` (a pool's browsers)."""
-    needle = marker.encode()
-    return [pid for pid in _proc_entries() if needle in _read(f"/proc/{pid}/cmdline").split(b"\0")]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Processes in process group `pgid`."""
-    members = []
-    for pid in _proc_entries():
-        fields = _stat_fields(pid)
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
-            members.append(pid)
-    return members
-
-
-def _find_process_group(marker: str) -> int | None:
-    for pid in marked_processes(marker):
-        with contextlib.suppress(OSError):
-            return os.getpgid(pid)
-    return None
-
-
-def _group_memory_bytes(pgid: int) -> int:
-    """Memory of a process group: the sum of its processes' proportional set sizes.
-
-    Chromium's processes share most of their pages, so summing RSS would count them many times.
-    """
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for pid in group_members(pgid):
-        rollup = _read(f"/proc/{pid}/smaps_rollup")
-        pss = next(
-            (line.split()[1] for line in rollup.splitlines() if line.startswith(b"Pss:")), None
-        )
-        if pss is not None:
-            total += int(pss) * 1024
-            continue
-        parts = _read(f"/proc/{pid}/statm").split()
-        if len(parts) > 1:
-            total += int(parts[1]) * page
-    return total
-
-
-def _kill_group(pgid: int) -> None:
-    # Never our own group: Chromium is started detached, so its group is its own.
-    if pgid == os.getpgid(0) or not group_members(pgid):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _kill_marked(marker: str) -> None:
-    for pid in marked_processes(marker):
-        with contextlib.suppress(OSError):
-            pgid = os.getpgid(pid)
-            if pgid != os.getpgid(0):
-                os.killpg(pgid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
