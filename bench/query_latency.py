@@ -33,7 +33,8 @@ from loadgen import query_load
 
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
-from helpline.common.vectors import OPTIMIZE_QUIET_S, EdgeStore
+from helpline.common.vectors import EdgeStore
+from helpline.common.vectors.edge import OPTIMIZE_QUIET_S
 from helpline.embedder.app import MAINTAIN_EVERY_S
 
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")

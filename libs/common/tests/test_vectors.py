@@ -15,7 +15,6 @@ import numpy.typing as npt
 import pytest
 from qdrant_client import QdrantClient
 
-from helpline.common import vectors
 from helpline.common.embedding import Embedder
 from helpline.common.vectors import (
     INDEXED_FIELDS,
@@ -26,6 +25,7 @@ from helpline.common.vectors import (
     open_store,
     point_id,
 )
+from helpline.common.vectors import edge as edge_store
 
 DIM = 384
 
@@ -253,7 +253,7 @@ def test_edge_concurrent_searches_and_upserts(
     store.ensure_collection()
     brands = ("acme", "globex")
     # Housekeeping flushes whatever is pending, beside the writes and searches.
-    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 0.0)
+    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 0.0)
     writing = threading.Event()
 
     def housekeeping() -> int:
@@ -323,9 +323,9 @@ def test_edge_builds_its_index_once_writing_pauses(
     target = points[1234]
     before = [h.id for h in store.search(target.vector, limit=10)]
     # Just written: not yet (an optimize holds the process for seconds).
-    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 0.0)
+    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 0.0)
     assert store.maintain() is False
-    monkeypatch.setattr(vectors, "OPTIMIZE_QUIET_S", 0.0)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_QUIET_S", 0.0)
     assert store.maintain() is True
     after = store.search(target.vector, limit=10)
     assert after[0].id == target.id
@@ -364,33 +364,33 @@ def test_edge_housekeeping_waits_for_a_lull_in_searches(
     shard = CountingFlushes(store._shard)
     monkeypatch.setattr(store, "_shard", shard)
     points = [chunk(f"https://docs/p{i // 10}", i % 10, seed=i) for i in range(2_500)]
-    monkeypatch.setattr(vectors, "OPTIMIZE_QUIET_S", 0.0)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_QUIET_S", 0.0)
 
     store.upsert(points[:10])
     assert shard.flushes == 0  # not in the write a question may wait behind
     store.search(unit(1), limit=3)  # a question is being answered
     assert store.maintain() is False
     assert shard.flushes == 0
-    monkeypatch.setattr(vectors, "FLUSH_MAX_DEFER_S", 0.0)  # deferred long enough
+    monkeypatch.setattr(edge_store, "FLUSH_MAX_DEFER_S", 0.0)  # deferred long enough
     assert store.maintain() is False
     assert shard.flushes == 1
     assert store.maintain() is False  # nothing pending
     assert shard.flushes == 1
 
-    monkeypatch.setattr(vectors, "FLUSH_MAX_DEFER_S", 30.0)
+    monkeypatch.setattr(edge_store, "FLUSH_MAX_DEFER_S", 30.0)
     store.upsert(points[10:])
     store.search(unit(2), limit=3)
     assert store.maintain() is False  # enough new points, but questions are being asked
     assert shard.flushes == 1
-    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 0.0)  # the questions paused
+    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 0.0)  # the questions paused
     assert store.maintain() is True
     assert shard.flushes == 2
     store.upsert(points[:1])
     store.search(unit(3), limit=3)
-    monkeypatch.setattr(vectors, "SEARCH_LULL_S", 3600.0)
+    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 3600.0)
     assert store.maintain() is False
-    monkeypatch.setattr(vectors, "OPTIMIZE_AFTER_POINTS", 1)
-    monkeypatch.setattr(vectors, "OPTIMIZE_MAX_DEFER_S", 0.0)  # deferred long enough
+    monkeypatch.setattr(edge_store, "OPTIMIZE_AFTER_POINTS", 1)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_MAX_DEFER_S", 0.0)  # deferred long enough
     assert store.maintain() is True
     store.close()
 
