@@ -14,7 +14,8 @@ from helpline.common.bus import Bus
 from helpline.common.errors import BUS_ERRORS, BUS_SILENT
 from helpline.common.taskstore import TaskStore
 from helpline.common.worker import TaskConsumer
-from helpline.gateway.routes import RETRY_AFTER_S, api, probes
+from helpline.gateway.routes import API, API_PREFIX, PROBES
+from helpline.gateway.routes.deps import RETRY_AFTER_S
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
 from helpline.gateway.tracker import Tracker
@@ -31,8 +32,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.query_timeout_s = settings.query_timeout_s
     app.state.tasks = None
-    app.include_router(api)
-    app.include_router(probes)
+    for router in API:
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(PROBES)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

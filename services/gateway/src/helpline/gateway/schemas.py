@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from helpline.common.messages import RenderMode
+from helpline.common.messages import Answer, RenderMode
 from helpline.common.subjects import Priority
 
 Brand = Annotated[
@@ -198,6 +199,20 @@ class QueryResponse(BaseModel):
         default=None,
         description="Why the configured language model did not answer (the answer is extractive).",
     )
+
+    @classmethod
+    def of(cls, answer: Answer, task_id: str, started: float, *, cached: bool) -> QueryResponse:
+        """Rag's (or the cache's) answer as the client sees it; `started` is the request's
+        `time.perf_counter()`."""
+        return cls(
+            answer=answer.answer,
+            sources=[SourceOut.model_validate(s.model_dump()) for s in answer.sources],
+            task_id=task_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            cached=cached,
+            answer_mode=answer.answer_mode,
+            fallback_reason=answer.fallback_reason,
+        )
 
 
 class CacheStats(BaseModel):

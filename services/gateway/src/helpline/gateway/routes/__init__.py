@@ -1,0 +1,18 @@
+"""The REST API, one router per resource: `API` under /api/v1, `PROBES` at the root."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from helpline.gateway.routes import cache, dlq, probes, query, status, submit, tasks
+
+API_PREFIX = "/api/v1"
+API: tuple[APIRouter, ...] = (
+    submit.router,
+    query.router,
+    tasks.router,
+    cache.router,
+    dlq.router,
+    status.router,
+)
+PROBES = probes.router

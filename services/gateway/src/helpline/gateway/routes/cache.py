@@ -1,0 +1,35 @@
+"""The answer cache: its statistics, and clearing it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastapi import APIRouter, HTTPException
+
+from helpline.common.answercache import AnswerCache
+from helpline.gateway.routes.deps import TasksDep
+from helpline.gateway.schemas import CacheCleared, CacheStats
+from helpline.gateway.tasks import Tasks
+
+router = APIRouter(tags=["cache"])
+
+
+@router.get("/cache/stats", response_model=CacheStats)
+async def cache_stats(tasks: TasksDep) -> CacheStats:
+    """The answer cache: this replica's hits and misses, and the shared bucket's size."""
+    # A bus that does not answer is a 503 (app.py's handler for BUS_ERRORS).
+    stats = await _cache(tasks).stats()
+    return CacheStats.model_validate(dataclasses.asdict(stats))
+
+
+@router.post("/cache/clear", response_model=CacheCleared)
+async def cache_clear(tasks: TasksDep) -> CacheCleared:
+    """Drop every cached answer, for every gateway replica."""
+    cleared = await _cache(tasks).clear()
+    return CacheCleared(cleared=cleared)
+
+
+def _cache(tasks: Tasks) -> AnswerCache:
+    if tasks.cache is None:
+        raise HTTPException(404, "the answer cache is turned off (HELPLINE_ANSWER_CACHE=false)")
+    return tasks.cache

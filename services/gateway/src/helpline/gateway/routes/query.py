@@ -1,0 +1,92 @@
+"""Asking a question: `POST /api/v1/query`, answered whole or as server-sent events."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from helpline.common.errors import BUS_ERRORS, Overloaded
+from helpline.common.messages import Answer
+from helpline.common.subjects import Kind
+from helpline.gateway.routes.deps import REFUSED, RETRY_AFTER_S, TasksDep
+from helpline.gateway.routes.sse import answer_events, event_stream, live_events
+from helpline.gateway.schemas import ErrorBody, QueryRequest, QueryResponse
+from helpline.gateway.tasks import QueryTimeout, Tasks, task_id_for
+
+router = APIRouter(tags=["query"])
+
+
+@router.post(
+    "/query",
+    response_model=QueryResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "The answer; with `stream: true`, server-sent events "
+            "`sources`, `delta` (answer text, in order), then `done`; `reset` (drop the text "
+            "so far: the model failed part-way, the extractive answer follows) and `error` "
+            "(`status`, `detail`) may occur once streaming began.",
+        },
+        502: {"model": ErrorBody, "description": "Answering failed."},
+        504: {"model": ErrorBody, "description": "No answer before the deadline."},
+        **REFUSED,
+    },
+)
+async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Response:
+    """Answer a question from the indexed documentation, with numbered sources.
+
+    A question asked before (same normalised text, brand and top_k, and no change to the
+    brand's index since) is answered from the answer cache without going to rag.
+    """
+    started = time.perf_counter()
+    task_id = task_id_for(Kind.QUERY, None)
+    key = (
+        tasks.cache.key(body.question, body.brand, body.top_k)
+        if tasks.cache is not None and body.cache
+        else None
+    )
+    answer = await _cached(tasks, key)
+    cached = answer is not None
+    timeout_s: float = request.app.state.query_timeout_s
+    if answer is None and body.stream:
+        try:
+            replies = await tasks.ask_streaming(
+                body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+            )
+        except Overloaded as exc:
+            raise HTTPException(
+                503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}
+            ) from exc
+        return event_stream(live_events(replies, task_id, started))
+    if answer is None:
+        answer = await _ask(body, tasks, task_id, timeout_s, key)
+    result = QueryResponse.of(answer, task_id, started, cached=cached)
+    if body.stream:
+        return event_stream(answer_events(result))
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+async def _cached(tasks: Tasks, key: str | None) -> Answer | None:
+    if key is None or tasks.cache is None:
+        return None
+    try:
+        return await tasks.cache.get(key)
+    except BUS_ERRORS:
+        return None  # the cache is an optimisation: ask rag instead
+
+
+async def _ask(
+    body: QueryRequest, tasks: Tasks, task_id: str, timeout_s: float, key: str | None
+) -> Answer:
+    try:
+        answer = await tasks.ask(
+            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+        )
+    except QueryTimeout as exc:
+        raise HTTPException(504, f"the query was not answered before its deadline ({exc})") from exc
+    except Overloaded as exc:
+        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    if answer.error:
+        raise HTTPException(502, f"the query failed: {answer.error}")
+    return answer

@@ -1,0 +1,56 @@
+"""What the system is doing: queues, workers, breakers, and all of it in one view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from helpline.gateway import views
+from helpline.gateway.routes.deps import TasksDep
+from helpline.gateway.schemas import ReplicaBreakers
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/queues")
+async def queue_view(tasks: TasksDep) -> list[dict[str, Any]]:
+    """Per kind and priority: pending, in flight, redelivered, oldest waiting task's age."""
+    return await views.queues(tasks.bus)
+
+
+@router.get("/workers")
+async def worker_view(tasks: TasksDep) -> list[dict[str, Any]]:
+    """Per service: replicas seen through heartbeats, configured concurrency, busy, last seen."""
+    return views.workers(await tasks.replicas())
+
+
+@router.get("/system/status")
+async def system_status(tasks: TasksDep) -> dict[str, Any]:
+    """Health, queues, workers, open breakers and the bus, in one view."""
+    replicas = await tasks.replicas()
+    ready = await tasks.bus.streams_present()
+    open_breakers = [
+        {"replica": r["replica"], **b}
+        for r in replicas
+        for b in r.get("breakers", [])
+        if b["state"] != "closed"
+    ]
+    queue_rows = await views.queues(tasks.bus) if ready else []
+    return {
+        "status": "ok" if ready and not open_breakers else ("degraded" if ready else "down"),
+        "bus": {
+            "connected": tasks.bus.nc.is_connected,
+            "streams_present": ready,
+            "url": tasks.bus.nc.connected_url.netloc if tasks.bus.nc.connected_url else None,
+        },
+        "queues": queue_rows,
+        "workers": views.workers(replicas),
+        "open_breakers": open_breakers,
+    }
+
+
+@router.get("/breakers", response_model=list[ReplicaBreakers])
+async def breakers(tasks: TasksDep) -> list[ReplicaBreakers]:
+    """Every circuit breaker's state, per replica (from the replicas' heartbeats)."""
+    return [ReplicaBreakers.model_validate(r) for r in await tasks.replicas()]
