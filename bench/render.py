@@ -25,9 +25,10 @@ from pathlib import Path
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.messages import utcnow
 from helpline.common.testing import serve_site
+from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.guard import AllowList
-from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
+from helpline.scraper.render import Renderer
 
 APP_JS = """
 window.addEventListener("load", async () => {

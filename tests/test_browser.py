@@ -29,9 +29,10 @@ from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.processes import group_members, marked_processes
 from helpline.common.testing import serve_site
 from helpline.scraper.app import ScraperComponent
+from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.guard import AllowList
-from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
+from helpline.scraper.render import Renderer
 
 pytestmark = pytest.mark.slow
 
@@ -340,7 +341,8 @@ def test_a_killed_scraper_leaves_no_browser(site: str, chromium: str) -> None:
         from helpline.common.messages import utcnow
         from helpline.scraper.fetch import FetchResult
         from helpline.scraper.guard import AllowList
-        from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
+        from helpline.scraper.browser import BrowserOptions, BrowserPool
+        from helpline.scraper.render import Renderer
 
         async def main():
             pool = BrowserPool(AllowList.parse("127.0.0.1"), BrowserOptions(executable_path={chromium!r}))

@@ -6,16 +6,10 @@ import pytest
 
 from helpline.common.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from helpline.common.messages import RenderMode, utcnow
+from helpline.scraper.browser import BrowserOptions, BrowserPool, BrowserUnavailable
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.guard import AllowList
-from helpline.scraper.render import (
-    BrowserOptions,
-    BrowserPool,
-    BrowserUnavailable,
-    Renderer,
-    needs_browser,
-    visible_text_length,
-)
+from helpline.scraper.render import Renderer, needs_browser, visible_text_length
 
 TEXT = "Hold the reset button for twelve seconds to restore the factory settings. " * 5
 

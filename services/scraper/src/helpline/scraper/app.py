@@ -11,12 +11,13 @@ from helpline.common.bus import Bus
 from helpline.common.runtime import retry_policy
 from helpline.common.subjects import Bucket
 from helpline.common.worker import TaskConsumer
+from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
 from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
-from helpline.scraper.render import BrowserOptions, BrowserPool, Renderer
+from helpline.scraper.render import Renderer
 from helpline.scraper.settings import ScraperSettings
 
 
