@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from loadgen import Connection, percentile, query_load
+from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
@@ -96,6 +97,7 @@ def main() -> None:
             stats = client.get("/api/v1/cache/stats").json()
             floor = asyncio.run(http_floor(up.url, args.requests))
 
+    printed = capture("answer_cache")
     print()
     for name, f in results.items():
         print(
@@ -109,6 +111,7 @@ def main() -> None:
         f"p99 {floor['p99']:.2f} ms"
     )
     print(f"cache stats: {stats}")
+    printed.save()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from helpline.scraper.urls import in_scope
 sys.path.insert(0, str(Path(__file__).parent))
 from query_latency import crawl as crawl_through_api
 from query_latency import ensure_manual
+from results import capture
 
 MAX_CHARS, OVERLAP = 700, 100
 
@@ -211,6 +212,7 @@ def main() -> None:
         scrapy_peer(args.scrapy_peer, args.concurrency, args.max_pages)
         return
 
+    printed = capture("crawl")
     # The manual from its own process, so the server takes no time from the crawlers.
     with serve_site_process(ensure_manual()) as base:
         print(
@@ -237,6 +239,7 @@ def main() -> None:
             )
         if args.full:
             full_system(base, args.max_pages, texts)
+    printed.save()
 
 
 if __name__ == "__main__":

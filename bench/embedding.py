@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
+from results import capture
 
 from helpline.common.embedding import Embedder
 
@@ -78,6 +79,7 @@ def main() -> None:
         ort.preload_dlls()
     chunks = corpus_chunks(args.chunks)
     lengths = [len(c) for c in chunks]
+    printed = capture("embedding")
     print(f"onnxruntime {ort.__version__}, available: {', '.join(ort.get_available_providers())}")
     print(f"{len(chunks)} chunks, {statistics.mean(lengths):.0f} characters on average")
     for provider in args.providers:
@@ -85,6 +87,7 @@ def main() -> None:
             print(f"{provider}: not available in this onnxruntime build")
             continue
         measure([provider], chunks, args.threads)
+    printed.save()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site_process
@@ -155,6 +156,7 @@ def main() -> None:
         pages_per_s = (progress["done"] - done_before) / (time.monotonic() - started)
         waiting = queues[("scrape", "bulk")]["pending"]
         client.delete(batch_url)
+    printed = capture("priority")
     print()
     print(
         f"critical queries, {args.queries} each, one at a time; bulk backlog {args.backlog} pages, "
@@ -173,6 +175,7 @@ def main() -> None:
         f"while the {args.backlog}-URL batch was submitted ({submit_ms:.0f} ms): "
         f"{len(meanwhile)} questions, slowest {max(meanwhile, default=0.0):.1f} ms"
     )
+    printed.save()
 
 
 if __name__ == "__main__":

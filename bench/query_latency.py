@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 from loadgen import query_load
+from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.testing import HelplineUp, serve_site
@@ -220,6 +221,7 @@ def main() -> None:
             chunks = store.count(BRAND)
             store.close()
 
+    printed = capture("query_latency")
     print()
     if crawl_s is None:
         print(f"corpus: PostgreSQL 15 manual, {chunks} chunks (the index kept in {index})")
@@ -239,6 +241,7 @@ def main() -> None:
             f"p99 {figures['p99']:.1f} ms, mean {figures['mean']:.1f} ms, {figures['qps']:.1f} queries/s "
             f"(gateway-measured p50 {figures['server_p50']:.1f} ms)"
         )
+    printed.save()
 
 
 if __name__ == "__main__":

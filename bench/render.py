@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import capture
+
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.messages import utcnow
 from helpline.common.testing import serve_site
@@ -101,6 +103,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_site(Path(tmp), args.pages)
         with serve_site(Path(tmp)) as base:
+            printed = capture("render")
             reused, pool = await run(
                 Path(tmp), base, args.pages, args.concurrency, args.chromium, 100_000
             )
@@ -114,6 +117,7 @@ async def main() -> None:
                 f"({pool.pages_opened} pages opened for {pool.renders} renders, {pool.launches} browser launches)"
             )
             print(f"reuse speed-up: {reused / fresh:.2f}x")
+            printed.save()
 
 
 if __name__ == "__main__":

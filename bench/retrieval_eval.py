@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 import httpx
 import qdrant_edge as edge
 from query_latency import BRAND, MANUAL, ensure_manual
+from results import capture
 
 from helpline.common.embedding import Embedder
 from helpline.common.lexical import SparseVector, encode_query
@@ -264,6 +265,7 @@ def main() -> None:
         }
 
     pages = len({c["url"] for c in chunks})
+    printed = capture("retrieval_eval")
     print()
     print(
         f"{len(questions)} questions from {args.questions.name}; index: {pages} pages, "
@@ -284,6 +286,7 @@ def main() -> None:
         for text in misses:
             print(f"  - {text}")
     sys.stdout.flush()
+    printed.save()
 
 
 if __name__ == "__main__":

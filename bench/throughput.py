@@ -36,8 +36,10 @@ import nats
 from loadgen import Connection
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from results import capture
 
-from helpline.common.bus import Bus, BusLayout, make_broker
+from helpline.common.bus import Bus
+from helpline.common.layout import BusLayout
 from helpline.common.messages import MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.records import TERMINAL_STATUSES
@@ -104,9 +106,9 @@ def pings(n: int) -> list[MaintenanceTask]:
 
 async def library_throughput(nats_url: str, n: int) -> float:
     """N pings submitted through the library (records + publish, pipelined)."""
-    broker = make_broker(nats_url, name="bench")
-    await broker.connect()
-    store = TaskStore(Bus(broker, BusLayout()))
+    bus = Bus(BusLayout())
+    await bus.connect(nats_url, name="bench")
+    store = TaskStore(bus)
     terminal = Terminal()
     await terminal.start(nats_url)
     tasks = pings(n)
@@ -115,7 +117,7 @@ async def library_throughput(nats_url: str, n: int) -> float:
         await store.submit_many(Kind.MAINTENANCE, tasks[first : first + 1000])
     last = await terminal.wait_for([t.task_id for t in tasks])
     await terminal.stop()
-    await broker.stop()
+    await bus.close()
     return n / (last - started)
 
 
@@ -145,9 +147,9 @@ async def rest_throughput(nats_url: str, port: int, n: int) -> float:
 async def library_round_trips(nats_url: str, samples: int) -> tuple[list[float], list[float]]:
     """One task at a time through the library (`TaskStore.run`): milliseconds until the
     caller has its outcome, and until its record is terminal in the bucket."""
-    broker = make_broker(nats_url, name="bench")
-    await broker.connect()
-    store = TaskStore(Bus(broker, BusLayout()))
+    bus = Bus(BusLayout())
+    await bus.connect(nats_url, name="bench")
+    store = TaskStore(bus)
     terminal = Terminal()
     await terminal.start(nats_url)
     outcome_ms, record_ms = [], []
@@ -161,7 +163,7 @@ async def library_round_trips(nats_url: str, samples: int) -> tuple[list[float],
         record_ms.append((await terminal.wait_for([task.task_id]) - started) * 1000)
     await store.close()
     await terminal.stop()
-    await broker.stop()
+    await bus.close()
     return outcome_ms, record_ms
 
 
@@ -317,6 +319,7 @@ def main() -> None:
             print(f"round {round_ + 1}: bare nats-py {bare[-1]:.0f}/s", flush=True)
     celery, why = celery_throughput(n)
     lib, api, peer = (statistics.median(x) for x in (library, rest, bare))
+    printed = capture("throughput")
     print()
     print(f"{n} no-op tasks, {os.cpu_count()} cores, median of {args.rounds} rounds")
     print(
@@ -337,6 +340,7 @@ def main() -> None:
     print(f"idle round trip through the library, record terminal:      {p50_p99(record_ms)}")
     print(f"CPU seconds per 1,000 tasks (last round), library: {per_thousand(before, middle, n)}")
     print(f"CPU seconds per 1,000 tasks (last round), REST:    {per_thousand(middle, after, n)}")
+    printed.save()
 
 
 if __name__ == "__main__":
