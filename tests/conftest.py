@@ -12,9 +12,10 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from helpline.common.bus import Bus, BusLayout, make_broker
+from helpline.common.bus import Bus
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import Knowledge
+from helpline.common.layout import BusLayout
 from helpline.common.natsserver import NatsServer
 from helpline.common.observability import setup_tracing
 from helpline.common.runtime import Host
@@ -53,14 +54,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @pytest.fixture
 async def bus(nats_server: NatsServer, prefix: str) -> AsyncIterator[Bus]:
     """A bus of the test's own, its streams and buckets declared (in memory)."""
-    broker = make_broker(nats_server.url, name=f"test-{prefix}")
-    await broker.connect()
-    running = Bus(broker, BusLayout(prefix=prefix, file_storage=False))
+    running = Bus(BusLayout(prefix=prefix, file_storage=False))
+    await running.connect(nats_server.url, name=f"test-{prefix}")
     await running.bootstrap()
     try:
         yield running
     finally:
-        await broker.stop()
+        await running.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,18 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
-from helpline.common.bus import Acks, Bus
-from helpline.common.crawlstate import Tally, claim_page, mark_finished, pages_claimed, tally
+from helpline.common.acks import Acks
+from helpline.common.bus import Bus
+from helpline.common.crawlstate import CrawlLedger, Tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.natsserver import NatsServer
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.runtime import Host
-from helpline.common.subjects import Bucket, Kind, Priority
+from helpline.common.subjects import Kind, Priority
+from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
-from helpline.common.worker import RetryPolicy, TaskConsumer, TaskContext
+from helpline.common.worker import RetryPolicy, TaskContext
 from helpline.gateway.tracker import Tracker, _ParentDelta
 from helpline.maintenance.app import MaintenanceComponent
 from helpline.maintenance.settings import MaintenanceSettings
@@ -214,19 +216,19 @@ async def parent_with_children(bus: Bus, store: TaskStore, finished: int, total:
             progress=Progress(done=0, total=total),
         )
     )
-    crawls = await bus.kv(Bucket.CRAWLS)
+    crawls = CrawlLedger(bus.buckets)
     for i in range(finished):
-        assert await mark_finished(crawls, parent_id, f"c{i}", ok=i > 0, chunks=2 if i else 0)
+        assert await crawls.mark_finished(parent_id, f"c{i}", ok=i > 0, chunks=2 if i else 0)
     return parent_id
 
 
 async def test_a_child_is_written_to_its_parents_ledger_once(bus: Bus) -> None:
-    crawls = await bus.kv(Bucket.CRAWLS)
-    assert await mark_finished(crawls, "p0", "c1", ok=True, chunks=3)
-    assert not await mark_finished(crawls, "p0", "c1", ok=True, chunks=3)
-    assert await mark_finished(crawls, "p0", "c2", ok=False, chunks=0)
-    assert await tally(crawls, "p0") == Tally(done=2, ok=1, failed=1, chunks=3)
-    assert await tally(crawls, "nobody") == Tally()
+    crawls = CrawlLedger(bus.buckets)
+    assert await crawls.mark_finished("p0", "c1", ok=True, chunks=3)
+    assert not await crawls.mark_finished("p0", "c1", ok=True, chunks=3)
+    assert await crawls.mark_finished("p0", "c2", ok=False, chunks=0)
+    assert await crawls.tally("p0") == Tally(done=2, ok=1, failed=1, chunks=3)
+    assert await crawls.tally("nobody") == Tally()
 
 
 async def test_a_lost_increment_is_recounted_from_the_ledger(bus: Bus) -> None:
@@ -291,17 +293,17 @@ async def test_run_returns_the_outcome_to_the_caller(nats_server: NatsServer, pr
 
 
 async def test_a_page_claimed_before_a_crash_is_still_its_claimers(bus: Bus) -> None:
-    crawls = await bus.kv(Bucket.CRAWLS)
-    assert await claim_page(crawls, "crawl", "http://site/a", 2, "page-1")
+    crawls = CrawlLedger(bus.buckets)
+    assert await crawls.claim_page("crawl", "http://site/a", 2, "page-1")
     # page-1 died before publishing /a; its redelivery finds its own claim and publishes.
-    assert await claim_page(crawls, "crawl", "http://site/a", 2, "page-1")
-    assert not await claim_page(crawls, "crawl", "http://site/a", 2, "page-2")
-    assert await claim_page(crawls, "crawl", "http://site/b", 2, "page-2")
-    assert await pages_claimed(crawls, "crawl") == 2
+    assert await crawls.claim_page("crawl", "http://site/a", 2, "page-1")
+    assert not await crawls.claim_page("crawl", "http://site/a", 2, "page-2")
+    assert await crawls.claim_page("crawl", "http://site/b", 2, "page-2")
+    assert await crawls.pages_claimed("crawl") == 2
     # Over budget: refused, and still refused when the same page tries again.
-    assert not await claim_page(crawls, "crawl", "http://site/c", 2, "page-1")
-    assert not await claim_page(crawls, "crawl", "http://site/c", 2, "page-1")
-    assert await pages_claimed(crawls, "crawl") == 2
+    assert not await crawls.claim_page("crawl", "http://site/c", 2, "page-1")
+    assert not await crawls.claim_page("crawl", "http://site/c", 2, "page-1")
+    assert await crawls.pages_claimed("crawl") == 2
 
 
 async def test_a_task_that_ends_while_its_pool_stops_settles_cleanly(bus: Bus) -> None:

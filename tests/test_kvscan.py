@@ -9,8 +9,8 @@ from e2e_helpers import eventually
 from nats.js.kv import KeyValue
 
 from helpline.common.answercache import Generations, bump_generation, generation_key
-from helpline.common.bus import Bus, make_broker
-from helpline.common.crawlstate import mark_finished, tally
+from helpline.common.bus import Bus
+from helpline.common.crawlstate import CrawlLedger
 from helpline.common.kvscan import kv_entries
 from helpline.common.natsserver import NatsServer
 from helpline.common.subjects import Bucket
@@ -21,7 +21,7 @@ async def listed(kv: KeyValue, pattern: str = ">", **kwargs: object) -> dict[str
 
 
 async def test_every_entry_under_the_pattern_and_no_deleted_one(bus: Bus) -> None:
-    kv = await bus.kv(Bucket.CRAWLS)
+    kv = await bus.buckets.get(Bucket.CRAWLS)
     assert await listed(kv) == {}
     for i in range(20):
         await kv.put(f"p1.done.c{i}", str(i).encode())
@@ -42,21 +42,24 @@ async def test_every_entry_under_the_pattern_and_no_deleted_one(bus: Bus) -> Non
 async def test_a_listing_read_straight_after_the_writes_is_never_short(bus: Bus) -> None:
     """nats-py's watch could end such a listing before entries already in flight: with
     it, about 1 in 20 of these tallies came back short; every one must come back whole."""
-    kv = await bus.kv(Bucket.CRAWLS)
+    crawls = CrawlLedger(bus.buckets)
     short = []
     for parent in range(30):
         await asyncio.gather(
-            *(mark_finished(kv, f"p{parent}", f"c{c}", ok=c % 4 > 0, chunks=2) for c in range(200))
+            *(
+                crawls.mark_finished(f"p{parent}", f"c{c}", ok=c % 4 > 0, chunks=2)
+                for c in range(200)
+            )
         )
         for _ in range(5):
-            counted = await tally(kv, f"p{parent}")
+            counted = await crawls.tally(f"p{parent}")
             if (counted.done, counted.ok, counted.failed, counted.chunks) != (200, 150, 50, 400):
                 short.append((parent, counted))
     assert short == []
 
 
 async def test_keys_deleted_or_rewritten_during_the_listing(bus: Bus) -> None:
-    kv = await bus.kv(Bucket.CRAWLS)
+    kv = await bus.buckets.get(Bucket.CRAWLS)
     bucket = bus.layout.bucket(Bucket.CRAWLS)
     stream = f"KV_{bucket}"
     for i in range(20):
@@ -76,7 +79,7 @@ async def test_keys_deleted_or_rewritten_during_the_listing(bus: Bus) -> None:
 
 
 async def test_the_listing_leaves_no_consumer_behind(bus: Bus) -> None:
-    kv = await bus.kv(Bucket.CRAWLS)
+    kv = await bus.buckets.get(Bucket.CRAWLS)
     await kv.put("a", b"1")
     for _ in range(3):
         assert await listed(kv) == {"a": b"1"}
@@ -92,7 +95,7 @@ async def test_generations_are_all_known_once_started(bus: Bus) -> None:
     brands = [f"brand{i}" for i in range(30)]
     for brand in brands:
         await bump_generation(bus, brand)
-    kv = await bus.kv(Bucket.GENERATIONS)
+    kv = await bus.buckets.get(Bucket.GENERATIONS)
     stored = {b: (await kv.get(generation_key(b))).revision for b in brands}
     for _ in range(20):  # a fresh reader each time: none may start with a brand missing
         generations = Generations()
@@ -107,16 +110,14 @@ async def test_a_starting_process_knows_every_earlier_cancellation(
     bus: Bus, nats_server: NatsServer
 ) -> None:
     ids = [f"task{i}" for i in range(300)]
-    await bus.cancel(ids)
+    await bus.cancellations.cancel(ids)
     for _ in range(5):  # a fresh process each time, as `Host.start` does it
-        broker = make_broker(nats_server.url, name="starting")
-        await broker.connect()
-        starting = Bus(broker, bus.layout)
+        starting = Bus(bus.layout)
+        await starting.connect(nats_server.url, name="starting")
         try:
-            await starting.watch_cancellations()
+            await starting.cancellations.follow()
             # At once, before its first task: not when the watch gets round to it.
-            assert starting.is_cancelled(*ids[-3:])
-            assert starting.cancelled >= set(ids)
+            assert starting.cancellations.any(*ids[-3:])
+            assert starting.cancellations.ids >= set(ids)
         finally:
             await starting.close()
-            await broker.stop()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from conftest import start_system, stop_system
 
-from helpline.common.crawlstate import mark_finished, mark_open, open_parents
+from helpline.common.crawlstate import CrawlLedger
 from helpline.common.embedding import Embedder
 from helpline.common.natsserver import NatsServer
 from helpline.common.records import Progress, Status, TaskRecord
-from helpline.common.subjects import Bucket, Kind
+from helpline.common.subjects import Kind
 from helpline.common.taskstore import TaskStore
 
 
@@ -38,16 +38,16 @@ async def test_a_parent_left_behind_is_recounted_by_the_maintenance_check(
     try:
         bus = system.host.bus
         store = TaskStore(bus)
-        crawls = await bus.kv(Bucket.CRAWLS)
+        crawls = CrawlLedger(bus.buckets)
         # "finished": both children are in the ledger, the count got only one of them.
         # "stalled": three children, two in the ledger, the count got one.
         # "gone": listed as open, but its record was never written.
         for parent_id, done, total, ledger in (("finished", 1, 2, 2), ("stalled", 1, 3, 2)):
-            await mark_open(crawls, parent_id, time.time())
+            await crawls.mark_open(parent_id, time.time())
             await parent(store, parent_id, done, total)
             for i in range(ledger):
-                await mark_finished(crawls, parent_id, f"{parent_id}-{i}", ok=True, chunks=2)
-        await mark_open(crawls, "gone", time.time() - 3600)
+                await crawls.mark_finished(parent_id, f"{parent_id}-{i}", ok=True, chunks=2)
+        await crawls.mark_open("gone", time.time() - 3600)
         started = time.monotonic()
         deadline = started + 20
         finished = stalled = None
@@ -70,7 +70,7 @@ async def test_a_parent_left_behind_is_recounted_by_the_maintenance_check(
         # The stalled one is counted right, and still waits for its third child.
         assert stalled.status is Status.RUNNING
         assert stalled.progress == Progress(done=2, total=3)
-        still_open = set(await open_parents(crawls))
+        still_open = set(await crawls.open_parents())
         assert "finished" not in still_open
         assert "gone" not in still_open
         assert "stalled" in still_open

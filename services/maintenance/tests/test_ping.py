@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from faststream.nats import NatsBroker
 from nats.errors import NotJSMessageError
 
-from helpline.common.bus import Bus, BusLayout
+from helpline.common.bus import Bus
+from helpline.common.layout import BusLayout
 from helpline.common.messages import EventType, MaintenanceTask, TaskEvent
 from helpline.common.subjects import Kind, events_stream
 from helpline.common.worker import Delivery, RetryPolicy
@@ -53,7 +53,7 @@ async def run_one(task: MaintenanceTask | bytes) -> tuple[list[TaskEvent], FakeM
             assert headers["Nats-Msg-Id"]
             seen.append(TaskEvent.model_validate_json(payload))
 
-    bus = Bus(NatsBroker(), BusLayout(prefix="unit"), publish=publish)
+    bus = Bus(BusLayout(prefix="unit"), publish=publish)
     (consumer,) = build_consumers(bus, concurrency=1, policy=RetryPolicy(max_attempts=1))
     msg = FakeMsg(task if isinstance(task, bytes) else task.model_dump_json().encode())
     await consumer.handle(Delivery(msg))  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from helpline.common.breaker import BreakerPolicy
-from helpline.common.crawlstate import claim_page
+from helpline.common.crawlstate import CrawlLedger
 from helpline.common.messages import CrawlScope, ScrapeTask
 from helpline.scraper.handlers import ChunkingLimits, Scraper
 from helpline.scraper.parsing import Parser
@@ -45,13 +45,24 @@ class FakeKV:
         return last + 1
 
 
+class FakeBuckets:
+    """Every bucket is the one fake `crawls` bucket (the only one these paths use)."""
+
+    def __init__(self, kv: FakeKV) -> None:
+        self.kv = kv
+
+    async def get(self, name: str) -> FakeKV:
+        return self.kv
+
+
 class FakeBus:
     def __init__(self) -> None:
         self.crawls = FakeKV()
         self.submitted: list[str] = []
 
-    async def kv(self, bucket: str) -> FakeKV:
-        return self.crawls
+    @property
+    def buckets(self) -> FakeBuckets:
+        return FakeBuckets(self.crawls)
 
     async def emit(self, event: Any) -> None:
         return None
@@ -128,8 +139,8 @@ async def test_a_redelivered_page_publishes_again_what_it_had_claimed() -> None:
     died, s = scraper(bus), scraper(bus)
     # The first delivery claimed both links, then its process died before publishing "b".
     await died._follow_links(page_task(link("a")), [link("a")])
-    crawls = bus.crawls
-    assert await claim_page(crawls, "crawl-1", link("b"), 100, f"t-{link('a')}")  # type: ignore[arg-type]
+    crawls = CrawlLedger(bus.buckets)  # type: ignore[arg-type]
+    assert await crawls.claim_page("crawl-1", link("b"), 100, f"t-{link('a')}")
     # Redelivered to another replica: its own claims are its own, so both are published.
     await s._follow_links(page_task(link("a")), [link("a"), link("b")])
     assert bus.submitted == [link("a"), link("a"), link("b")]

@@ -28,9 +28,8 @@ from helpline.common.messages import Answer
 from helpline.common.subjects import Bucket
 
 if TYPE_CHECKING:
-    from nats.js.kv import KeyValue
-
     from helpline.common.bus import Bus
+    from helpline.common.kv import Buckets
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def answer_key(question: str, brand: str | None, top_k: int, generation: int) ->
 
 async def bump_generation(bus: Bus, brand: str) -> None:
     """Declare that a brand's index changed: its cached answers (and all-brands ones) go stale."""
-    kv = await bus.kv(Bucket.GENERATIONS)
+    kv = await bus.buckets.get(Bucket.GENERATIONS)
     await kv.put(generation_key(brand), b"")
     await kv.put(ALL_BRANDS, b"")
 
@@ -75,7 +74,7 @@ class Generations:
         self._loading: asyncio.Task[None] | None = None
 
     async def start(self, bus: Bus) -> None:
-        kv = await bus.kv(Bucket.GENERATIONS)
+        kv = await bus.buckets.get(Bucket.GENERATIONS)
         # Changes from now on; the generations stored so far are read apart, completely
         # (the watch's own "that was all" marker can come before them: kvscan.py).
         watcher = await kv.watchall()
@@ -151,7 +150,7 @@ class AnswerCache:
 
     async def get(self, key: str) -> Answer | None:
         """The cached answer under `key` (counted as a hit), or None (a miss)."""
-        kv = await self.bus.kv(Bucket.ANSWERS)
+        kv = await self.bus.buckets.get(Bucket.ANSWERS)
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:
@@ -189,9 +188,11 @@ class AnswerCache:
         return before.state.messages or 0
 
 
-async def store_answer(kv: KeyValue, key: str, answer: Answer) -> None:
+async def store_answer(buckets: Buckets, key: str, answer: Answer) -> None:
     """Cache an answer under the key its question was given."""
-    await kv.put(key, answer.model_dump_json(exclude={"duration_ms"}).encode())
+    await (await buckets.get(Bucket.ANSWERS)).put(
+        key, answer.model_dump_json(exclude={"duration_ms"}).encode()
+    )
 
 
 def _stream(bus: Bus) -> str:

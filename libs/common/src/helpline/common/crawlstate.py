@@ -17,14 +17,18 @@ import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from helpline.common.bus import kv_get
+from helpline.common.kv import kv_get
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import BatchLimits
+from helpline.common.subjects import Bucket
+
+if TYPE_CHECKING:
+    from helpline.common.kv import Buckets
 
 
 def _count_key(parent_id: str) -> str:
@@ -35,92 +39,8 @@ def _url_key(parent_id: str, url: str) -> str:
     return f"{parent_id}.url.{hashlib.sha256(url.encode()).hexdigest()[:40]}"
 
 
-async def claim_page(kv: KeyValue, parent_id: str, url: str, max_pages: int, claimer: str) -> bool:
-    """Claim `url` for this crawl on behalf of `claimer` (the page or crawl that found it).
-
-    False if another claimed it or the page budget is spent. True if this call claimed it,
-    or if `claimer` itself claimed it on an earlier attempt that may have died before
-    publishing the page: publishing it again is harmless (the page's id is derived from
-    the crawl and the URL), never publishing it would leave the crawl waiting for it.
-    """
-    key = _url_key(parent_id, url)
-    try:
-        await kv.create(key, claimer.encode())
-    except KeyWrongLastSequenceError:
-        current = await kv_get(kv, key)
-        return current is not None and current[0] == claimer.encode()
-    while True:
-        current = await kv_get(kv, _count_key(parent_id))
-        count = int(current[0]) if current else 0
-        if count >= max_pages:
-            await kv.put(key, b"")  # over budget: nobody's claim, not even on a retry
-            return False
-        try:
-            if current is None:
-                await kv.create(_count_key(parent_id), str(count + 1).encode())
-            else:
-                await kv.update(_count_key(parent_id), str(count + 1).encode(), last=current[1])
-        except KeyWrongLastSequenceError:
-            continue
-        return True
-
-
-async def pages_claimed(kv: KeyValue, parent_id: str) -> int:
-    """How many pages this crawl has claimed so far."""
-    current = await kv_get(kv, _count_key(parent_id))
-    return int(current[0]) if current else 0
-
-
 def _batch_key(parent_id: str) -> str:
     return f"{parent_id}.gate"
-
-
-async def enter_batch_gate(
-    kv: KeyValue, parent_id: str, task_id: str, limits: BatchLimits, lease_s: float, now: float
-) -> float:
-    """Take a fetch slot of the batch; returns 0, or the seconds to wait before trying again.
-
-    Slots are leased: one held by a replica that died is free again after `lease_s`.
-    """
-    while True:
-        current = await kv_get(kv, _batch_key(parent_id))
-        state: dict[str, Any] = (
-            json.loads(current[0]) if current else {"holders": {}, "next_at": 0.0}
-        )
-        holders = {
-            t: at for t, at in state["holders"].items() if now - at < lease_s and t != task_id
-        }
-        if len(holders) >= limits.max_concurrent:
-            return 0.2
-        if now < state["next_at"]:
-            return float(state["next_at"]) - now
-        holders[task_id] = now
-        new = json.dumps({"holders": holders, "next_at": now + limits.delay_ms / 1000}).encode()
-        try:
-            if current is None:
-                await kv.create(_batch_key(parent_id), new)
-            else:
-                await kv.update(_batch_key(parent_id), new, last=current[1])
-        except KeyWrongLastSequenceError:
-            continue
-        return 0.0
-
-
-async def leave_batch_gate(kv: KeyValue, parent_id: str, task_id: str) -> None:
-    """Give the slot back."""
-    while True:
-        current = await kv_get(kv, _batch_key(parent_id))
-        if current is None:
-            return
-        state = json.loads(current[0])
-        if task_id not in state["holders"]:
-            return
-        del state["holders"][task_id]
-        try:
-            await kv.update(_batch_key(parent_id), json.dumps(state).encode(), last=current[1])
-        except KeyWrongLastSequenceError:
-            continue
-        return
 
 
 def _finished_key(parent_id: str, child_id: str) -> str:
@@ -137,55 +57,148 @@ class Tally:
     chunks: int = 0
 
 
-async def mark_finished(
-    kv: KeyValue, parent_id: str, child_id: str, *, ok: bool, chunks: int
-) -> bool:
-    """Write a finished child's outcome once; True only for the call that wrote it."""
-    try:
-        await kv.create(
-            _finished_key(parent_id, child_id), json.dumps({"ok": ok, "chunks": chunks}).encode()
-        )
-    except KeyWrongLastSequenceError:
-        return False
-    return True
-
-
-async def tally(kv: KeyValue, parent_id: str) -> Tally:
-    """Every finished child of a parent, summed from the ledger."""
-    done = ok = chunks = 0
-    async for entry in kv_entries(kv, _finished_key(parent_id, "*")):
-        outcome = json.loads(entry.value)
-        done += 1
-        ok += bool(outcome.get("ok"))
-        chunks += int(outcome.get("chunks", 0))
-    return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks)
-
-
 def _open_key(parent_id: str) -> str:
     return f"open.{parent_id}"
 
 
-async def mark_open(kv: KeyValue, parent_id: str, now: float) -> None:
-    """List a parent as open (its children may still finish) from `now` on."""
-    await kv.put(_open_key(parent_id), json.dumps({"since": now}).encode())
+class CrawlLedger:
+    """Crawls' and batches' shared state, in the `crawls` bucket."""
 
+    def __init__(self, buckets: Buckets) -> None:
+        self._buckets = buckets
 
-async def mark_closed(kv: KeyValue, parent_id: str) -> None:
-    """A parent that finished is no longer checked."""
-    with contextlib.suppress(Exception):
-        await kv.purge(_open_key(parent_id))
+    async def _kv(self) -> KeyValue:
+        return await self._buckets.get(Bucket.CRAWLS)
 
+    async def claim_page(self, parent_id: str, url: str, max_pages: int, claimer: str) -> bool:
+        """Claim `url` for this crawl on behalf of `claimer` (the page or crawl that found it).
 
-async def open_parents(kv: KeyValue) -> dict[str, tuple[dict[str, Any], int]]:
-    """Every open parent: what the last check noted of it, and that note's revision."""
-    return {
-        entry.key.split(".", 1)[1]: (json.loads(entry.value), entry.revision)
-        async for entry in kv_entries(kv, _open_key("*"))
-        if entry.value
-    }
+        False if another claimed it or the page budget is spent. True if this call claimed it,
+        or if `claimer` itself claimed it on an earlier attempt that may have died before
+        publishing the page: publishing it again is harmless (the page's id is derived from
+        the crawl and the URL), never publishing it would leave the crawl waiting for it.
+        """
+        kv = await self._kv()
+        key = _url_key(parent_id, url)
+        try:
+            await kv.create(key, claimer.encode())
+        except KeyWrongLastSequenceError:
+            current = await kv_get(kv, key)
+            return current is not None and current[0] == claimer.encode()
+        while True:
+            current = await kv_get(kv, _count_key(parent_id))
+            count = int(current[0]) if current else 0
+            if count >= max_pages:
+                await kv.put(key, b"")  # over budget: nobody's claim, not even on a retry
+                return False
+            try:
+                if current is None:
+                    await kv.create(_count_key(parent_id), str(count + 1).encode())
+                else:
+                    await kv.update(_count_key(parent_id), str(count + 1).encode(), last=current[1])
+            except KeyWrongLastSequenceError:
+                continue
+            return True
 
+    async def pages_claimed(self, parent_id: str) -> int:
+        """How many pages this crawl has claimed so far."""
+        kv = await self._kv()
+        current = await kv_get(kv, _count_key(parent_id))
+        return int(current[0]) if current else 0
 
-async def note_open(kv: KeyValue, parent_id: str, note: dict[str, Any], last: int) -> None:
-    """Keep what a check saw of an open parent, unless the parent closed meanwhile."""
-    with contextlib.suppress(KeyWrongLastSequenceError):
-        await kv.update(_open_key(parent_id), json.dumps(note).encode(), last=last)
+    async def enter_batch_gate(
+        self, parent_id: str, task_id: str, limits: BatchLimits, lease_s: float, now: float
+    ) -> float:
+        """Take a fetch slot of the batch; returns 0, or the seconds to wait before trying again.
+
+        Slots are leased: one held by a replica that died is free again after `lease_s`.
+        """
+        kv = await self._kv()
+        while True:
+            current = await kv_get(kv, _batch_key(parent_id))
+            state: dict[str, Any] = (
+                json.loads(current[0]) if current else {"holders": {}, "next_at": 0.0}
+            )
+            holders = {
+                t: at for t, at in state["holders"].items() if now - at < lease_s and t != task_id
+            }
+            if len(holders) >= limits.max_concurrent:
+                return 0.2
+            if now < state["next_at"]:
+                return float(state["next_at"]) - now
+            holders[task_id] = now
+            new = json.dumps({"holders": holders, "next_at": now + limits.delay_ms / 1000}).encode()
+            try:
+                if current is None:
+                    await kv.create(_batch_key(parent_id), new)
+                else:
+                    await kv.update(_batch_key(parent_id), new, last=current[1])
+            except KeyWrongLastSequenceError:
+                continue
+            return 0.0
+
+    async def leave_batch_gate(self, parent_id: str, task_id: str) -> None:
+        """Give the slot back."""
+        kv = await self._kv()
+        while True:
+            current = await kv_get(kv, _batch_key(parent_id))
+            if current is None:
+                return
+            state = json.loads(current[0])
+            if task_id not in state["holders"]:
+                return
+            del state["holders"][task_id]
+            try:
+                await kv.update(_batch_key(parent_id), json.dumps(state).encode(), last=current[1])
+            except KeyWrongLastSequenceError:
+                continue
+            return
+
+    async def mark_finished(self, parent_id: str, child_id: str, *, ok: bool, chunks: int) -> bool:
+        """Write a finished child's outcome once; True only for the call that wrote it."""
+        kv = await self._kv()
+        try:
+            await kv.create(
+                _finished_key(parent_id, child_id),
+                json.dumps({"ok": ok, "chunks": chunks}).encode(),
+            )
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def tally(self, parent_id: str) -> Tally:
+        """Every finished child of a parent, summed from the ledger."""
+        kv = await self._kv()
+        done = ok = chunks = 0
+        async for entry in kv_entries(kv, _finished_key(parent_id, "*")):
+            outcome = json.loads(entry.value)
+            done += 1
+            ok += bool(outcome.get("ok"))
+            chunks += int(outcome.get("chunks", 0))
+        return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks)
+
+    async def mark_open(self, parent_id: str, now: float) -> None:
+        """List a parent as open (its children may still finish) from `now` on."""
+        kv = await self._kv()
+        await kv.put(_open_key(parent_id), json.dumps({"since": now}).encode())
+
+    async def mark_closed(self, parent_id: str) -> None:
+        """A parent that finished is no longer checked."""
+        kv = await self._kv()
+        with contextlib.suppress(Exception):
+            await kv.purge(_open_key(parent_id))
+
+    async def open_parents(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """Every open parent: what the last check noted of it, and that note's revision."""
+        kv = await self._kv()
+        return {
+            entry.key.split(".", 1)[1]: (json.loads(entry.value), entry.revision)
+            async for entry in kv_entries(kv, _open_key("*"))
+            if entry.value
+        }
+
+    async def note_open(self, parent_id: str, note: dict[str, Any], last: int) -> None:
+        """Keep what a check saw of an open parent, unless the parent closed meanwhile."""
+        kv = await self._kv()
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await kv.update(_open_key(parent_id), json.dumps(note).encode(), last=last)

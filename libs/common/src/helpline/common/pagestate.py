@@ -8,34 +8,44 @@ into the index is fetched in full next time.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
-from helpline.common.bus import kv_get
+from helpline.common.kv import kv_get
 from helpline.common.messages import PageState, derived_id
+from helpline.common.subjects import Bucket
+
+if TYPE_CHECKING:
+    from helpline.common.kv import Buckets
 
 
-def page_key(brand: str, url: str) -> str:
+def page_state_key(brand: str, url: str) -> str:
     """The bucket key of a brand's page, by the URL it was requested as."""
     return derived_id("page", brand, url)
 
 
-async def load_page_state(kv: KeyValue, key: str) -> PageState | None:
-    """The remembered state, or None if the page was never indexed (or is gone)."""
-    current = await kv_get(kv, key)
-    if current is None:
-        return None
-    try:
-        return PageState.model_validate_json(current[0])
-    except ValueError:
-        return None
+class PageStates:
+    """What is remembered of each indexed page, in the `pages` bucket."""
 
+    def __init__(self, buckets: Buckets) -> None:
+        self._buckets = buckets
 
-async def save_page_state(kv: KeyValue, key: str, state: PageState | None) -> None:
-    """Remember the page's state; None forgets it."""
-    if state is not None:
-        await kv.put(key, state.model_dump_json().encode())
-        return
-    with contextlib.suppress(KeyNotFoundError):
-        await kv.delete(key)
+    async def load(self, key: str) -> PageState | None:
+        """The remembered state, or None if the page was never indexed (or is gone)."""
+        current = await kv_get(await self._buckets.get(Bucket.PAGES), key)
+        if current is None:
+            return None
+        try:
+            return PageState.model_validate_json(current[0])
+        except ValueError:
+            return None
+
+    async def save(self, key: str, state: PageState | None) -> None:
+        """Remember the page's state; None forgets it."""
+        kv = await self._buckets.get(Bucket.PAGES)
+        if state is not None:
+            await kv.put(key, state.model_dump_json().encode())
+            return
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.delete(key)

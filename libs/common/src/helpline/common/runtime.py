@@ -1,4 +1,4 @@
-"""Hosting services: one broker connection, the bus declared, every component's subscribers started.
+"""Hosting services: one bus connection, the layout declared, every component's task pools started.
 
 `helpline up` hosts every component in one process; `helpline run <service>` hosts one.
 Either way the bus is real: every message goes through the NATS server.
@@ -8,31 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 from typing import Protocol
 
-from faststream.nats import NatsRouter
-
-from helpline.common.bus import Bus, BusLayout, make_broker
+from helpline.common.bus import Bus
+from helpline.common.kv import Replicas
+from helpline.common.layout import BusLayout
 from helpline.common.messages import utcnow
 from helpline.common.settings import HelplineSettings
-from helpline.common.subjects import Bucket
-from helpline.common.worker import RetryPolicy, TaskConsumer
+from helpline.common.taskpool import TaskConsumer
+from helpline.common.worker import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
 class Component(Protocol):
-    """A service's part in a process: its task pools, its other subscribers, what it opens."""
+    """A service's part in a process: its task pools, and what it opens and closes."""
 
     name: str
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]: ...
-
-    def routers(self, bus: Bus) -> list[NatsRouter]: ...
 
     async def start(self, bus: Bus) -> None: ...
 
@@ -56,10 +53,9 @@ class Host:
             raise ValueError("no NATS URL: set HELPLINE_NATS_URL or use `helpline up`")
         self.settings = settings
         self.components = components
-        self.broker = make_broker(
-            settings.nats_url, name=name, graceful_timeout=settings.shutdown_grace_s
-        )
-        self.bus = Bus(self.broker, BusLayout.from_settings(settings))
+        self.name = name
+        self.bus = Bus(BusLayout.from_settings(settings))
+        self.replicas = Replicas(self.bus.buckets)
         self._started: list[Component] = []
         self.task_consumers: list[TaskConsumer] = []
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
@@ -68,17 +64,15 @@ class Host:
 
     async def start(self) -> None:
         """Connect, bootstrap, start components, then start consuming."""
-        await self.broker.connect()
+        assert self.settings.nats_url is not None
+        await self.bus.connect(self.settings.nats_url, name=self.name)
         await self.bus.bootstrap()
         for component in self.components:
-            for router in component.routers(self.bus):
-                self.broker.include_router(router)
             self.task_consumers.extend(component.consumers(self.bus))
         for component in self.components:
             await component.start(self.bus)
             self._started.append(component)
-        await self.bus.watch_cancellations()
-        await self.broker.start()
+        await self.bus.cancellations.follow()
         for consumer in self.task_consumers:
             await consumer.start()
         self._heartbeat = asyncio.create_task(self._beat())
@@ -101,8 +95,7 @@ class Host:
     async def _beat(self, every_s: float = 5.0) -> None:
         while True:
             with contextlib.suppress(Exception):  # the bus may be reconnecting; try next beat
-                kv = await self.bus.kv(Bucket.REPLICAS)
-                await kv.put(self.replica_id, json.dumps(self.report()).encode())
+                await self.replicas.beat(self.replica_id, self.report())
             await asyncio.sleep(every_s)
 
     async def stop(self) -> None:
@@ -112,17 +105,16 @@ class Host:
             self._heartbeat.cancel()
             self._heartbeat = None
             with contextlib.suppress(Exception):
-                await (await self.bus.kv(Bucket.REPLICAS)).delete(self.replica_id)
+                await self.replicas.leave(self.replica_id)
         grace = self.settings.shutdown_grace_s
         results = await asyncio.gather(
             *(consumer.stop(grace) for consumer in self.task_consumers),
-            *(sub.stop() for sub in self.broker.subscribers),
             return_exceptions=True,
         )
         self.task_consumers.clear()
         for result in results:
             if isinstance(result, BaseException):  # shutting down: report, keep closing
-                log.error("stopping a subscriber: %r", result)
+                log.error("stopping a task pool: %r", result)
         for component in reversed(self._started):
             try:
                 await component.stop()
@@ -130,7 +122,6 @@ class Host:
                 log.exception("stopping %s", component.name)
         self._started.clear()
         await self.bus.close()
-        await self.broker.stop()
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -7,7 +7,7 @@ what every other process writes (a task submitted through the library elsewhere)
 writes happen. A stale memory costs one failed compare-and-swap and a read, never a wrong
 write. Reads for clients (`get`) always go to the bucket.
 
-Writes are published with pipelined acknowledgements (`bus.Acks`), so many records can be
+Writes are published with pipelined acknowledgements (`acks.Acks`), so many records can be
 in flight at once (a batch submit, a tracker batch).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -23,11 +24,11 @@ from typing import TYPE_CHECKING
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
-from helpline.common.bus import kv_get
 from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
+from helpline.common.kv import kv_get
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
-from helpline.common.records import Status, TaskRecord
+from helpline.common.records import TERMINAL_STATUSES, Status, TaskRecord
 from helpline.common.subjects import Bucket, Kind
 
 if TYPE_CHECKING:
@@ -35,8 +36,20 @@ if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
 
     from helpline.common.bus import Bus
+    from helpline.common.kv import Buckets
 
 Change = Callable[[TaskRecord | None], TaskRecord | None]
+
+
+async def record_finished(buckets: Buckets, task_id: str) -> bool:
+    """Whether the task's record is already terminal (a redelivery then does nothing)."""
+    current = await kv_get(await buckets.get(Bucket.TASKS), task_id)
+    if current is None:
+        return False
+    try:
+        return json.loads(current[0]).get("status") in TERMINAL_STATUSES
+    except ValueError:
+        return False
 
 
 class TaskStore:
@@ -123,13 +136,13 @@ class TaskStore:
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """The stored record, read from the bucket."""
-        current = await self._read(task_id)
+        current = await self.read(task_id)
         return current[0] if current else None
 
     async def scan(self, *, match: Callable[[bytes], bool] | None = None) -> list[TaskRecord]:
         """Every stored record (those `match` lets through, judged on the raw JSON first), read
         in one pass over the bucket rather than a request per record."""
-        kv = await self.bus.kv(Bucket.TASKS)
+        kv = await self.bus.buckets.get(Bucket.TASKS)
         # By id: a record rewritten during the pass comes again, its later value last.
         found: dict[str, bytes] = {}
         async for entry in kv_entries(kv):
@@ -139,8 +152,9 @@ class TaskStore:
                 found.pop(entry.key, None)
         return [TaskRecord.from_bytes(value) for value in found.values()]
 
-    async def _read(self, task_id: str) -> tuple[TaskRecord, int] | None:
-        current = await kv_get(await self.bus.kv(Bucket.TASKS), task_id)
+    async def read(self, task_id: str) -> tuple[TaskRecord, int] | None:
+        """The stored record and its revision, read from the bucket."""
+        current = await kv_get(await self.bus.buckets.get(Bucket.TASKS), task_id)
         if current is None:
             return None
         return TaskRecord.from_bytes(current[0]), current[1]
@@ -166,7 +180,7 @@ class TaskStore:
         except KeyWrongLastSequenceError:
             # A record purged after a refused submit leaves a marker behind; the bucket's
             # own create looks past it (and raises the same error if the record exists).
-            kv = await self.bus.kv(Bucket.TASKS)
+            kv = await self.bus.buckets.get(Bucket.TASKS)
             revision = await kv.create(record.task_id, record.to_bytes())
             self._keep(record.task_id, record, revision)
 
@@ -175,7 +189,7 @@ class TaskStore:
         current = self._remembered(task_id)
         while True:
             if current is None:
-                current = await self._read(task_id)
+                current = await self.read(task_id)
             new = change(current[0] if current else None)
             if new is None:
                 return None
@@ -193,7 +207,7 @@ class TaskStore:
         """Remove a record (its task was refused by the bus)."""
         self._known.pop(task_id, None)
         with contextlib.suppress(Exception):
-            await (await self.bus.kv(Bucket.TASKS)).purge(task_id)
+            await (await self.bus.buckets.get(Bucket.TASKS)).purge(task_id)
 
     async def submit(
         self, kind: Kind, task: TaskMessage, *, fresh: bool = False

@@ -13,33 +13,22 @@ settling, so a crash in between repeats an event (harmless) rather than loses on
 - While a handler runs, the message's ack deadline is pushed back (`in_progress`).
 - A handler cancelled by shutdown hands its message back (nak) for another replica.
 
-`TaskConsumer` is a kind's worker pool in one process. It pulls from the durable
-consumers every replica shares (one `Puller` per priority) as many messages as it has free
-slots to run, and at least one per priority, so that when every slot is busy one message
-of each priority waits here and the rest stay on the bus for other replicas. Whenever one
-of `concurrency` slots frees, the highest waiting priority runs, except that every
-`reserved_every`-th slot goes to the lowest waiting one, so lower levels keep a small share
-and never starve. While urgent work started in this process recently, batch work starts
-only at the reserved rate of `urgency.Urgency`, whatever slots are free.
+Which task runs when is `taskpool.TaskConsumer`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import random
 import re
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import NotJSMessageError
-from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from helpline.common import subjects
@@ -60,10 +49,7 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
-from helpline.common.observability import span
-from helpline.common.pulling import Puller
 from helpline.common.subjects import Kind, Priority
-from helpline.common.urgency import BATCH_PRIORITIES
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -80,13 +66,9 @@ class _ReportedLater:
 
 REPORTED_LATER: Final = _ReportedLater()
 Result = dict[str, Any] | None | _ReportedLater
-T = TypeVar("T", bound=TaskMessage)
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-_tracer = trace.get_tracer("helpline.worker")
 # A task still running after this long reports its start; a quicker one only its outcome.
 START_REPORT_AFTER_S = 0.05
-# Most messages of one priority asked for in one pull request.
-MAX_PULL = 64
 
 
 class Delivery:
@@ -172,7 +154,7 @@ class TaskContext:
 
     def checkpoint(self) -> None:
         """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
-        if self.bus.is_cancelled(self.task.task_id, self.task.parent_id, self.report_id):
+        if self.bus.cancellations.any(self.task.task_id, self.task.parent_id, self.report_id):
             raise TaskCancelled("cancelled")
 
     async def keep_alive(self) -> None:
@@ -313,7 +295,7 @@ async def run_task(
 
 async def _defer(ctx: TaskContext, msg: Delivery, exc: Deferred, policy: RetryPolicy) -> None:
     delay = exc.retry_after if exc.retry_after is not None else policy.base_s
-    await ctx.bus.add_deferral(ctx.task.task_id)
+    await ctx.bus.deferrals.add(ctx.task.task_id)
     await ctx.event(
         EventType.RETRYING,
         error=error_of(exc),
@@ -371,7 +353,7 @@ async def dead_letter(
     )
 
 
-async def _reject_poison(bus: Bus, kind: Kind, msg: Delivery, exc: ValidationError) -> None:
+async def reject_poison(bus: Bus, kind: Kind, msg: Delivery, exc: ValidationError) -> None:
     """A message that is not a valid task: dead-letter it at once, fail its task if it names one."""
     task_id = ""
     with contextlib.suppress(ValueError, AttributeError, TypeError):
@@ -385,216 +367,3 @@ async def _reject_poison(bus: Bus, kind: Kind, msg: Delivery, exc: ValidationErr
     if task_id and _SUBJECT_TOKEN.match(task_id):
         await bus.emit(TaskEvent(task_id=task_id, kind=kind, type=EventType.FAILED, error=error))
     await msg.reject()
-
-
-class TaskConsumer:
-    """One kind's worker pool in this process: priorities served highest first, with a share."""
-
-    def __init__(
-        self,
-        bus: Bus,
-        kind: Kind,
-        model: type[T],
-        handler: Callable[[T, TaskContext], Awaitable[Result]],
-        *,
-        concurrency: int,
-        policy: RetryPolicy,
-        bulk_concurrency: int | None = None,
-        reserved_every: int = 10,
-        priorities: tuple[Priority, ...] = subjects.PRIORITIES_HIGH_FIRST,
-        report_start: bool = True,
-    ) -> None:
-        self.report_start = report_start
-        self.bus = bus
-        self.kind = kind
-        self.model = model
-        self.handler = handler
-        self.concurrency = max(1, concurrency)
-        # Batch work (low and bulk) may hold only this many of the slots at once.
-        self.bulk_concurrency = min(
-            self.concurrency, max(1, bulk_concurrency or bus.layout.bulk_concurrency)
-        )
-        self.bulk_busy = 0
-        self.policy = policy
-        self.reserved_every = max(2, reserved_every)
-        self.priorities = priorities
-        self.busy = 0
-        self.started_by_priority: dict[Priority, int] = dict.fromkeys(priorities, 0)
-        self._waiting: dict[Priority, deque[Msg]] = {p: deque() for p in priorities}
-        self._pullers: dict[Priority, Puller] = {}
-        self._running: set[asyncio.Task[None]] = set()
-        self._loops: list[asyncio.Task[None]] = []
-        self._picks = 0
-        self._stopping = False
-        self._batch_started_at = float("-inf")
-        self._batch_wake: asyncio.TimerHandle | None = None
-
-    async def start(self) -> None:
-        """Bind the shared durable consumers and start pulling."""
-        lay = self.bus.layout
-        for priority in self.priorities:
-            puller = Puller(
-                self.bus.nc,
-                lay.task_stream(self.kind),
-                subjects.consumer(self.kind, priority),
-                functools.partial(self._arrive, priority),
-                on_idle=functools.partial(self._refill, priority),
-            )
-            await puller.start()
-            self._pullers[priority] = puller
-            self._refill(priority)
-        self._loops.append(asyncio.create_task(self._keep_waiting_alive()))
-
-    def _arrive(self, priority: Priority, msg: Msg) -> None:
-        self._waiting[priority].append(msg)
-        self._start_waiting()
-
-    def _refill(self, priority: Priority) -> None:
-        """Ask for as many of this priority as there are free slots to run them (at least
-        one, so that the highest waiting priority is known when a slot frees)."""
-        if self._stopping:
-            return
-        waiting = sum(len(w) for w in self._waiting.values())
-        room = self.concurrency - self.busy - waiting
-        if priority in BATCH_PRIORITIES:
-            room = min(room, self.bulk_concurrency - self.bulk_busy)
-        want = max(1, min(room, MAX_PULL)) - len(self._waiting[priority])
-        self._pullers[priority].want(want)
-
-    def _pick(self) -> Priority | None:
-        bulk_held = self.bulk_busy >= self.bulk_concurrency or self._batch_yields()
-        ready = [
-            p
-            for p in self.priorities
-            if self._waiting[p] and not (bulk_held and p in BATCH_PRIORITIES)
-        ]
-        if not ready:
-            return None
-        self._picks += 1
-        return ready[-1] if self._picks % self.reserved_every == 0 else ready[0]
-
-    def _batch_yields(self) -> bool:
-        """Whether batch work waits for urgent work started in this process (`Urgency`);
-        if so, the pool looks again when it may start the next."""
-        wait = self.bus.urgency.batch_wait(self._batch_started_at)
-        if wait <= 0:
-            return False
-        if self._batch_wake is None and any(self._waiting[p] for p in BATCH_PRIORITIES):
-            self._batch_wake = asyncio.get_running_loop().call_later(wait, self._batch_woken)
-        return True
-
-    def _batch_woken(self) -> None:
-        self._batch_wake = None
-        self._start_waiting()
-
-    def _start_waiting(self) -> None:
-        """Start waiting messages while slots are free, the highest priority first (with the
-        reserved share). Called as a message arrives and as a task ends, so a task starts
-        in that turn of the event loop, not in a dispatcher's later one: on a loop busy with
-        bulk work every turn waits behind everything else that is ready."""
-        while not self._stopping and self.busy < self.concurrency:
-            priority = self._pick()
-            if priority is None:
-                return
-            msg = self._waiting[priority].popleft()
-            self.started_by_priority[priority] += 1
-            self.bus.urgency.started(priority)
-            batch = priority in BATCH_PRIORITIES
-            if batch:
-                self._batch_started_at = time.monotonic()
-            self.busy += 1
-            self.bulk_busy += batch
-            task = asyncio.create_task(self._run(Delivery(msg), batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            self._refill(priority)
-
-    async def _keep_waiting_alive(self) -> None:
-        """Messages pulled but not started yet (every slot busy) are not redelivered."""
-        while True:
-            await asyncio.sleep(self.bus.layout.ack_wait_s / 3)
-            for waiting in self._waiting.values():
-                for msg in list(waiting):
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
-
-    async def _run(self, delivery: Delivery, batch: bool) -> None:
-        try:
-            await self.handle(delivery)
-        except Exception:
-            log.exception("settling a %s task failed; the bus will redeliver it", self.kind)
-        finally:
-            self.busy -= 1
-            self.bulk_busy -= batch
-            for priority in self.priorities:
-                if priority in self._pullers and not self._pullers[priority].open:
-                    self._refill(priority)
-            self._start_waiting()
-
-    async def handle(self, delivery: Delivery) -> None:
-        """Decode, skip what is finished or poison, run and settle one delivery."""
-        context = propagate.extract(delivery.headers)
-        with span(
-            _tracer, f"{delivery.subject} process", context=context, kind=trace.SpanKind.CONSUMER
-        ):
-            try:
-                task = self.model.model_validate_json(delivery.body)
-            except ValidationError as exc:
-                await _reject_poison(self.bus, self.kind, delivery, exc)
-                return
-            report_id, _ = task.reported_as(self.kind)
-            if self.bus.is_cancelled(task.task_id, task.parent_id, report_id):
-                # The gateway records the cancellation of the tasks it knew of; a child whose
-                # record appeared after that (a page claimed while the crawl was being
-                # cancelled) is recorded here. A repeat changes nothing.
-                ctx = TaskContext(self.bus, self.kind, task, delivery, delivery.count)
-                await ctx.event(
-                    EventType.CANCELLED, error=error_of(TaskCancelled("cancelled by request"))
-                )
-                await delivery.ack()
-                return
-            attempt = delivery.count
-            if attempt > 1:
-                if await self.bus.task_finished(report_id):
-                    await delivery.ack()
-                    return
-                attempt = max(1, attempt - await self.bus.deferrals(task.task_id))
-            ctx = TaskContext(self.bus, self.kind, task, delivery, attempt)
-            await run_task(
-                ctx,
-                delivery,
-                lambda c: self.handler(task, c),
-                self.policy,
-                report_start=self.report_start,
-            )
-
-    async def stop(self, grace_s: float) -> None:
-        """Stop taking work; give running tasks `grace_s` to finish, then hand them back."""
-        self._stopping = True
-        if self._batch_wake is not None:
-            self._batch_wake.cancel()
-            self._batch_wake = None
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        self._loops.clear()
-        await asyncio.gather(*(p.stop() for p in self._pullers.values()))
-        self._pullers.clear()
-        for waiting in self._waiting.values():  # pulled but never started: back at once
-            while waiting:
-                with contextlib.suppress(Exception):
-                    await waiting.popleft().nak()
-        if self._running:
-            _done, pending = await asyncio.wait(set(self._running), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "kind": str(self.kind),
-            "concurrency": self.concurrency,
-            "bulk_concurrency": self.bulk_concurrency,
-            "busy": self.busy,
-            "started": {str(p): n for p, n in self.started_by_priority.items()},
-        }

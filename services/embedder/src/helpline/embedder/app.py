@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import logging
 
-from faststream.nats import NatsRouter
-
 from helpline.common.bus import Bus
 from helpline.common.knowledge import Knowledge, load_model, store_breaker
 from helpline.common.runtime import retry_policy
-from helpline.common.worker import TaskConsumer
+from helpline.common.taskpool import TaskConsumer
 from helpline.embedder.batching import ChunkPool
 from helpline.embedder.handlers import build_consumers
 from helpline.embedder.indexing import Indexer
@@ -42,9 +40,6 @@ class EmbedderComponent:
         )
         self._maintaining: asyncio.Task[None] | None = None
         self.pool: ChunkPool | None = None
-
-    def routers(self, bus: Bus) -> list[NatsRouter]:
-        return []
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         breaker = store_breaker(bus.breakers, self.settings)

@@ -5,15 +5,18 @@ from __future__ import annotations
 from helpline.common.answercache import bump_generation
 from helpline.common.bus import Bus
 from helpline.common.messages import ChunkBatch
-from helpline.common.pagestate import save_page_state
-from helpline.common.subjects import Bucket, Kind
-from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext
+from helpline.common.pagestate import PageStates
+from helpline.common.subjects import Kind
+from helpline.common.taskpool import TaskConsumer
+from helpline.common.worker import Result, RetryPolicy, TaskContext
 from helpline.embedder.indexing import Indexer
 
 
 def build_consumers(
     bus: Bus, indexer: Indexer, *, concurrency: int, policy: RetryPolicy
 ) -> list[TaskConsumer]:
+    pages = PageStates(bus.buckets)
+
     async def embed(batch: ChunkBatch, ctx: TaskContext) -> Result:
         result = await indexer.index(batch)
         # Before the page is reported done: once it is, no stale answer may be served. A
@@ -25,7 +28,7 @@ def build_consumers(
             state = batch.page_state
             if state is not None:
                 state = state.model_copy(update={"chunks": len(batch.chunks)})
-            await save_page_state(await bus.kv(Bucket.PAGES), batch.page_key, state)
+            await pages.save(batch.page_key, state)
         return result
 
     return [

@@ -12,8 +12,9 @@ from helpline.common.vectors import IndexedPoint, VectorStore, point_id
 from helpline.embedder.batching import TextEmbedder
 
 
-def page_key(brand: str, url: str) -> str:
-    """Point ids are per brand and page, so two brands indexing one URL never collide."""
+def point_scope(brand: str, url: str) -> str:
+    """What a page's point ids are derived from: its brand and URL, so two brands indexing
+    one URL never collide."""
     return f"{brand}\x1f{url}"
 
 
@@ -39,7 +40,9 @@ class Indexer:
             batch.brand,
             inline=self.store.holds_gil,
         )
-        wanted = {point_id(page_key(batch.brand, batch.url), c.position): c for c in batch.chunks}
+        wanted = {
+            point_id(point_scope(batch.brand, batch.url), c.position): c for c in batch.chunks
+        }
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
         if changed:
             vectors = await self.model.embed_async(

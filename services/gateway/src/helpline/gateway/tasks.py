@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -16,9 +15,9 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from helpline.common.answercache import AnswerCache, Generations
 from helpline.common.bus import Bus
-from helpline.common.crawlstate import mark_open
+from helpline.common.crawlstate import CrawlLedger
 from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
-from helpline.common.kvscan import kv_entries
+from helpline.common.kv import Replicas
 from helpline.common.messages import (
     REPLY_PART_HEADER,
     Answer,
@@ -33,8 +32,9 @@ from helpline.common.messages import (
     utcnow,
 )
 from helpline.common.records import Status, TaskRecord
-from helpline.common.subjects import Bucket, Kind, Priority
+from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
+from helpline.gateway.errors import QueryTimeout
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Children published (or built) between two turns of the event loop.
 SLICE = 256
-
-
-class QueryTimeout(Exception):
-    """The query's deadline passed before an answer came back."""
 
 
 def task_id_for(kind: Kind, idempotency_key: str | None) -> str:
@@ -120,7 +116,7 @@ class Tasks:
 
     async def _mark_open(self, parent_id: str) -> None:
         try:
-            await mark_open(await self.bus.kv(Bucket.CRAWLS), parent_id, time.time())
+            await CrawlLedger(self.bus.buckets).mark_open(parent_id, time.time())
         except BUS_ERRORS as exc:
             raise Overloaded(BUS_SILENT) from exc
 
@@ -201,7 +197,7 @@ class Tasks:
         ]
         targets = [record, *children]
         # First the flag every worker checks, then the records (through the tracker).
-        await self.bus.cancel([r.task_id for r in targets])
+        await self.bus.cancellations.cancel([r.task_id for r in targets])
         await asyncio.gather(
             *(
                 self.bus.emit(
@@ -220,9 +216,7 @@ class Tasks:
 
     async def replicas(self) -> list[dict[str, Any]]:
         """What every live replica last reported (its heartbeat), by replica id."""
-        kv = await self.bus.kv(Bucket.REPLICAS)
-        latest = {entry.key: entry.value async for entry in kv_entries(kv) if entry.value}
-        return [json.loads(latest[key]) for key in sorted(latest)]
+        return await Replicas(self.bus.buckets).all()
 
     def _query(
         self,
@@ -269,7 +263,7 @@ class Tasks:
             await self.bus.submit(Kind.QUERY, task)
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError as exc:
-            raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
+            raise QueryTimeout(timeout_s) from exc
         finally:
             self._waiting.pop(task_id, None)
 
@@ -309,7 +303,7 @@ class Tasks:
                 try:
                     item = await asyncio.wait_for(replies.get(), max(deadline - loop.time(), 0))
                 except TimeoutError as exc:
-                    raise QueryTimeout(f"no answer within {timeout_s:g}s") from exc
+                    raise QueryTimeout(timeout_s) from exc
                 yield item
                 if isinstance(item, Answer):
                     return

@@ -28,17 +28,10 @@ from pydantic import ValidationError
 
 from helpline.common import subjects
 from helpline.common.bus import Bus
-from helpline.common.crawlstate import (
-    Tally,
-    mark_closed,
-    mark_finished,
-    pages_claimed,
-    tally,
-)
+from helpline.common.crawlstate import CrawlLedger, Tally
 from helpline.common.messages import EventType, TaskEvent, utcnow
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord, apply_event
-from helpline.common.subjects import Bucket
 from helpline.common.taskstore import TaskStore
 
 if TYPE_CHECKING:
@@ -141,6 +134,7 @@ class Tracker:
     def __init__(self, bus: Bus, store: TaskStore, *, batch: int = BATCH) -> None:
         self.bus = bus
         self.store = store
+        self.crawls = CrawlLedger(bus.buckets)
         self.batch = batch
         self._queue: list[Msg] = []
         self._arrived = asyncio.Event()
@@ -253,8 +247,7 @@ class Tracker:
             return applied
         ok = record.status is Status.SUCCEEDED
         chunks = int((record.result or {}).get("chunks_indexed", 0)) if ok else 0
-        crawls = await self.bus.kv(Bucket.CRAWLS)
-        if await mark_finished(crawls, record.parent_id, task_id, ok=ok, chunks=chunks):
+        if await self.crawls.mark_finished(record.parent_id, task_id, ok=ok, chunks=chunks):
             applied.counted = record
         return applied
 
@@ -271,7 +264,7 @@ class Tracker:
             await self.recount(parent_id)
 
     async def _add_to_parent(self, parent_id: str, delta: _ParentDelta) -> None:
-        claimed = await pages_claimed(await self.bus.kv(Bucket.CRAWLS), parent_id)
+        claimed = await self.crawls.pages_claimed(parent_id)
         updated = await self.store.change(
             parent_id,
             lambda parent: (
@@ -286,9 +279,8 @@ class Tracker:
 
     async def recount(self, parent_id: str, finished_at: Any = None) -> TaskRecord | None:
         """Set a parent's progress from its ledger, finishing it when every claimed page has."""
-        crawls = await self.bus.kv(Bucket.CRAWLS)
-        counted = await tally(crawls, parent_id)
-        claimed = await pages_claimed(crawls, parent_id)
+        counted = await self.crawls.tally(parent_id)
+        claimed = await self.crawls.pages_claimed(parent_id)
         updated = await self.store.change(
             parent_id,
             lambda parent: (
@@ -298,5 +290,5 @@ class Tracker:
             ),
         )
         if updated is not None and updated.status.terminal:
-            await mark_closed(crawls, parent_id)
+            await self.crawls.mark_closed(parent_id)
         return updated

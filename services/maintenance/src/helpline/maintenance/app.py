@@ -7,14 +7,12 @@ import contextlib
 import logging
 import time
 
-from faststream.nats import NatsRouter
-
 from helpline.common.bus import Bus
 from helpline.common.messages import MaintenanceTask, derived_id
 from helpline.common.runtime import retry_policy
 from helpline.common.subjects import Kind, Priority
+from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
-from helpline.common.worker import TaskConsumer
 from helpline.maintenance.handlers import build_consumers
 from helpline.maintenance.settings import MaintenanceSettings
 
@@ -42,9 +40,6 @@ class MaintenanceComponent:
     def __init__(self, settings: MaintenanceSettings) -> None:
         self.settings = settings
         self._schedule: asyncio.Task[None] | None = None
-
-    def routers(self, bus: Bus) -> list[NatsRouter]:
-        return []
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return build_consumers(

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpline.common.bus import Bus, kv_get
-from helpline.common.crawlstate import mark_closed, note_open, open_parents, pages_claimed, tally
+from helpline.common.bus import Bus
+from helpline.common.crawlstate import CrawlLedger
 from helpline.common.messages import EventType, TaskEvent
-from helpline.common.records import Progress, TaskRecord
-from helpline.common.subjects import Bucket
+from helpline.common.records import Progress
+from helpline.common.taskstore import TaskStore
 
 # A parent listed as open whose record never appeared (its submit failed) is forgotten then.
 FORGET_UNRECORDED_S = 600.0
@@ -26,24 +26,24 @@ FORGET_UNRECORDED_S = 600.0
 
 async def reconcile(bus: Bus, now: float) -> dict[str, Any]:
     """Check every open parent; returns how many were open, recounted and closed."""
-    crawls = await bus.kv(Bucket.CRAWLS)
-    records = await bus.kv(Bucket.TASKS)
-    listed = await open_parents(crawls)
+    crawls = CrawlLedger(bus.buckets)
+    records = TaskStore(bus)
+    listed = await crawls.open_parents()
     recounted, closed = [], 0
     for parent_id, (note, note_revision) in listed.items():
-        current = await kv_get(records, parent_id)
+        current = await records.read(parent_id)
         if current is None:
             if now - float(note.get("since", now)) > FORGET_UNRECORDED_S:
-                await mark_closed(crawls, parent_id)
+                await crawls.mark_closed(parent_id)
                 closed += 1
             continue
-        record = TaskRecord.from_bytes(current[0])
+        record = current[0]
         if record.status.terminal:
-            await mark_closed(crawls, parent_id)
+            await crawls.mark_closed(parent_id)
             closed += 1
             continue
-        counted = await tally(crawls, parent_id)
-        claimed = await pages_claimed(crawls, parent_id)
+        counted = await crawls.tally(parent_id)
+        claimed = await crawls.pages_claimed(parent_id)
         progress = record.progress or Progress()
         total = max(progress.total, claimed)
         behind = counted.done != progress.done or total != progress.total
@@ -52,5 +52,5 @@ async def reconcile(bus: Bus, now: float) -> dict[str, Any]:
         if behind and (complete or stalled):
             await bus.emit(TaskEvent(task_id=parent_id, kind=record.kind, type=EventType.RECOUNT))
             recounted.append(parent_id)
-        await note_open(crawls, parent_id, {**note, "revision": current[1]}, note_revision)
+        await crawls.note_open(parent_id, {**note, "revision": current[1]}, note_revision)
     return {"open": len(listed), "recounted": recounted, "closed": closed}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import httpx
-from faststream.nats import NatsRouter
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
 from helpline.common.knowledge import Knowledge, store_breaker
 from helpline.common.runtime import retry_policy
-from helpline.common.worker import TaskConsumer
+from helpline.common.taskpool import TaskConsumer
 from helpline.rag.answering import Responder
 from helpline.rag.embedcache import CachedQueryEmbedder
 from helpline.rag.handlers import build_consumers
@@ -29,9 +28,6 @@ class RagComponent:
         self.knowledge = knowledge or Knowledge.open(settings, settings.data_dir)
         self.embeddings = CachedQueryEmbedder(self.knowledge.model, settings.rag_embedding_cache)
         self._http: httpx.AsyncClient | None = None
-
-    def routers(self, bus: Bus) -> list[NatsRouter]:
-        return []
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         answerer = Answerer(

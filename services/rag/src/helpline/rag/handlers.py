@@ -7,8 +7,9 @@ import logging
 from helpline.common.answercache import store_answer
 from helpline.common.bus import Bus
 from helpline.common.messages import REPLY_PART_HEADER, Answer, AnswerPart, QueryTask
-from helpline.common.subjects import Bucket, Kind
-from helpline.common.worker import Result, RetryPolicy, TaskConsumer, TaskContext, error_of
+from helpline.common.subjects import Kind
+from helpline.common.taskpool import TaskConsumer
+from helpline.common.worker import Result, RetryPolicy, TaskContext, error_of
 from helpline.rag.answering import Responder
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def build_consumers(
         # generated answer.
         if task.cache_key and answer.fallback_reason is None:
             try:
-                await store_answer(await bus.kv(Bucket.ANSWERS), task.cache_key, answer)
+                await store_answer(bus.buckets, task.cache_key, answer)
             except Exception as exc:
                 log.warning("could not cache the answer to %s: %r", task.task_id, exc)
         if task.reply_to:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from faststream.nats import NatsRouter
-
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
 from helpline.common.runtime import retry_policy
 from helpline.common.subjects import Bucket
-from helpline.common.worker import TaskConsumer
+from helpline.common.taskpool import TaskConsumer
 from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
@@ -30,9 +28,6 @@ class ScraperComponent:
         self.parser: Parser | None = None
         self.renderer: Renderer | None = None
 
-    def routers(self, bus: Bus) -> list[NatsRouter]:
-        return []
-
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         s = self.settings
         self.fetcher = Fetcher(
@@ -46,7 +41,7 @@ class ScraperComponent:
         self.parser = Parser(processes=s.scraper_extract_processes)
         politeness = Politeness(
             self.fetcher,
-            lambda: bus.kv(Bucket.HOSTS),
+            lambda: bus.buckets.get(Bucket.HOSTS),
             host_interval_s=s.scraper_host_interval_s,
             obey_robots=s.scraper_obey_robots,
             robots_ttl_s=s.scraper_robots_ttl_s,

@@ -10,12 +10,7 @@ from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
-from helpline.common.crawlstate import (
-    claim_page,
-    enter_batch_gate,
-    leave_batch_gate,
-    pages_claimed,
-)
+from helpline.common.crawlstate import CrawlLedger
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
     BatchLimits,
@@ -29,9 +24,10 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
-from helpline.common.pagestate import load_page_state, page_key
+from helpline.common.pagestate import PageStates, page_state_key
 from helpline.common.subjects import Bucket, Kind
-from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskConsumer, TaskContext
+from helpline.common.taskpool import TaskConsumer
+from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskContext
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
@@ -96,10 +92,12 @@ class Scraper:
         self.lease_s = batch_lease_s
         self.parser = parser or Parser()
         self.politeness = politeness or Politeness(
-            fetcher, lambda: bus.kv(Bucket.HOSTS), obey_robots=False
+            fetcher, lambda: bus.buckets.get(Bucket.HOSTS), obey_robots=False
         )
         self.renderer = renderer
         self.settled = SettledLinks()
+        self.pages = PageStates(bus.buckets)
+        self.crawls = CrawlLedger(bus.buckets)
 
     async def fetch(self, url: str, validators: Validators | None = None) -> FetchResult:
         """Fetch politely, through the site's breaker: a site that keeps failing is left alone."""
@@ -121,9 +119,8 @@ class Scraper:
         return page
 
     async def scrape(self, task: ScrapeTask, ctx: TaskContext) -> Result:
-        pages_kv = await self.bus.kv(Bucket.PAGES)
-        key = page_key(task.brand, task.url)
-        previous = await load_page_state(pages_kv, key)
+        key = page_state_key(task.brand, task.url)
+        previous = await self.pages.load(key)
         crawling = task.crawl is not None and task.parent_id is not None
         # A crawl page may be skipped as unchanged only if its links were kept to follow.
         conditional = previous is not None and (not crawling or previous.links is not None)
@@ -218,22 +215,20 @@ class Scraper:
         validators: Validators | None = None,
     ) -> FetchResult:
         """Fetch within the batch's limits, shared by every replica; waiting spends no attempt."""
-        gate = await self.bus.kv(Bucket.CRAWLS)
-        wait = await enter_batch_gate(
-            gate, parent_id, task.task_id, limits, self.lease_s, time.time()
+        wait = await self.crawls.enter_batch_gate(
+            parent_id, task.task_id, limits, self.lease_s, time.time()
         )
         if wait:
             raise Deferred("waiting for the batch's concurrency or delay", retry_after=wait)
         try:
             return await self.fetch(task.url, validators)
         finally:
-            await leave_batch_gate(gate, parent_id, task.task_id)
+            await self.crawls.leave_batch_gate(parent_id, task.task_id)
 
     async def _follow_links(self, task: ScrapeTask, links: list[str]) -> None:
         scope, parent_id = task.crawl, task.parent_id
         if scope is None or parent_id is None or task.depth >= scope.max_depth:
             return
-        crawls = await self.bus.kv(Bucket.CRAWLS)
         settled = self.settled.of(parent_id)
         for link in links:
             if link in settled:
@@ -244,7 +239,7 @@ class Scraper:
             # Not remembered when disallowed: robots.txt may allow it by the next page.
             if not await self.politeness.allowed(link):
                 continue
-            if await claim_page(crawls, parent_id, link, scope.max_pages, task.task_id):
+            if await self.crawls.claim_page(parent_id, link, scope.max_pages, task.task_id):
                 await self._start_page(parent_id, task, link, task.depth + 1)
             # Claimed now, claimed before, or over the crawl's budget: settled for good (a
             # claim whose page was not published yet is not: the add comes after it).
@@ -282,8 +277,7 @@ class Scraper:
         root = normalize_url(task.url)
         if root is None:
             raise Permanent("not an http(s) URL")
-        crawls = await self.bus.kv(Bucket.CRAWLS)
-        await claim_page(crawls, task.task_id, root, task.scope.max_pages, task.task_id)
+        await self.crawls.claim_page(task.task_id, root, task.scope.max_pages, task.task_id)
         # Submitted even when already claimed: a redelivered crawl re-publishes its first page,
         # which the bus's duplicate window (same task id) drops if it was already sent.
         await self._start_page(task.task_id, task, root, 0)
@@ -292,9 +286,11 @@ class Scraper:
             for url in await self.politeness.sitemap_urls(root):
                 if not in_scope(url, task.scope) or not await self.politeness.allowed(url):
                     continue
-                if await claim_page(crawls, task.task_id, url, task.scope.max_pages, task.task_id):
+                if await self.crawls.claim_page(
+                    task.task_id, url, task.scope.max_pages, task.task_id
+                ):
                     await self._start_page(task.task_id, task, url, 1)
-                elif await pages_claimed(crawls, task.task_id) >= task.scope.max_pages:
+                elif await self.crawls.pages_claimed(task.task_id) >= task.scope.max_pages:
                     break  # a sitemap may list far more pages than the crawl may take
         return REPORTED_LATER
 

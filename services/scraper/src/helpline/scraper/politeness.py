@@ -30,8 +30,8 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from protego import Protego
 
-from helpline.common.bus import kv_get
 from helpline.common.errors import Deferred, HelplineError, Permanent, Retryable
+from helpline.common.kv import kv_get
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.urls import normalize_url
 
