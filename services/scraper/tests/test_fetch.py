@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from helpline.common.errors import BlockedAddress, Permanent, Retryable
+from helpline.scraper.bodies import decode_body
 from helpline.scraper.fetch import (
     DEFAULT_USER_AGENT,
     Fetcher,
     GuardedTransport,
     Validators,
-    decode_body,
     parse_retry_after,
 )
 from helpline.scraper.guard import AllowList
