@@ -10,7 +10,6 @@ from nats.js.errors import NotFoundError
 
 from helpline.common import subjects
 from helpline.common.bus import Bus
-from helpline.common.errors import InputRejected
 from helpline.common.messages import (
     TASK_MODELS,
     ChunkBatch,
@@ -20,6 +19,7 @@ from helpline.common.messages import (
     new_task_id,
 )
 from helpline.common.subjects import Kind, Priority
+from helpline.gateway.errors import NotReplayable
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def replay_task(letter: DeadLetter, priority: Priority) -> TaskMessage:
         data: dict[str, Any] = json.loads(letter.body)
         task = TASK_MODELS[letter.kind].model_validate(data)
     except (ValueError, KeyError) as exc:
-        raise InputRejected("this dead letter is not a valid task and cannot be replayed") from exc
+        raise NotReplayable from exc
     update: dict[str, Any] = {
         "task_id": new_task_id(),
         "priority": priority,

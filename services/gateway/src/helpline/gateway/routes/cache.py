@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from helpline.common.answercache import AnswerCache
+from helpline.gateway.errors import CacheOff
 from helpline.gateway.routes.deps import TasksDep
 from helpline.gateway.schemas import CacheCleared, CacheStats
 from helpline.gateway.tasks import Tasks
@@ -17,7 +18,7 @@ router = APIRouter(tags=["cache"])
 @router.get("/cache/stats", response_model=CacheStats)
 async def cache_stats(tasks: TasksDep) -> CacheStats:
     """The answer cache: this replica's hits and misses, and the shared bucket's size."""
-    # A bus that does not answer is a 503 (app.py's handler for BUS_ERRORS).
+    # A bus that does not answer is a 503 (the error table's row for BUS_ERRORS).
     stats = await _cache(tasks).stats()
     return CacheStats.model_validate(dataclasses.asdict(stats))
 
@@ -31,5 +32,5 @@ async def cache_clear(tasks: TasksDep) -> CacheCleared:
 
 def _cache(tasks: Tasks) -> AnswerCache:
     if tasks.cache is None:
-        raise HTTPException(404, "the answer cache is turned off (HELPLINE_ANSWER_CACHE=false)")
+        raise CacheOff
     return tasks.cache

@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from helpline.common.messages import utcnow
 from helpline.common.records import TaskRecord
+from helpline.gateway.errors import GatewayStarting
 from helpline.gateway.schemas import Accepted, ErrorBody
 from helpline.gateway.tasks import Tasks
 
@@ -20,7 +21,6 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key", max_length=200, description="Same key, same task, published once."
     ),
 ]
-RETRY_AFTER_S = 5
 REFUSED: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "The bus refused the task; retry later."}
 }
@@ -31,7 +31,7 @@ async def get_tasks(request: Request) -> Tasks:
     # hop on every request for a lookup.
     tasks: Tasks | None = getattr(request.app.state, "tasks", None)
     if tasks is None:
-        raise HTTPException(503, "the gateway is starting", headers={"Retry-After": "1"})
+        raise GatewayStarting
     return tasks
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from helpline.common.errors import InputRejected
 from helpline.common.messages import DeadLetter
 from helpline.common.subjects import Kind
 from helpline.gateway import deadletters
+from helpline.gateway.errors import DeadLetterNotFound
 from helpline.gateway.routes.deps import REFUSED, TasksDep, valid_key
 from helpline.gateway.routes.submit import enqueue
 from helpline.gateway.schemas import DeadLetterView, ErrorBody, ReplayAccepted, ReplayRequest
@@ -40,11 +40,8 @@ async def replay(
     """Re-submit a dead task as a new task (low priority unless told); the letter is removed."""
     stored = await deadletters.find(tasks.bus, task_id) if valid_key(task_id) else None
     if stored is None:
-        raise HTTPException(404, f"no dead letter for task {task_id!r}")
-    try:
-        task = deadletters.replay_task(stored.letter, (body or ReplayRequest()).priority)
-    except InputRejected as exc:
-        raise HTTPException(409, exc.message) from exc
+        raise DeadLetterNotFound(task_id)
+    task = deadletters.replay_task(stored.letter, (body or ReplayRequest()).priority)
     queued = await enqueue(tasks, stored.letter.kind, task, request)
     await deadletters.forget(tasks.bus, stored)
     body_out = ReplayAccepted(**queued.model_dump(), replay_of=task_id)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from helpline.common.errors import BUS_ERRORS, Overloaded
+from helpline.common.errors import BUS_ERRORS
 from helpline.common.messages import Answer
 from helpline.common.subjects import Kind
-from helpline.gateway.routes.deps import REFUSED, RETRY_AFTER_S, TasksDep
+from helpline.gateway.errors import QueryFailed
+from helpline.gateway.routes.deps import REFUSED, TasksDep
 from helpline.gateway.routes.sse import answer_events, event_stream, live_events
 from helpline.gateway.schemas import ErrorBody, QueryRequest, QueryResponse
-from helpline.gateway.tasks import QueryTimeout, Tasks, task_id_for
+from helpline.gateway.tasks import Tasks, task_id_for
 
 router = APIRouter(tags=["query"])
 
@@ -50,14 +51,9 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Respon
     cached = answer is not None
     timeout_s: float = request.app.state.query_timeout_s
     if answer is None and body.stream:
-        try:
-            replies = await tasks.ask_streaming(
-                body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
-            )
-        except Overloaded as exc:
-            raise HTTPException(
-                503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}
-            ) from exc
+        replies = await tasks.ask_streaming(
+            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+        )
         return event_stream(live_events(replies, task_id, started))
     if answer is None:
         answer = await _ask(body, tasks, task_id, timeout_s, key)
@@ -79,14 +75,9 @@ async def _cached(tasks: Tasks, key: str | None) -> Answer | None:
 async def _ask(
     body: QueryRequest, tasks: Tasks, task_id: str, timeout_s: float, key: str | None
 ) -> Answer:
-    try:
-        answer = await tasks.ask(
-            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
-        )
-    except QueryTimeout as exc:
-        raise HTTPException(504, f"the query was not answered before its deadline ({exc})") from exc
-    except Overloaded as exc:
-        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    answer = await tasks.ask(
+        body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+    )
     if answer.error:
-        raise HTTPException(502, f"the query failed: {answer.error}")
+        raise QueryFailed(answer.error)
     return answer

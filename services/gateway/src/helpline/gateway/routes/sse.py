@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 from fastapi.responses import StreamingResponse
 
 from helpline.common.messages import Answer, AnswerPart, Source
+from helpline.gateway.errors import GatewayError, QueryFailed, QueryTimeout, reply_for
 from helpline.gateway.schemas import QueryResponse, SourceOut
-from helpline.gateway.tasks import QueryTimeout
 
 _PIECE = re.compile(r"\S+\s*")
 WORDS_PER_DELTA = 4
@@ -41,6 +41,11 @@ def deltas(text: str) -> Iterator[bytes]:
     for start in range(0, len(words), WORDS_PER_DELTA):
         piece = "".join(words[start : start + WORDS_PER_DELTA])
         yield sse("delta", {"text": lead + piece if start == 0 else piece})
+
+
+def _error_event(exc: GatewayError) -> bytes:
+    # The status the error table gives `exc`, sent as data: the response's is already 200.
+    return sse("error", {"status": reply_for(exc).status, "detail": exc.message})
 
 
 def _done_event(result: QueryResponse) -> bytes:
@@ -86,7 +91,7 @@ async def live_events(
                     yield sse("delta", {"text": reply.text})
                 continue
             if reply.error:
-                yield sse("error", {"status": 502, "detail": f"the query failed: {reply.error}"})
+                yield _error_event(QueryFailed(reply.error))
                 return
             if not sources_sent:
                 yield _sources_event(reply.sources)
@@ -99,5 +104,4 @@ async def live_events(
             yield _done_event(QueryResponse.of(reply, task_id, started, cached=False))
             return
     except QueryTimeout as exc:
-        detail = f"the query was not answered before its deadline ({exc})"
-        yield sse("error", {"status": 504, "detail": detail})
+        yield _error_event(exc)

@@ -9,11 +9,10 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from helpline.common.chunking import chunk_document, text_document
-from helpline.common.errors import Overloaded
 from helpline.common.messages import (
     BatchLimits,
     ChunkBatch,
@@ -29,7 +28,6 @@ from helpline.common.records import Progress, TaskRecord
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway.routes.deps import (
     REFUSED,
-    RETRY_AFTER_S,
     IdempotencyKey,
     TasksDep,
     accepted,
@@ -52,13 +50,10 @@ router = APIRouter(tags=["submit"])
 
 
 async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> Accepted:
-    """Record and publish a task; 503 with Retry-After when the bus refuses it."""
-    try:
-        # Without an Idempotency-Key the task id was just generated: no record can exist.
-        fresh = request.headers.get("idempotency-key") is None
-        record, _created = await tasks.submit(kind, task, fresh=fresh)
-    except Overloaded as exc:
-        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    """Record and publish a task (`Overloaded`, a 503, when the bus refuses it)."""
+    # Without an Idempotency-Key the task id was just generated: no record can exist.
+    fresh = request.headers.get("idempotency-key") is None
+    record, _created = await tasks.submit(kind, task, fresh=fresh)
     return accepted(request, record)
 
 
@@ -92,10 +87,7 @@ async def submit_parent(
         priority=priority,
         progress=Progress(done=0, total=len(children)),
     )
-    try:
-        record, _created = await tasks.submit_parent(kind, parent, children)
-    except Overloaded as exc:
-        raise HTTPException(503, exc.message, headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+    record, _created = await tasks.submit_parent(kind, parent, children)
     return accepted_response(request, record)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
-from helpline.common.records import Status, TaskView
+from helpline.common.records import Status, TaskRecord, TaskView
 from helpline.common.subjects import Kind
+from helpline.gateway.errors import TaskFinished, TaskNotFound
 from helpline.gateway.routes.deps import TasksDep, valid_key
 from helpline.gateway.schemas import ErrorBody
+from helpline.gateway.tasks import Tasks
 
 router = APIRouter(tags=["tasks"])
 
@@ -18,10 +20,7 @@ router = APIRouter(tags=["tasks"])
 @router.get("/tasks/{task_id}", response_model=TaskView, responses={404: {"model": ErrorBody}})
 async def get_task(task_id: str, tasks: TasksDep) -> TaskView:
     """One task's record."""
-    record = await tasks.get(task_id) if valid_key(task_id) else None
-    if record is None:
-        raise HTTPException(404, f"no task with id {task_id!r}")
-    return record.view()
+    return (await _record(tasks, task_id)).view()
 
 
 @router.delete(
@@ -32,11 +31,9 @@ async def get_task(task_id: str, tasks: TasksDep) -> TaskView:
 async def cancel_task(task_id: str, tasks: TasksDep) -> TaskView:
     """Cancel a task that has not finished (and a parent's unfinished children); running work
     stops at its next checkpoint."""
-    record = await tasks.get(task_id) if valid_key(task_id) else None
-    if record is None:
-        raise HTTPException(404, f"no task with id {task_id!r}")
+    record = await _record(tasks, task_id)
     if record.status.terminal:
-        raise HTTPException(409, f"task {task_id} already {record.status}")
+        raise TaskFinished(task_id, record.status)
     await tasks.cancel(record)
     for _ in range(100):  # the tracker applies the cancellation within milliseconds
         current = await tasks.get(task_id)
@@ -55,3 +52,10 @@ async def list_tasks(
 ) -> list[TaskView]:
     """Task records, newest first."""
     return [r.view() for r in await tasks.records(kind=kind, status=status, limit=limit)]
+
+
+async def _record(tasks: Tasks, task_id: str) -> TaskRecord:
+    record = await tasks.get(task_id) if valid_key(task_id) else None
+    if record is None:
+        raise TaskNotFound(task_id)
+    return record
