@@ -4,18 +4,25 @@ stand-in for `Tasks` (no bus)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 
 from helpline.common.errors import BUS_SILENT, Overloaded
-from helpline.common.messages import Answer, AnswerPart
+from helpline.common.messages import Answer, AnswerPart, QueryTask
 from helpline.common.records import Status, TaskRecord
 from helpline.common.subjects import Kind
 from helpline.gateway.app import create_app
 from helpline.gateway.errors import QueryTimeout
 from helpline.gateway.settings import GatewaySettings
+
+
+class FakeStore:
+    def __init__(self, record: TaskRecord | None) -> None:
+        self.record = record
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return self.record
 
 
 class FakeTasks:
@@ -24,20 +31,22 @@ class FakeTasks:
     def __init__(self, outcome: Answer | Exception, record: TaskRecord | None = None) -> None:
         self.cache = None
         self.outcome = outcome
-        self.record = record
-        self.asked: list[Any] = []
+        self.store = FakeStore(record)
+        self.asked: list[QueryTask] = []
 
-    async def get(self, task_id: str) -> TaskRecord | None:
-        return self.record
+    def reply_to(self, task_id: str) -> str:
+        return f"replies.{task_id}"
 
-    async def ask(self, *args: Any) -> Answer:
-        self.asked.append(args)
+    async def ask(self, task: QueryTask, timeout_s: float) -> Answer:
+        self.asked.append(task)
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
 
-    async def ask_streaming(self, *args: Any) -> AsyncIterator[AnswerPart | Answer]:
-        self.asked.append(args)
+    async def ask_streaming(
+        self, task: QueryTask, timeout_s: float
+    ) -> AsyncIterator[AnswerPart | Answer]:
+        self.asked.append(task)
         if isinstance(self.outcome, Overloaded):
             raise self.outcome
         return self._replies()
@@ -143,3 +152,26 @@ async def test_a_turned_off_cache_is_404() -> None:
         response = await http.get("/api/v1/cache/stats")
     assert response.status_code == 404
     assert "HELPLINE_ANSWER_CACHE=false" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_query_travels_as_one_message_built_from_the_request(stream: bool) -> None:
+    tasks = FakeTasks(Answer(task_id="t", answer="Ten seconds.", sources=[]))
+    async with client(tasks) as http:
+        response = await http.post(
+            "/api/v1/query", json={**ASK, "top_k": 3, "priority": "high", "stream": stream}
+        )
+    assert response.status_code == 200
+    (task,) = tasks.asked
+    assert (task.question, task.brand, task.top_k, task.priority) == (
+        ASK["question"],
+        "acme",
+        3,
+        "high",
+    )
+    assert task.stream is stream
+    assert task.cache_key is None
+    assert task.reply_to == f"replies.{task.task_id}"
+    assert task.deadline is not None
+    assert task.created_at is not None
+    assert task.deadline > task.created_at

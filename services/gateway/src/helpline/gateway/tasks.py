@@ -8,7 +8,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -29,9 +28,8 @@ from helpline.common.messages import (
     TaskMessage,
     derived_id,
     new_task_id,
-    utcnow,
 )
-from helpline.common.records import Status, TaskRecord
+from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
 from helpline.gateway.errors import QueryTimeout
@@ -108,8 +106,8 @@ class Tasks:
     async def submit(
         self, kind: Kind, task: TaskMessage, *, fresh: bool = False
     ) -> tuple[TaskRecord, bool]:
-        """Create the queued record and publish (`TaskStore.submit`); a crawl is listed as an
-        open parent first, so that the maintenance check can find it if it is left behind."""
+        """`TaskStore.submit`, for a task of any kind: a crawl is listed as an open parent
+        first, so that the maintenance check can find it if it is left behind."""
         if kind is Kind.CRAWL:
             await self._mark_open(task.task_id)
         return await self.store.submit(kind, task, fresh=fresh)
@@ -121,7 +119,7 @@ class Tasks:
             raise Overloaded(BUS_SILENT) from exc
 
     async def submit_parent(
-        self, kind: Kind, parent: TaskRecord, children: list[TaskMessage]
+        self, kind: Kind, parent_id: str, priority: Priority, children: list[TaskMessage]
     ) -> tuple[TaskRecord, bool]:
         """A parent record whose progress counts its children, then every child published.
 
@@ -130,6 +128,12 @@ class Tasks:
         again: an earlier attempt may have stopped half-way, and their ids are derived, so
         the copies are dropped by the bus or find their work done.
         """
+        parent = TaskRecord(
+            task_id=parent_id,
+            kind=kind,
+            priority=priority,
+            progress=Progress(done=0, total=len(children)),
+        )
         try:
             info = await self.bus.js.stream_info(self.bus.layout.task_stream(kind))
             room = (info.config.max_msgs or 0) - (info.state.messages or 0)
@@ -141,7 +145,7 @@ class Tasks:
             await self.store.create(parent)
             record, created = parent, True
         except KeyWrongLastSequenceError:
-            existing = await self.get(parent.task_id)
+            existing = await self.store.get(parent.task_id)
             if existing is None:
                 raise Overloaded("the task store is busy; try again later") from None
             if existing.status.terminal:
@@ -165,9 +169,6 @@ class Tasks:
             )
         )
         return record, created
-
-    async def get(self, task_id: str) -> TaskRecord | None:
-        return await self.store.get(task_id)
 
     async def records(
         self, *, kind: Kind | None, status: Status | None, limit: int
@@ -218,45 +219,14 @@ class Tasks:
         """What every live replica last reported (its heartbeat), by replica id."""
         return await Replicas(self.bus.buckets).all()
 
-    def _query(
-        self,
-        question: str,
-        brand: str | None,
-        top_k: int,
-        timeout_s: float,
-        task_id: str,
-        priority: Priority,
-        cache_key: str | None,
-    ) -> QueryTask:
-        return QueryTask(
-            task_id=task_id,
-            priority=priority,
-            deadline=utcnow() + timedelta(seconds=timeout_s),
-            question=question,
-            brand=brand,
-            top_k=top_k,
-            reply_to=f"{self._inbox}.{task_id}",
-            cache_key=cache_key,
-            created_at=utcnow(),
-        )
+    def reply_to(self, task_id: str) -> str:
+        """Where rag answers query `task_id`: this gateway's reply inbox."""
+        return f"{self._inbox}.{task_id}"
 
-    async def ask(
-        self,
-        question: str,
-        brand: str | None,
-        top_k: int,
-        timeout_s: float,
-        task_id: str,
-        priority: Priority = Priority.CRITICAL,
-        cache_key: str | None = None,
-    ) -> Answer:
-        """Publish a query (critical unless told) with our reply inbox; wait until its deadline.
-
-        With `cache_key`, rag also stores its answer in the answer cache under that key.
-        """
-        task = self._query(question, brand, top_k, timeout_s, task_id, priority, cache_key)
+    async def ask(self, task: QueryTask, timeout_s: float) -> Answer:
+        """Publish a query (built with `reply_to`); wait for its answer up to `timeout_s`."""
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiting[task_id] = fut
+        self._waiting[task.task_id] = fut
         try:
             # No record first: the gateway waits for the answer itself, and the tracker
             # writes the query's record from its outcome.
@@ -265,33 +235,25 @@ class Tasks:
         except TimeoutError as exc:
             raise QueryTimeout(timeout_s) from exc
         finally:
-            self._waiting.pop(task_id, None)
+            self._waiting.pop(task.task_id, None)
 
     async def ask_streaming(
-        self,
-        question: str,
-        brand: str | None,
-        top_k: int,
-        timeout_s: float,
-        task_id: str,
-        priority: Priority = Priority.CRITICAL,
-        cache_key: str | None = None,
+        self, task: QueryTask, timeout_s: float
     ) -> AsyncIterator[AnswerPart | Answer]:
-        """Publish a streamed query; returns its replies as they come, the final `Answer` last.
+        """Publish a streamed query (`stream=True`); returns its replies as they come, the
+        final `Answer` last.
 
         Publishing happens here (an `Overloaded` bus is reported before anything streams);
         the iterator raises `QueryTimeout` if the deadline passes first.
         """
-        task = self._query(question, brand, top_k, timeout_s, task_id, priority, cache_key)
-        task = task.model_copy(update={"stream": True})
         replies: asyncio.Queue[AnswerPart | Answer] = asyncio.Queue()
-        self._streams[task_id] = replies
+        self._streams[task.task_id] = replies
         try:
             await self.bus.submit(Kind.QUERY, task)
         except BaseException:
-            self._streams.pop(task_id, None)
+            self._streams.pop(task.task_id, None)
             raise
-        return self._follow(task_id, replies, timeout_s)
+        return self._follow(task.task_id, replies, timeout_s)
 
     async def _follow(
         self, task_id: str, replies: asyncio.Queue[AnswerPart | Answer], timeout_s: float

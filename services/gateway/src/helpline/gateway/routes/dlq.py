@@ -12,8 +12,7 @@ from helpline.common.messages import DeadLetter
 from helpline.common.subjects import Kind
 from helpline.gateway import deadletters
 from helpline.gateway.errors import DeadLetterNotFound
-from helpline.gateway.routes.deps import REFUSED, TasksDep, valid_key
-from helpline.gateway.routes.submit import enqueue
+from helpline.gateway.routes.deps import REFUSED, TasksDep, accepted, valid_key
 from helpline.gateway.schemas import DeadLetterView, ErrorBody, ReplayAccepted, ReplayRequest
 
 router = APIRouter(tags=["dead letters"])
@@ -42,9 +41,10 @@ async def replay(
     if stored is None:
         raise DeadLetterNotFound(task_id)
     task = deadletters.replay_task(stored.letter, (body or ReplayRequest()).priority)
-    queued = await enqueue(tasks, stored.letter.kind, task, request)
+    # Through `Tasks`, which knows what a crawl needs first; the id was just generated.
+    record, _created = await tasks.submit(stored.letter.kind, task, fresh=True)
     await deadletters.forget(tasks.bus, stored)
-    body_out = ReplayAccepted(**queued.model_dump(), replay_of=task_id)
+    body_out = ReplayAccepted(**accepted(request, record).model_dump(), replay_of=task_id)
     return JSONResponse(body_out.model_dump(), status_code=202)
 
 

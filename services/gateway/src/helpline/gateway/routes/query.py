@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 
 from helpline.common.errors import BUS_ERRORS
-from helpline.common.messages import Answer
+from helpline.common.messages import Answer, QueryTask, utcnow
 from helpline.common.subjects import Kind
 from helpline.gateway.errors import QueryFailed
 from helpline.gateway.routes.deps import REFUSED, TasksDep
@@ -48,18 +49,22 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Respon
         else None
     )
     answer = await _cached(tasks, key)
-    cached = answer is not None
+    if answer is not None:
+        result = QueryResponse.of(answer, task_id, started, cached=True)
+        return event_stream(answer_events(result)) if body.stream else _json(result)
     timeout_s: float = request.app.state.query_timeout_s
-    if answer is None and body.stream:
-        replies = await tasks.ask_streaming(
-            body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
-        )
+    task = _query_task(body, tasks, task_id, timeout_s, key)
+    if task.stream:
+        replies = await tasks.ask_streaming(task, timeout_s)
         return event_stream(live_events(replies, task_id, started))
-    if answer is None:
-        answer = await _ask(body, tasks, task_id, timeout_s, key)
-    result = QueryResponse.of(answer, task_id, started, cached=cached)
-    if body.stream:
-        return event_stream(answer_events(result))
+    answer = await tasks.ask(task, timeout_s)
+    if answer.error:
+        raise QueryFailed(answer.error)
+    return _json(QueryResponse.of(answer, task_id, started, cached=False))
+
+
+def _json(result: QueryResponse) -> Response:
+    # Serialised once, by pydantic; returning the model would validate it a second time.
     return Response(result.model_dump_json(), media_type="application/json")
 
 
@@ -72,12 +77,20 @@ async def _cached(tasks: Tasks, key: str | None) -> Answer | None:
         return None  # the cache is an optimisation: ask rag instead
 
 
-async def _ask(
-    body: QueryRequest, tasks: Tasks, task_id: str, timeout_s: float, key: str | None
-) -> Answer:
-    answer = await tasks.ask(
-        body.question, body.brand, body.top_k, timeout_s, task_id, body.priority, key
+def _query_task(
+    body: QueryRequest, tasks: Tasks, task_id: str, timeout_s: float, cache_key: str | None
+) -> QueryTask:
+    """The question as rag receives it; with `cache_key`, rag also stores its answer there."""
+    now = utcnow()
+    return QueryTask(
+        task_id=task_id,
+        priority=body.priority,
+        deadline=now + timedelta(seconds=timeout_s),
+        question=body.question,
+        brand=body.brand,
+        top_k=body.top_k,
+        reply_to=tasks.reply_to(task_id),
+        cache_key=cache_key,
+        created_at=now,
+        stream=body.stream,
     )
-    if answer.error:
-        raise QueryFailed(answer.error)
-    return answer

@@ -24,13 +24,11 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
-from helpline.common.records import Progress, TaskRecord
-from helpline.common.subjects import Kind, Priority
+from helpline.common.subjects import Kind
 from helpline.gateway.routes.deps import (
     REFUSED,
     IdempotencyKey,
     TasksDep,
-    accepted,
     accepted_response,
     deadline_after,
 )
@@ -43,23 +41,10 @@ from helpline.gateway.schemas import (
     ScrapeBatchRequest,
     ScrapeRequest,
 )
-from helpline.gateway.tasks import SLICE, Tasks, task_id_for
+from helpline.gateway.tasks import SLICE, task_id_for
 
 T = TypeVar("T")
 router = APIRouter(tags=["submit"])
-
-
-async def enqueue(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> Accepted:
-    """Record and publish a task (`Overloaded`, a 503, when the bus refuses it)."""
-    # Without an Idempotency-Key the task id was just generated: no record can exist.
-    fresh = request.headers.get("idempotency-key") is None
-    record, _created = await tasks.submit(kind, task, fresh=fresh)
-    return accepted(request, record)
-
-
-async def submit(tasks: Tasks, kind: Kind, task: TaskMessage, request: Request) -> JSONResponse:
-    body = await enqueue(tasks, kind, task, request)
-    return JSONResponse(body.model_dump(), status_code=202)
 
 
 async def built(items: list[T], make: Callable[[T], TaskMessage]) -> list[TaskMessage]:
@@ -70,25 +55,6 @@ async def built(items: list[T], make: Callable[[T], TaskMessage]) -> list[TaskMe
         children.extend(make(item) for item in items[start : start + SLICE])
         await asyncio.sleep(0)
     return children
-
-
-async def submit_parent(
-    tasks: Tasks,
-    kind: Kind,
-    parent_id: str,
-    priority: Priority,
-    children: list[TaskMessage],
-    request: Request,
-) -> JSONResponse:
-    """A parent task whose progress counts `children`, all published; 503 if they cannot fit."""
-    parent = TaskRecord(
-        task_id=parent_id,
-        kind=kind,
-        priority=priority,
-        progress=Progress(done=0, total=len(children)),
-    )
-    record, _created = await tasks.submit_parent(kind, parent, children)
-    return accepted_response(request, record)
 
 
 @router.post("/crawl", status_code=202, response_model=Accepted, responses=REFUSED)
@@ -112,7 +78,9 @@ async def crawl(
         scope=scope,
         render=body.render,
     )
-    return await submit(tasks, Kind.CRAWL, task, request)
+    # Through `Tasks`: a crawl is listed as an open parent before it is published.
+    record, _created = await tasks.submit(Kind.CRAWL, task, fresh=key is None)
+    return accepted_response(request, record)
 
 
 @router.post("/scrape", status_code=202, response_model=Accepted, responses=REFUSED)
@@ -128,7 +96,8 @@ async def scrape(
         brand=body.brand,
         render=body.render,
     )
-    return await submit(tasks, Kind.SCRAPE, task, request)
+    record, _created = await tasks.store.submit(Kind.SCRAPE, task, fresh=key is None)
+    return accepted_response(request, record)
 
 
 @router.post("/scrape/batch", status_code=202, response_model=Accepted, responses=REFUSED)
@@ -153,7 +122,8 @@ async def scrape_batch(
             render=body.render,
         ),
     )
-    return await submit_parent(tasks, Kind.SCRAPE, parent_id, body.priority, children, request)
+    record, _created = await tasks.submit_parent(Kind.SCRAPE, parent_id, body.priority, children)
+    return accepted_response(request, record)
 
 
 @router.post("/embed", status_code=202, response_model=Accepted, responses=REFUSED)
@@ -187,7 +157,8 @@ async def embed_documents(
         )
 
     children = await built(list(enumerate(body.documents)), child)
-    return await submit_parent(tasks, Kind.EMBED, parent_id, body.priority, children, request)
+    record, _created = await tasks.submit_parent(Kind.EMBED, parent_id, body.priority, children)
+    return accepted_response(request, record)
 
 
 @router.post("/maintenance/ping", status_code=202, response_model=Accepted, responses=REFUSED)
@@ -206,4 +177,5 @@ async def ping(
         job="ping",
         params={"delay_ms": body.delay_ms} if body.delay_ms else {},
     )
-    return await submit(tasks, Kind.MAINTENANCE, task, request)
+    record, _created = await tasks.store.submit(Kind.MAINTENANCE, task, fresh=key is None)
+    return accepted_response(request, record)

@@ -36,7 +36,7 @@ async def cancel_task(task_id: str, tasks: TasksDep) -> TaskView:
         raise TaskFinished(task_id, record.status)
     await tasks.cancel(record)
     for _ in range(100):  # the tracker applies the cancellation within milliseconds
-        current = await tasks.get(task_id)
+        current = await tasks.store.get(task_id)
         if current is not None and current.status is Status.CANCELLED:
             return current.view()
         await asyncio.sleep(0.02)
@@ -55,7 +55,7 @@ async def list_tasks(
 
 
 async def _record(tasks: Tasks, task_id: str) -> TaskRecord:
-    record = await tasks.get(task_id) if valid_key(task_id) else None
+    record = await tasks.store.get(task_id) if valid_key(task_id) else None
     if record is None:
         raise TaskNotFound(task_id)
     return record
