@@ -22,7 +22,7 @@ from loadgen import Connection, percentile, query_load
 from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
-from helpline.common.testing import HelplineUp, serve_site
+from helpline.testing import HelplineUp, serve_site
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"
 QUESTIONS = [

@@ -31,11 +31,11 @@ from typing import Any
 import httpx
 
 from helpline.common.messages import CrawlScope
-from helpline.common.testing import HelplineUp, serve_site_process
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
 from helpline.scraper.parsing import Parser
 from helpline.scraper.urls import in_scope
+from helpline.testing import HelplineUp, serve_site_process
 
 sys.path.insert(0, str(Path(__file__).parent))
 from query_latency import crawl as crawl_through_api

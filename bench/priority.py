@@ -33,7 +33,7 @@ import httpx
 from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
-from helpline.common.testing import HelplineUp, serve_site_process
+from helpline.testing import HelplineUp, serve_site_process
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"
 PAGES = [

@@ -33,10 +33,10 @@ from loadgen import query_load
 from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
-from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import EdgeStore
 from helpline.common.vectors.edge import OPTIMIZE_QUIET_S
 from helpline.embedder.app import MAINTAIN_EVERY_S
+from helpline.testing import HelplineUp, serve_site
 
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
 #: The brand the manual is indexed under (shared with retrieval_eval: one index serves both).

@@ -26,11 +26,11 @@ from results import capture
 
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.messages import utcnow
-from helpline.common.testing import serve_site
 from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.guard import AllowList
 from helpline.scraper.render import Renderer
+from helpline.testing import serve_site
 
 APP_JS = """
 window.addEventListener("load", async () => {

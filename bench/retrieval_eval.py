@@ -39,8 +39,8 @@ from results import capture
 from helpline.common.embedding import Embedder
 from helpline.common.lexical import SparseVector, encode_query
 from helpline.common.records import TERMINAL_STATUSES
-from helpline.common.testing import HelplineUp, serve_site
 from helpline.common.vectors import SPARSE_VECTOR, EdgeStore, Hit
+from helpline.testing import HelplineUp, serve_site
 
 QUESTIONS = Path(__file__).parent / "questions" / "postgresql.jsonl"
 TOP_K = 10

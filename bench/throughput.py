@@ -38,14 +38,14 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from results import capture
 
+from helpline.cli.natsserver import NatsServer, free_port
 from helpline.common.bus import Bus
 from helpline.common.layout import BusLayout
 from helpline.common.messages import MaintenanceTask, new_task_id
-from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.subjects import Kind, bucket
 from helpline.common.taskstore import TaskStore
-from helpline.common.testing import ServiceProcess
+from helpline.testing import ServiceProcess
 
 BENCH = Path(__file__).resolve().parent
 CONNECTIONS = 64

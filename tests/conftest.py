@@ -12,14 +12,13 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.bus import Bus
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import Knowledge
 from helpline.common.layout import BusLayout
-from helpline.common.natsserver import NatsServer
 from helpline.common.observability import setup_tracing
 from helpline.common.runtime import Host
-from helpline.common.testing import serve_site, slow_route
 from helpline.common.vectors import VectorStore, open_store
 from helpline.embedder.app import EmbedderComponent
 from helpline.embedder.settings import EmbedderSettings
@@ -31,6 +30,7 @@ from helpline.rag.app import RagComponent
 from helpline.rag.settings import RagSettings
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.settings import ScraperSettings
+from helpline.testing import serve_site, slow_route
 
 SITE = Path(__file__).parent / "site"
 

@@ -11,9 +11,9 @@ import pytest
 from answer_helpers import ask, index_page, write_page
 from conftest import System, start_system, stop_system
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
-from helpline.common.testing import serve_site
+from helpline.testing import serve_site
 
 ACME_Q = "How long is the warranty on the X200 router?"
 GLOBEX_Q = "How many hours does the Z9 battery last?"

@@ -13,9 +13,9 @@ import pytest
 from conftest import start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
-from helpline.common.testing import ServiceProcess, serve_site
+from helpline.testing import ServiceProcess, serve_site
 
 pytestmark = pytest.mark.slow
 

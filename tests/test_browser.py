@@ -21,18 +21,18 @@ import pytest
 from conftest import start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer, free_port
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.embedding import Embedder
 from helpline.common.errors import Retryable
 from helpline.common.messages import utcnow
-from helpline.common.natsserver import NatsServer, free_port
 from helpline.common.processes import group_members, marked_processes
-from helpline.common.testing import serve_site
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.guard import AllowList
 from helpline.scraper.render import Renderer
+from helpline.testing import serve_site
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.acks import Acks
 from helpline.common.bus import Bus
 from helpline.common.crawlstate import CrawlLedger, Tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
-from helpline.common.natsserver import NatsServer
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.runtime import Host

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from helpline.cli.natsserver import nats_server_binary
 from helpline.common import subjects
-from helpline.common.natsserver import nats_server_binary
 from helpline.common.settings import HelplineSettings
 from helpline.embedder.settings import EmbedderSettings
 from helpline.gateway.settings import GatewaySettings

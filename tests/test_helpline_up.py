@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpline.common.testing import HelplineUp
+from helpline.testing import HelplineUp
 
 pytestmark = pytest.mark.slow
 

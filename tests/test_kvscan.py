@@ -8,11 +8,11 @@ import asyncio
 from e2e_helpers import eventually
 from nats.js.kv import KeyValue
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.answercache import Generations, bump_generation, generation_key
 from helpline.common.bus import Bus
 from helpline.common.crawlstate import CrawlLedger
 from helpline.common.kvscan import kv_entries
-from helpline.common.natsserver import NatsServer
 from helpline.common.subjects import Bucket
 
 

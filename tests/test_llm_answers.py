@@ -16,9 +16,9 @@ import pytest
 from answer_helpers import ask, index_page, write_page
 from conftest import System, start_system, stop_system
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
-from helpline.common.testing import serve_site
+from helpline.testing import serve_site
 
 QUESTION = "How long is the warranty on the X200 router?"
 # [1] is the one source; [3] and [2, 9] point at none and must not reach the customer.

@@ -10,9 +10,9 @@ from pathlib import Path
 from conftest import start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
 from helpline.common.messages import MaintenanceTask, new_task_id
-from helpline.common.natsserver import NatsServer
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway.tasks import Tasks
 

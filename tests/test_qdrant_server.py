@@ -13,8 +13,8 @@ import pytest
 from conftest import System, start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
 from helpline.common.vectors import QdrantServerStore, open_store
 
 QDRANT_IMAGE = "qdrant/qdrant:v1.15.5"

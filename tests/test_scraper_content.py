@@ -15,7 +15,7 @@ from conftest import System
 from e2e_helpers import wait_terminal
 from pdfgen import make_pdf
 
-from helpline.common.testing import serve_site
+from helpline.testing import serve_site
 
 MANUAL = make_pdf(
     [

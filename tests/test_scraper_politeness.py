@@ -18,8 +18,8 @@ import pytest
 from conftest import System, settings_for, start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
 from helpline.common.runtime import Host
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.fetch import Fetcher

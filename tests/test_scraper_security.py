@@ -20,8 +20,8 @@ import pytest_asyncio
 from conftest import System, start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

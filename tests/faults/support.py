@@ -17,9 +17,9 @@ from e2e_helpers import TERMINAL
 from helpline.common import subjects
 from helpline.common.runtime import Host
 from helpline.common.subjects import Kind
-from helpline.common.testing import ServiceProcess
 from helpline.gateway.app import GatewayComponent
 from helpline.gateway.settings import GatewaySettings
+from helpline.testing import ServiceProcess
 
 # Settings every process of one test shares: the bus layout (storage, ack wait) is declared
 # by whoever starts first and updated by the others, so they must agree.

@@ -11,8 +11,8 @@ from typing import Any
 from conftest import start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
 from helpline.common.vectors import Hit, IndexedPoint, VectorStore, open_store
 
 

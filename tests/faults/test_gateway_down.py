@@ -18,7 +18,7 @@ from faults.support import (
     start_gateway,
 )
 
-from helpline.common.natsserver import NatsServer
+from helpline.cli.natsserver import NatsServer
 from helpline.common.subjects import Kind
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import pytest
 from conftest import start_system, stop_system
 from e2e_helpers import wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
-from helpline.common.testing import serve_site, slow_route
+from helpline.testing import serve_site, slow_route
 
 
 class Counted:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from faults.support import Gateway, gateway, layout, service, settle, start_all
 
-from helpline.common.natsserver import NatsServer, free_port
+from helpline.cli.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.slow
 

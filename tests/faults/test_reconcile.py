@@ -9,9 +9,9 @@ from pathlib import Path
 
 from conftest import start_system, stop_system
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.crawlstate import CrawlLedger
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
 from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.subjects import Kind
 from helpline.common.taskstore import TaskStore

@@ -12,10 +12,10 @@ import pytest
 from conftest import System, start_system, stop_system
 from e2e_helpers import eventually, wait_terminal
 
+from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
-from helpline.common.natsserver import NatsServer
 from helpline.common.subjects import Kind, Priority
-from helpline.common.testing import serve_site
+from helpline.testing import serve_site
 
 PAGE = b"<html><head><title>Flaky</title></head><body><main><p>The flaky page finally answered with the warranty terms.</p></main></body></html>"
 

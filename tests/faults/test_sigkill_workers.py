@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from faults.support import bus_quiet, gateway, layout, service, settle, start_all, submit_all
 
-from helpline.common.natsserver import NatsServer
+from helpline.cli.natsserver import NatsServer
 from helpline.common.subjects import Kind
-from helpline.common.testing import ServiceProcess, serve_site
 from helpline.common.vectors import open_store
+from helpline.testing import ServiceProcess, serve_site
 
 # Above the suite-wide 300 s, for a slower CI machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -14,8 +14,8 @@ import pytest
 from e2e_helpers import eventually
 from faults.support import gateway, layout, service, settle, start_all, submit_all
 
-from helpline.common.natsserver import NatsServer
-from helpline.common.testing import Route, serve_site
+from helpline.cli.natsserver import NatsServer
+from helpline.testing import Route, serve_site
 
 pytestmark = pytest.mark.slow
 

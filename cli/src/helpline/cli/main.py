@@ -39,7 +39,7 @@ def run(
     if service not in SERVICES:
         err.print(f"[red]unknown service {service!r}[/]; one of: {', '.join(SERVICES)}")
         raise typer.Exit(2)
-    run_one(CliSettings(), service)
+    run_one(service)
 
 
 def _client() -> httpx.Client:

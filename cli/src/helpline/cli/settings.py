@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from helpline.common.settings import HelplineSettings
+from helpline.common.serving.settings import ServingSettings
 
 
-class CliSettings(HelplineSettings):
+class CliSettings(ServingSettings):
     api_url: str = Field(
         default="",
         description="Gateway base URL for `crawl` and `ask` (default: http://HTTP_HOST:HTTP_PORT).",
@@ -23,11 +23,6 @@ class CliSettings(HelplineSettings):
         description="Services `helpline up` runs as child processes of their own, so their "
         "Python code and the rest take no turns on one interpreter lock (embedder and rag "
         "share Qdrant Edge and stay in up's process). Empty: everything in one process.",
-    )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        default="uvloop",
-        description="The event loop services run on: uvloop (faster sockets and scheduling) "
-        "or the standard library's.",
     )
 
     @property

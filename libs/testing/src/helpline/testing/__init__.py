@@ -1,4 +1,6 @@
-"""Test helpers shared by the package tests, the integration tests and the benchmarks."""
+"""Test helpers (dev only, no service depends on them): local sites, and `helpline up` and
+`helpline run <service>` as child processes, for the package tests, the integration tests
+and the benchmarks."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from helpline.common.natsserver import free_port
+from helpline.cli.natsserver import free_port
 from helpline.common.processes import stop_process
 
 # A route handler gets the request handler and writes the whole response itself.
