@@ -6,6 +6,7 @@ import pytest
 from conftest import System
 from e2e_helpers import wait_terminal
 
+from helpline.common.subjects import Kind
 from helpline.gateway.app import GatewayComponent
 
 
@@ -126,6 +127,18 @@ async def test_probes_and_openapi(system: System) -> None:
         spec["paths"]
     )
     assert (await system.client.get("/docs")).status_code == 200
+
+
+async def test_the_bus_contract_is_served_for_this_deployment(system: System) -> None:
+    served = (await system.client.get("/asyncapi.json")).json()
+    prefix = system.host.bus.layout.prefix
+    assert served["asyncapi"].startswith("3.")
+    # The addresses this deployment really uses, not the default prefix's.
+    assert served["channels"]["tasks_query"]["address"] == f"{prefix}.tasks.query.{{priority}}"
+    assert served["channels"]["events_scrape"]["address"] == system.host.bus.layout.event_subject(
+        Kind.SCRAPE
+    )
+    assert "QueryTask" in served["components"]["messages"]
 
 
 async def test_embed_free_text_documents_then_answer_from_them(system: System) -> None:

@@ -11,7 +11,7 @@ from helpline.common.bus import Bus
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
 from helpline.gateway import errors
-from helpline.gateway.routes import API, API_PREFIX, PROBES
+from helpline.gateway.routes import API, API_PREFIX, CONTRACT, PROBES
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
 from helpline.gateway.tracker import Tracker
@@ -27,10 +27,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Crawl product documentation, keep it indexed, answer questions with cited sources.",
     )
     app.state.query_timeout_s = settings.query_timeout_s
+    app.state.bus_prefix = settings.bus_prefix
     app.state.tasks = None
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)
+    app.include_router(CONTRACT)
 
     errors.install(app)
 

@@ -1,10 +1,11 @@
-"""The REST API, one router per resource: `API` under /api/v1, `PROBES` at the root."""
+"""The REST API, one router per resource: `API` under /api/v1; `PROBES` and the bus
+contract (`CONTRACT`, /asyncapi.json) at the root."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from helpline.gateway.routes import cache, dlq, probes, query, status, submit, tasks
+from helpline.gateway.routes import cache, contract, dlq, probes, query, status, submit, tasks
 
 API_PREFIX = "/api/v1"
 API: tuple[APIRouter, ...] = (
@@ -16,3 +17,4 @@ API: tuple[APIRouter, ...] = (
     status.router,
 )
 PROBES = probes.router
+CONTRACT = contract.router
