@@ -8,7 +8,9 @@ records) and `helpline run maintenance` (runs the pings):
   (a minimal HTTP/1.1 client, so that the client's own cost stays out of the figure).
 Both are counted when every task's record is terminal (watched in the KV bucket).
 Bare nats-py: N messages published to a work-queue stream with PubAck, a worker process
-pulls and replies. Celery + Redis: N `delay()` calls to a threaded worker, counted when
+pulls and replies. FastStream: the same work through FastStream's publisher and a pull
+subscriber with explicit acks (bench/faststream_peer.py), the figure behind Helpline not
+hosting its services on FastStream (docs/architecture.md). Celery + Redis: N `delay()` calls to a threaded worker, counted when
 their results are back. Each is run `--rounds` times and the median
 kept (the bare peer in particular varies from run to run). Also the idle round trip of
 one task through the library, 200 times after 20 not counted: until the caller has the task's outcome
@@ -220,6 +222,52 @@ async def nats_throughput(nats_url: str, n: int) -> float:
     return n / elapsed
 
 
+async def faststream_throughput(nats_url: str, n: int) -> float:
+    """The bare peer's work through FastStream: its publisher (JetStream, acknowledged) on
+    this side, its pull subscriber in the worker (bench/faststream_peer.py)."""
+    from faststream.nats import NatsBroker
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await js.add_stream(name="FSBENCH", subjects=["fsbench.tasks"], retention="workqueue")
+    worker = subprocess.Popen(
+        [sys.executable, str(BENCH / "faststream_peer.py"), nats_url, "FSBENCH", "fsbench.tasks"]
+    )
+    broker = NatsBroker(nats_url)
+    await broker.connect()
+    replies = 0
+    finished = asyncio.Event()
+
+    async def on_reply(_msg: object) -> None:
+        nonlocal replies
+        replies += 1
+        if replies == n:
+            finished.set()
+
+    await nc.subscribe("fsbench.replies", cb=on_reply)
+    await asyncio.sleep(2.0)
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(64)
+
+    async def publish(i: int) -> None:
+        async with sem:
+            await broker.publish(
+                b"%d" % i,
+                "fsbench.tasks",
+                stream="FSBENCH",
+                headers={"reply-to": "fsbench.replies"},
+            )
+
+    await asyncio.gather(*(publish(i) for i in range(n)))
+    await asyncio.wait_for(finished.wait(), 300)
+    elapsed = time.perf_counter() - started
+    worker.terminate()
+    worker.wait()
+    await broker.stop()
+    await nc.close()
+    return n / elapsed
+
+
 def celery_throughput(n: int) -> tuple[float | None, str]:
     redis_url = "redis://127.0.0.1:6379/15"
     redis_server: subprocess.Popen[bytes] | None = None
@@ -287,7 +335,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (median kept)")
     args = parser.parse_args()
     n = args.tasks
-    library, rest, bare = [], [], []
+    library, rest, bare, fast = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="helpline-throughput-") as tmp:
         root = Path(tmp)
         with NatsServer(root / "nats") as server:
@@ -316,9 +364,14 @@ def main() -> None:
         for round_ in range(args.rounds):
             with NatsServer(root / f"nats-bare-{round_}") as server:
                 bare.append(asyncio.run(nats_throughput(server.url, n)))
-            print(f"round {round_ + 1}: bare nats-py {bare[-1]:.0f}/s", flush=True)
+            with NatsServer(root / f"nats-faststream-{round_}") as server:
+                fast.append(asyncio.run(faststream_throughput(server.url, n)))
+            print(
+                f"round {round_ + 1}: bare nats-py {bare[-1]:.0f}/s, FastStream {fast[-1]:.0f}/s",
+                flush=True,
+            )
     celery, why = celery_throughput(n)
-    lib, api, peer = (statistics.median(x) for x in (library, rest, bare))
+    lib, api, peer, fs = (statistics.median(x) for x in (library, rest, bare, fast))
     printed = capture("throughput")
     print()
     print(f"{n} no-op tasks, {os.cpu_count()} cores, median of {args.rounds} rounds")
@@ -329,6 +382,9 @@ def main() -> None:
         f"Helpline, REST submit (durable records):    {api:8.0f} tasks/s   Helpline/bare = {api / peer:.2f}"
     )
     print(f"bare nats-py (work queue + reply):           {peer:8.0f} tasks/s")
+    print(
+        f"FastStream (the same, pull subscriber):      {fs:8.0f} tasks/s   FastStream/bare = {fs / peer:.2f}"
+    )
     if celery is not None:
         print(
             f"Celery + Redis (threads, result backend):    {celery:8.0f} tasks/s   "
