@@ -6,7 +6,9 @@ as Helpline's own tracing is (no exporter: spans are made and dropped)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+from typing import Any
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
@@ -14,7 +16,9 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 
 
 async def main(url: str, stream: str, subject: str) -> None:
-    broker = NatsBroker(url, middlewares=[NatsTelemetryMiddleware()])
+    quiet = logging.getLogger("faststream-peer")
+    quiet.setLevel(logging.WARNING)  # FastStream logs every message at INFO
+    broker = NatsBroker(url, middlewares=[NatsTelemetryMiddleware()], logger=quiet)
 
     @broker.subscriber(
         subject,
@@ -23,7 +27,7 @@ async def main(url: str, stream: str, subject: str) -> None:
         pull_sub=PullSub(batch_size=64, timeout=0.05),
         ack_policy=AckPolicy.MANUAL,
     )
-    async def work(body: bytes, msg: NatsMessage) -> None:
+    async def work(body: Any, msg: NatsMessage) -> None:
         await broker.publish(b"ok", msg.headers["reply-to"])
         await msg.ack()
 

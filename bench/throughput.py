@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -233,7 +234,9 @@ async def faststream_throughput(nats_url: str, n: int) -> float:
     worker = subprocess.Popen(
         [sys.executable, str(BENCH / "faststream_peer.py"), nats_url, "FSBENCH", "fsbench.tasks"]
     )
-    broker = NatsBroker(nats_url)
+    quiet = logging.getLogger("faststream-bench")
+    quiet.setLevel(logging.WARNING)  # FastStream logs every message at INFO
+    broker = NatsBroker(nats_url, logger=quiet)
     await broker.connect()
     replies = 0
     finished = asyncio.Event()
