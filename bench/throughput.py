@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -189,13 +190,24 @@ def per_thousand(before: dict[str, float], after: dict[str, float], n: int) -> s
     return ", ".join(f"{k} {(after[k] - before[k]) * 1000 / n:.2f}" for k in before)
 
 
-async def nats_throughput(nats_url: str, n: int) -> float:
+async def peer_throughput(
+    nats_url: str,
+    n: int,
+    name: str,
+    worker: list[str],
+    publish: Callable[[int, str], Awaitable[object]],
+    *,
+    extra: tuple[str, ...] = (),
+    settle_s: float = 1.0,
+) -> float:
+    """N messages through a peer's worker process (work-queue stream `name`, subject
+    `<name>.tasks`), counted when every reply is back on `<name>.replies`; `publish(i,
+    reply_subject)` sends one."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    await js.add_stream(name="BENCH", subjects=["bench.tasks"], retention="workqueue")
-    worker = subprocess.Popen(
-        [sys.executable, str(BENCH / "nats_peer.py"), nats_url, "BENCH", "bench.tasks", "4"]
-    )
+    subject = f"{name.lower()}.tasks"
+    await js.add_stream(name=name, subjects=[subject], retention="workqueue")
+    process = subprocess.Popen([sys.executable, *worker, nats_url, name, subject, *extra])
     replies = 0
     finished = asyncio.Event()
 
@@ -205,22 +217,38 @@ async def nats_throughput(nats_url: str, n: int) -> float:
         if replies == n:
             finished.set()
 
-    await nc.subscribe("bench.replies", cb=on_reply)
-    await asyncio.sleep(1.0)
+    await nc.subscribe(f"{name.lower()}.replies", cb=on_reply)
+    await asyncio.sleep(settle_s)
     started = time.perf_counter()
     sem = asyncio.Semaphore(64)
 
-    async def publish(i: int) -> None:
+    async def one(i: int) -> None:
         async with sem:
-            await js.publish("bench.tasks", b"%d" % i, headers={"reply-to": "bench.replies"})
+            await publish(i, f"{name.lower()}.replies")
 
-    await asyncio.gather(*(publish(i) for i in range(n)))
+    await asyncio.gather(*(one(i) for i in range(n)))
     await asyncio.wait_for(finished.wait(), 300)
     elapsed = time.perf_counter() - started
-    worker.terminate()
-    worker.wait()
+    process.terminate()
+    process.wait()
     await nc.close()
     return n / elapsed
+
+
+async def nats_throughput(nats_url: str, n: int) -> float:
+    """Bare nats-py: JetStream publishes with PubAck, a nats-py worker (bench/nats_peer.py)."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+
+    async def publish(i: int, reply: str) -> object:
+        return await js.publish("bench.tasks", b"%d" % i, headers={"reply-to": reply})
+
+    try:
+        return await peer_throughput(
+            nats_url, n, "BENCH", [str(BENCH / "nats_peer.py")], publish, extra=("4",)
+        )
+    finally:
+        await nc.close()
 
 
 async def faststream_throughput(nats_url: str, n: int) -> float:
@@ -228,47 +256,22 @@ async def faststream_throughput(nats_url: str, n: int) -> float:
     this side, its pull subscriber in the worker (bench/faststream_peer.py)."""
     from faststream.nats import NatsBroker
 
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await js.add_stream(name="FSBENCH", subjects=["fsbench.tasks"], retention="workqueue")
-    worker = subprocess.Popen(
-        [sys.executable, str(BENCH / "faststream_peer.py"), nats_url, "FSBENCH", "fsbench.tasks"]
-    )
     quiet = logging.getLogger("faststream-bench")
     quiet.setLevel(logging.WARNING)  # FastStream logs every message at INFO
     broker = NatsBroker(nats_url, logger=quiet)
     await broker.connect()
-    replies = 0
-    finished = asyncio.Event()
 
-    async def on_reply(_msg: object) -> None:
-        nonlocal replies
-        replies += 1
-        if replies == n:
-            finished.set()
+    async def publish(i: int, reply: str) -> object:
+        return await broker.publish(
+            b"%d" % i, "fsbench.tasks", stream="FSBENCH", headers={"reply-to": reply}
+        )
 
-    await nc.subscribe("fsbench.replies", cb=on_reply)
-    await asyncio.sleep(2.0)
-    started = time.perf_counter()
-    sem = asyncio.Semaphore(64)
-
-    async def publish(i: int) -> None:
-        async with sem:
-            await broker.publish(
-                b"%d" % i,
-                "fsbench.tasks",
-                stream="FSBENCH",
-                headers={"reply-to": "fsbench.replies"},
-            )
-
-    await asyncio.gather(*(publish(i) for i in range(n)))
-    await asyncio.wait_for(finished.wait(), 300)
-    elapsed = time.perf_counter() - started
-    worker.terminate()
-    worker.wait()
-    await broker.stop()
-    await nc.close()
-    return n / elapsed
+    try:
+        return await peer_throughput(
+            nats_url, n, "FSBENCH", [str(BENCH / "faststream_peer.py")], publish, settle_s=2.0
+        )
+    finally:
+        await broker.stop()
 
 
 def celery_throughput(n: int) -> tuple[float | None, str]:
