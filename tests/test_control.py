@@ -134,6 +134,8 @@ async def test_full_stream_answers_503_then_recovers(
         status = (await client.get("/api/v1/system/status")).json()
         assert status["status"] == "ok"
         assert status["bus"]["streams_present"] is True
+        assert status["bus"]["connected"] is True
+        assert status["bus"]["url"].startswith("127.0.0.1:")
     finally:
         await stop_system(system)
 

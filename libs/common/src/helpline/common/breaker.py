@@ -4,7 +4,6 @@ A breaker opens after `failures` consecutive failures and stays open for `open_s
 seconds; work that needs the dependency meanwhile raises `Deferred` (the bus waits and
 spends no attempt). After `open_s` one trial call is let through (half-open): success
 closes the breaker, failure opens it again. The failure that opens the breaker, and a
-failed trial, also defer their task: the dependency is the known culprit. The failure that opens the breaker, and a
 failed trial, also defer their task: the dependency is the known culprit.
 """
 

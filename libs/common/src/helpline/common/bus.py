@@ -107,6 +107,14 @@ class Bus:
             return False
         return True
 
+    def connection(self) -> dict[str, object]:
+        """Whether the connection is up, and to which server (no credentials)."""
+        url = self._nc.connected_url if self._nc is not None else None
+        return {
+            "connected": self._nc is not None and self._nc.is_connected,
+            "url": url.netloc.rpartition("@")[2] if url is not None else None,
+        }
+
     async def close(self) -> None:
         """Stop following cancellations, then drain and close the connection."""
         await self.cancellations.stop()

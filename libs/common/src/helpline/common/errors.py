@@ -12,7 +12,7 @@ HelplineError
 ```
 
 The bus decides ack, nak or term from the class, in one place
-(`helpline.common.worker.settle`). Any other exception a handler raises is an
+(`helpline.common.worker.run_task`). Any other exception a handler raises is an
 unexpected fault: it is retried like `Retryable`, and its message is not shown to
 clients (only its type), because it may carry internals.
 """

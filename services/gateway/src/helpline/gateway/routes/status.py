@@ -39,11 +39,7 @@ async def system_status(tasks: TasksDep) -> dict[str, Any]:
     queue_rows = await views.queues(tasks.bus) if ready else []
     return {
         "status": "ok" if ready and not open_breakers else ("degraded" if ready else "down"),
-        "bus": {
-            "connected": tasks.bus.nc.is_connected,
-            "streams_present": ready,
-            "url": tasks.bus.nc.connected_url.netloc if tasks.bus.nc.connected_url else None,
-        },
+        "bus": {**tasks.bus.connection(), "streams_present": ready},
         "queues": queue_rows,
         "workers": views.workers(replicas),
         "open_breakers": open_breakers,
