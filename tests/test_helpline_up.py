@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpline.testing import HelplineUp
 
@@ -27,6 +28,14 @@ def wait_terminal(client: httpx.Client, task_id: str, timeout_s: float = 90.0) -
             return record
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} not terminal: {record}")
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def children_of(pid: int) -> list[int]:
@@ -51,9 +60,24 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
             "/api/v1/crawl", json={"url": f"{docs_site}/index.html", "brand": "acme"}
         )
         assert response.status_code == 202
+        assert len(response.headers["x-trace-id"]) == 32
         crawl_id = response.json()["task_id"]
         before = wait_terminal(client, crawl_id)
         assert before["status"] == "succeeded"
+        # Every process's metrics are reachable: the gateway's, and the workers' in up's own.
+        gateway = metric_values(client.get("/metrics").text)
+        crawl = (("method", "POST"), ("route", "/api/v1/crawl"), ("status", "202"))
+        assert gateway[("helpline_http_requests_total", crawl)] == 1
+        workers = metric_values(httpx.get(f"{up.probes_url}/metrics", timeout=10).text)
+
+        def tasks(kind: str, outcome: str) -> float:
+            labels = (("kind", kind), ("outcome", outcome), ("priority", "normal"))
+            return workers.get(("helpline_tasks_total", labels), 0.0)
+
+        # The crawl's outcome is its pages'; each page ended once, indexed or failed.
+        assert tasks("crawl", "reported_later") == 1
+        pages = tasks("scrape", "reported_later") + tasks("scrape", "failed")
+        assert pages == before["progress"]["total"]
         first_answer = ask(client)
         assert first_answer["sources"][0]["url"] == f"{docs_site}/config/firewall.html"
         assert up.process is not None

@@ -89,14 +89,19 @@ class ServiceProcesses:
             await asyncio.to_thread(stop_process, self.processes[service], 30.0)
 
 
-def front_for(services: Sequence[str], *, children: bool) -> FrontFactory | None:
+def front_for(services: Sequence[str], *, probes_port: int | None = None) -> FrontFactory:
     """The HTTP front of a process hosting `services`: the gateway's API where it is one of
-    them; otherwise a worker's probes, unless the process has service processes of its own."""
+    them; otherwise a worker's probes and metrics (on `probes_port` when the gateway, in a
+    process of its own, has the HTTP port)."""
     if "gateway" in services:
         from helpline.gateway.server import api_front
 
         return api_front
-    return None if children else probes
+    if probes_port is None:
+        return probes
+    return lambda settings, host, components: probes(
+        settings.model_copy(update={"http_port": probes_port}), host, components
+    )
 
 
 def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[bytes]:
@@ -147,7 +152,7 @@ def up(settings: CliSettings) -> None:
         children = [n for n in SERVICES if n in settings.up_own_processes]
         in_process = [n for n in SERVICES if n not in children]
         components = [build_component(n, nats_url, knowledge) for n in in_process]
-        front = front_for(in_process, children=bool(children))
+        front = front_for(in_process, probes_port=settings.up_probes_port if children else None)
         companion = ServiceProcesses(run_settings, children) if children else None
         run_until_signalled(
             lambda stop: serve(

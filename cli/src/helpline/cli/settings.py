@@ -25,6 +25,12 @@ class CliSettings(ServingSettings):
         "share Qdrant Edge and stay in up's process). Empty: everything in one process.",
     )
 
+    up_probes_port: int = Field(
+        default=8081,
+        description="Where `helpline up`'s own process (the workers it hosts) answers "
+        "/healthz, /readyz and /metrics when the gateway runs apart (0: a free port, logged).",
+    )
+
     @property
     def gateway_url(self) -> str:
         return self.api_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}"

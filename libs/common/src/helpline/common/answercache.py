@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from helpline.common import metrics
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import Answer
 from helpline.common.subjects import Bucket
@@ -156,15 +157,20 @@ class AnswerCache:
         except KeyNotFoundError:
             entry = None
         if entry is None or not entry.value:
-            self.misses += 1
+            self._missed()
             return None
         try:
             answer = Answer.model_validate_json(entry.value)
         except ValueError:
-            self.misses += 1
+            self._missed()
             return None
         self.hits += 1
+        metrics.CACHE_LOOKUPS.labels("hit").inc()
         return answer
+
+    def _missed(self) -> None:
+        self.misses += 1
+        metrics.CACHE_LOOKUPS.labels("miss").inc()
 
     async def stats(self) -> CacheStats:
         info = await self.bus.js.stream_info(_stream(self.bus))

@@ -25,7 +25,7 @@ from nats.js.errors import APIError
 from opentelemetry import propagate, trace
 from pydantic import BaseModel
 
-from helpline.common import subjects
+from helpline.common import metrics, subjects
 from helpline.common.acks import Acks, Publish
 from helpline.common.breaker import BreakerBoard
 from helpline.common.cancellations import Cancellations
@@ -61,6 +61,7 @@ class Bus:
         self.cancellations = Cancellations(self.buckets)
         self.deferrals = Deferrals(self.buckets)
         self.breakers = BreakerBoard()
+        metrics.watch_breakers(self.breakers)
         # Shared by this process's task pools: batch work yields to urgent work.
         self.urgency = Urgency(layout.bulk_yield_window_s, layout.bulk_yield_starts_per_s)
 

@@ -123,6 +123,10 @@ def current_trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
+#: Fields a log call may add with `extra=` that a JSON line carries (the access log's `http`).
+_EXTRA_FIELDS = ("http", "task_id", "trace_id")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -135,6 +139,10 @@ class JsonFormatter(logging.Formatter):
         if span.is_valid:
             entry["trace_id"] = format(span.trace_id, "032x")
             entry["span_id"] = format(span.span_id, "016x")
+        for field in _EXTRA_FIELDS:  # what a log call passed in `extra=` for machines to read
+            value = record.__dict__.get(field)
+            if value is not None:
+                entry.setdefault(field, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
-from helpline.common import subjects
+from helpline.common import metrics, subjects
 from helpline.common.errors import TaskCancelled
 from helpline.common.messages import EventType, TaskMessage
 from helpline.common.observability import span
@@ -208,6 +208,7 @@ class TaskConsumer:
                 task = self.model.model_validate_json(delivery.body)
             except ValidationError as exc:
                 await reject_poison(self.bus, self.kind, delivery, exc)
+                metrics.POISON.labels(self.kind).inc()
                 return
             report_id, _ = task.reported_as(self.kind)
             if self.bus.cancellations.any(task.task_id, task.parent_id, report_id):
@@ -219,11 +220,13 @@ class TaskConsumer:
                     EventType.CANCELLED, error=error_of(TaskCancelled("cancelled by request"))
                 )
                 await delivery.ack()
+                ctx.count("cancelled")
                 return
             attempt = delivery.count
             if attempt > 1:
                 if await record_finished(self.bus.buckets, report_id):
                     await delivery.ack()
+                    metrics.TASKS.labels(self.kind, task.priority, "skipped").inc()
                     return
                 attempt = max(1, attempt - await self.bus.deferrals.count(task.task_id))
             ctx = TaskContext(self.bus, self.kind, task, delivery, attempt)

@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from nats.errors import NotJSMessageError
 from pydantic import ValidationError
 
-from helpline.common import subjects
+from helpline.common import metrics, subjects
 from helpline.common.errors import (
     DeadlineExpired,
     Deferred,
@@ -99,6 +100,16 @@ class Delivery:
             return 1
         return int(meta.num_delivered) if meta and meta.num_delivered else 1
 
+    def waited_s(self) -> float | None:
+        """Seconds since the message was stored on the bus (None outside JetStream)."""
+        try:
+            meta = self.msg.metadata
+        except NotJSMessageError:
+            return None
+        if meta is None or meta.timestamp is None:
+            return None
+        return max(0.0, (utcnow() - meta.timestamp).total_seconds())
+
     async def ack(self) -> None:
         if not self.settled:
             self.settled = True
@@ -151,6 +162,14 @@ class TaskContext:
         self._start_timer: asyncio.TimerHandle | None = None
         self._beat_timer: asyncio.TimerHandle | None = None
         self._beats: set[asyncio.Task[None]] = set()
+
+    def count(self, outcome: str) -> None:
+        """Count this delivery's outcome (`metrics.TASKS`)."""
+        metrics.TASKS.labels(self.kind, self.task.priority, outcome).inc()
+
+    def ran(self, since: float) -> None:
+        """Record how long the handler ran (`metrics.TASK_RUN`)."""
+        metrics.TASK_RUN.labels(self.kind, self.task.priority).observe(time.perf_counter() - since)
 
     def checkpoint(self) -> None:
         """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
@@ -257,10 +276,15 @@ async def run_task(
             error=error_of(DeadlineExpired("deadline passed before the task ran")),
         )
         await msg.reject()
+        ctx.count("expired")
         return
+    waited = msg.waited_s()
+    if waited is not None:
+        metrics.TASK_WAIT.labels(ctx.kind, ctx.task.priority).observe(waited)
     if report_start:
         ctx.report_started(START_REPORT_AFTER_S)
     ctx.keep_alive_every(ctx.bus.layout.ack_wait_s / 3)
+    started = time.perf_counter()
     try:
         result = await handler(ctx)
     except asyncio.CancelledError:
@@ -269,18 +293,26 @@ async def run_task(
             await asyncio.shield(msg.nack())
         raise
     except Deferred as exc:
+        ctx.ran(started)
         await _defer(ctx, msg, exc, policy)
+        ctx.count("deferred")
     except TaskCancelled as exc:
+        ctx.ran(started)
         await ctx.event(EventType.CANCELLED, error=error_of(exc))
         await msg.ack()
+        ctx.count("cancelled")
     except Permanent as exc:
+        ctx.ran(started)
         log.info("task %s failed: %s", ctx.task.task_id, exc.message)
-        type_ = EventType.EXPIRED if isinstance(exc, DeadlineExpired) else EventType.FAILED
-        await ctx.event(type_, error=error_of(exc))
+        expired = isinstance(exc, DeadlineExpired)
+        await ctx.event(EventType.EXPIRED if expired else EventType.FAILED, error=error_of(exc))
         await msg.reject()
+        ctx.count("expired" if expired else "failed")
     except Exception as exc:
-        await _retry_or_dead_letter(ctx, msg, exc, policy)
+        ctx.ran(started)
+        ctx.count(await _retry_or_dead_letter(ctx, msg, exc, policy))
     else:
+        ctx.ran(started)
         if isinstance(result, _ReportedLater):
             # The task goes on elsewhere (a page in the embedder): it is running, and the
             # start says which attempt it is.
@@ -288,6 +320,7 @@ async def run_task(
         else:
             await ctx.event(EventType.SUCCEEDED, result=result or {})
         await msg.ack()
+        ctx.count("reported_later" if isinstance(result, _ReportedLater) else "succeeded")
     finally:
         ctx.stop_keeping_alive()
         await ctx.settle_started()
@@ -306,7 +339,9 @@ async def _defer(ctx: TaskContext, msg: Delivery, exc: Deferred, policy: RetryPo
 
 async def _retry_or_dead_letter(
     ctx: TaskContext, msg: Delivery, exc: Exception, policy: RetryPolicy
-) -> None:
+) -> str:
+    """Retry later, or dead-letter the last attempt; which of the two ("retried",
+    "dead_lettered")."""
     err = error_of(exc)
     if not isinstance(exc, Retryable):
         log.exception("task %s raised unexpectedly", ctx.task.task_id, exc_info=exc)
@@ -319,11 +354,12 @@ async def _retry_or_dead_letter(
         )
         await ctx.event(EventType.FAILED, error=gave_up)
         await msg.reject()
-        return
+        return "dead_lettered"
     retry_after = exc.retry_after if isinstance(exc, Retryable) else None
     delay = policy.delay(ctx.attempt, retry_after)
     await ctx.event(EventType.RETRYING, error=err, result={"retry_in_s": round(delay, 3)})
     await msg.nack(delay=delay)
+    return "retried"
 
 
 async def dead_letter(

@@ -110,6 +110,8 @@ class HelplineUp:
     ):
         self.data_dir = data_dir
         self.port = port or free_port()
+        # Where up's own process (the workers it hosts) answers probes and /metrics.
+        self.probes_port = free_port()
         self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "helpline-up.log"
@@ -118,6 +120,10 @@ class HelplineUp:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def probes_url(self) -> str:
+        return f"http://127.0.0.1:{self.probes_port}"
+
     def start(self, timeout_s: float = 90.0) -> HelplineUp:
         """Start and wait until /readyz answers 200."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +131,7 @@ class HelplineUp:
             **_inherited_env(),
             "HELPLINE_DATA_DIR": str(self.data_dir),
             "HELPLINE_HTTP_PORT": str(self.port),
+            "HELPLINE_UP_PROBES_PORT": str(self.probes_port),
             "HELPLINE_HTTP_HOST": "127.0.0.1",
             **self.env,
         }

@@ -11,9 +11,10 @@ from helpline.common.bus import Bus
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
 from helpline.gateway import errors
-from helpline.gateway.routes import API, API_PREFIX, CONTRACT, PROBES
+from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
+from helpline.gateway.telemetry import RequestTelemetry
 from helpline.gateway.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)
     app.include_router(CONTRACT)
+    app.include_router(METRICS)
 
     errors.install(app)
 
+    # Inside the tracing middleware (added after it, so it runs within the request's span).
+    templates = {id(r): API_PREFIX + getattr(r, "path", "") for a in API for r in a.routes}
+    for router in (PROBES, CONTRACT, METRICS):
+        templates.update({id(r): getattr(r, "path", "") for r in router.routes})
+    app.add_middleware(RequestTelemetry, templates=templates)
     # One span per request; the ASGI send/receive spans under it say nothing a trace needs
     # and cost a fifth of a small request.
     FastAPIInstrumentor.instrument_app(

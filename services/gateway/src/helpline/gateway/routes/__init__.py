@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from helpline.gateway.routes import cache, contract, dlq, probes, query, status, submit, tasks
+from helpline.gateway.routes import (
+    cache,
+    contract,
+    dlq,
+    metrics,
+    probes,
+    query,
+    status,
+    submit,
+    tasks,
+)
 
 API_PREFIX = "/api/v1"
 API: tuple[APIRouter, ...] = (
@@ -18,3 +28,4 @@ API: tuple[APIRouter, ...] = (
 )
 PROBES = probes.router
 CONTRACT = contract.router
+METRICS = metrics.router
