@@ -7,7 +7,7 @@ import re
 
 import httpx
 from conftest import System
-from e2e_helpers import wait_terminal
+from e2e_helpers import eventually, wait_terminal
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpline.common.breaker import BreakerPolicy
@@ -71,9 +71,27 @@ async def test_requests_and_tasks_are_counted_exactly(system: System) -> None:
 
 async def test_every_response_names_its_trace(system: System, spans: object) -> None:
     response = await system.client.post("/api/v1/maintenance/ping")
-    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-trace-id"])
+    trace_id = response.headers["x-trace-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id)
     record = await wait_terminal(system.client, response.json()["task_id"])
     assert record["status"] == "succeeded"
+    # The task's record carries the trace of the request that submitted it.
+    assert record["trace_id"] == trace_id
+    # A question: the answer names its trace, and its record (written by the tracker from
+    # rag's outcome) the same one, carried across the bus.
+    asked = await system.client.post(
+        "/api/v1/query", json={"question": "anything at all", "brand": "nobody", "cache": False}
+    )
+    assert asked.status_code == 200
+    assert asked.json()["trace_id"] == asked.headers["x-trace-id"]
+    query_id = asked.json()["task_id"]
+
+    async def recorded() -> bool:
+        return (await system.client.get(f"/api/v1/tasks/{query_id}")).status_code == 200
+
+    assert await eventually(recorded, 10.0)  # written after the answer went out
+    query_record = (await system.client.get(f"/api/v1/tasks/{query_id}")).json()
+    assert query_record["trace_id"] == asked.headers["x-trace-id"]
 
 
 async def test_queues_breakers_and_cache_are_exported(system: System) -> None:

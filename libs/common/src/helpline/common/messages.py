@@ -242,6 +242,8 @@ class TaskEvent(Message):
     # reports only its outcome (a query) still gets a full record.
     started_at: datetime | None = None
     created_at: datetime | None = None
+    # The trace the task runs in (32 hex digits), for the record and the views.
+    trace_id: str | None = None
 
 
 class DeadLetter(Message):
@@ -255,6 +257,7 @@ class DeadLetter(Message):
     failed_at: datetime = Field(default_factory=utcnow)
     # The task message exactly as it was published (JSON text), so a replay sends it again.
     body: str
+    trace_id: str | None = None
 
 
 TASK_MODELS: dict[Kind, type[TaskMessage]] = {

@@ -60,6 +60,7 @@ class TaskView(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    trace_id: str | None = None
 
 
 class TaskRecord(TaskView):
@@ -113,6 +114,8 @@ def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
         "attempts": max(record.attempts, event.attempt),
         "updated_at": event.at,
     }
+    if record.trace_id is None and event.trace_id is not None:
+        update["trace_id"] = event.trace_id
     if record.started_at is None:
         if event.started_at is not None:
             update["started_at"] = event.started_at

@@ -28,6 +28,7 @@ from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
 from helpline.common.kv import kv_get
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import TaskEvent, TaskMessage
+from helpline.common.observability import current_trace_id
 from helpline.common.records import TERMINAL_STATUSES, Status, TaskRecord
 from helpline.common.subjects import Bucket, Kind
 
@@ -223,7 +224,11 @@ class TaskStore:
         bus refused loses its record again: nothing is left half-way.
         """
         record = TaskRecord(
-            task_id=task.task_id, kind=kind, priority=task.priority, parent_id=task.parent_id
+            task_id=task.task_id,
+            kind=kind,
+            priority=task.priority,
+            parent_id=task.parent_id,
+            trace_id=current_trace_id(),
         )
         if fresh:
             created, published = await asyncio.gather(

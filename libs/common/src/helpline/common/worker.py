@@ -50,6 +50,7 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
+from helpline.common.observability import current_trace_id
 from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ class TaskContext:
             parent_id=self.task.parent_id,
             started_at=self.started_at,
             created_at=self.task.created_at,
+            trace_id=current_trace_id(),
             **fields,
         )
         if self.task.notify and type_.outcome:
@@ -379,6 +381,7 @@ async def dead_letter(
         attempts=attempts,
         error=error,
         body=msg.body.decode("utf-8", errors="replace"),
+        trace_id=current_trace_id(),
     )
     subject_id = task_id if _SUBJECT_TOKEN.match(task_id) else derived_id("poison", task_id)
     await bus.publish(

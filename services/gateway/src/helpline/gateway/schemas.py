@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from helpline.common.messages import Answer, RenderMode
+from helpline.common.observability import current_trace_id
 from helpline.common.subjects import Priority
 
 Brand = Annotated[
@@ -199,6 +200,9 @@ class QueryResponse(BaseModel):
         default=None,
         description="Why the configured language model did not answer (the answer is extractive).",
     )
+    trace_id: str | None = Field(
+        default=None, description="The request's trace (also in the X-Trace-Id header)."
+    )
 
     @classmethod
     def of(cls, answer: Answer, task_id: str, started: float, *, cached: bool) -> QueryResponse:
@@ -212,6 +216,7 @@ class QueryResponse(BaseModel):
             cached=cached,
             answer_mode=answer.answer_mode,
             fallback_reason=answer.fallback_reason,
+            trace_id=current_trace_id(),
         )
 
 
@@ -249,6 +254,7 @@ class DeadLetterView(BaseModel):
     attempts: int
     error: dict[str, str]
     failed_at: datetime
+    trace_id: str | None = None
     task: dict[str, Any] | str = Field(
         description="The task as it was published (text if it was not JSON)."
     )

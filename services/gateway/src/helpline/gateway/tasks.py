@@ -29,6 +29,7 @@ from helpline.common.messages import (
     derived_id,
     new_task_id,
 )
+from helpline.common.observability import current_trace_id
 from helpline.common.records import Progress, Status, TaskRecord
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
@@ -133,6 +134,7 @@ class Tasks:
             kind=kind,
             priority=priority,
             progress=Progress(done=0, total=len(children)),
+            trace_id=current_trace_id(),
         )
         try:
             info = await self.bus.js.stream_info(self.bus.layout.task_stream(kind))

@@ -51,6 +51,7 @@ def _record_for(event: TaskEvent) -> TaskRecord:
         priority=event.priority or subjects.Priority.NORMAL,
         parent_id=event.parent_id,
         created_at=event.created_at or event.at,
+        trace_id=event.trace_id,
     )
 
 

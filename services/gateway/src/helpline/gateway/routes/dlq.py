@@ -63,5 +63,6 @@ def _letter_view(letter: DeadLetter) -> DeadLetterView:
         attempts=letter.attempts,
         error=letter.error.model_dump(),
         failed_at=letter.failed_at,
+        trace_id=letter.trace_id,
         task=task,
     )
