@@ -31,6 +31,10 @@ REPLICA_TTL_S = 30.0
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 DLQ_MAX_AGE_S = 30 * 24 * 3600.0
+#: The request log keeps a day, and at most this many requests (the oldest go first).
+REQUEST_LOG_MAX_AGE_S = 24 * 3600.0
+REQUEST_LOG_MAX_MSGS = 200_000
+REQUEST_LOG_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,20 @@ async def declare(js: JetStreamContext, layout: BusLayout) -> dict[Bucket, KeyVa
             retention=api.RetentionPolicy.LIMITS,
             storage=layout.storage,
             max_age=DLQ_MAX_AGE_S,
+            num_replicas=layout.replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=subjects.requests_stream(layout.prefix),
+            subjects=[subjects.requests(layout.prefix)],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            storage=layout.storage,
+            max_age=REQUEST_LOG_MAX_AGE_S,
+            max_msgs=REQUEST_LOG_MAX_MSGS,
+            max_bytes=REQUEST_LOG_MAX_BYTES,
             num_replicas=layout.replicas,
         ),
     )

@@ -68,6 +68,16 @@ def dlq_wildcard(prefix: str = PREFIX) -> str:
     return f"{prefix}.dlq.>"
 
 
+def requests(prefix: str = PREFIX) -> str:
+    """Where each gateway replica logs the requests it answered (the request log)."""
+    return f"{prefix}.requests"
+
+
+def requests_stream(prefix: str = PREFIX) -> str:
+    """The bounded stream of finished requests every gateway replica's views read."""
+    return f"{prefix.upper().replace('.', '_')}_REQUESTS"
+
+
 def stream(kind: Kind, prefix: str = PREFIX) -> str:
     """The work-queue stream that holds one kind's tasks."""
     return f"{prefix.upper().replace('.', '_')}_TASKS_{kind.upper()}"

@@ -11,6 +11,7 @@ from helpline.common.bus import Bus
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
 from helpline.gateway import errors
+from helpline.gateway.requestlog import RequestLog
 from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
@@ -30,6 +31,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.query_timeout_s = settings.query_timeout_s
     app.state.bus_prefix = settings.bus_prefix
     app.state.tasks = None
+    app.state.request_log = None
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)
@@ -74,9 +76,11 @@ class GatewayComponent:
         self.tracker = Tracker(bus, store, batch=self.settings.tracker_batch)
         await self.tracker.start()
         self.app.state.tasks = self.tasks
+        self.app.state.request_log = RequestLog(bus)
 
     async def stop(self) -> None:
         self.app.state.tasks = None
+        self.app.state.request_log = None
         if self.tracker is not None:
             await self.tracker.stop()
             self.tracker = None

@@ -275,3 +275,20 @@ class ReplicaBreakers(BaseModel):
     services: list[str]
     at: datetime
     breakers: list[BreakerView]
+
+
+class RouteStats(BaseModel):
+    count: int
+    errors: int = Field(description="Answered 5xx.")
+    error_rate: float
+    client_errors: int = Field(description="Answered 4xx.")
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    requests_per_minute: float
+
+
+class RequestStats(BaseModel):
+    overall: RouteStats
+    routes: dict[str, RouteStats] = Field(description="By `METHOD /route/template`.")

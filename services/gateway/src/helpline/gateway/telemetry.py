@@ -16,6 +16,7 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from helpline.common import metrics
+from helpline.common.messages import utcnow
 
 access = logging.getLogger("helpline.access")
 
@@ -52,29 +53,38 @@ class RequestTelemetry:
         try:
             await self.app(scope, receive, send_with_trace_id)
         finally:
-            self._record(scope, status, time.perf_counter() - started, trace_id)
+            entry = self._record(scope, status, time.perf_counter() - started, trace_id)
+            requests = getattr(scope["app"].state, "request_log", None) if "app" in scope else None
+            if entry is not None and requests is not None:
+                await requests.add(entry)
 
-    def _record(self, scope: Scope, status: int, elapsed: float, trace_id: str | None) -> None:
+    def _record(
+        self, scope: Scope, status: int, elapsed: float, trace_id: str | None
+    ) -> dict[str, Any] | None:
+        """Count and log the request; its request-log entry (None for probes and scrapes)."""
         route: Any = scope.get("route")
         template = self._templates.get(id(route)) or str(getattr(route, "path", "unmatched"))
         method = str(scope.get("method", ""))
         metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
         metrics.HTTP_DURATION.labels(template, method).observe(elapsed)
-        if template in QUIET or not access.isEnabledFor(logging.INFO):
-            return
-        access.info(
-            "%s %s %d %.1f ms",
-            method,
-            template,
-            status,
-            elapsed * 1000,
-            extra={
-                "http": {
-                    "method": method,
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-                "trace_id": trace_id,
-            },
-        )
+        if template in QUIET:
+            return None
+        entry = {
+            "at": utcnow().isoformat(),
+            "method": method,
+            "route": template,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+            "trace_id": trace_id,
+            "task_id": scope.get("state", {}).get("task_id"),
+        }
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "%s %s %d %.1f ms",
+                method,
+                template,
+                status,
+                elapsed * 1000,
+                extra={"http": entry, "trace_id": trace_id},
+            )
+        return entry

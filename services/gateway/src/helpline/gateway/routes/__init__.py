@@ -12,6 +12,7 @@ from helpline.gateway.routes import (
     metrics,
     probes,
     query,
+    requests,
     status,
     submit,
     tasks,
@@ -25,6 +26,7 @@ API: tuple[APIRouter, ...] = (
     cache.router,
     dlq.router,
     status.router,
+    requests.router,
 )
 PROBES = probes.router
 CONTRACT = contract.router

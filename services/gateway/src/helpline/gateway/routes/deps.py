@@ -43,6 +43,7 @@ def deadline_after(seconds: float | None) -> datetime | None:
 
 
 def accepted(request: Request, record: TaskRecord) -> Accepted:
+    request.state.task_id = record.task_id  # for the request log
     # The route's path spelled out: url_for would search every route on each submit.
     return Accepted(
         task_id=record.task_id,

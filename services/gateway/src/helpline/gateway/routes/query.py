@@ -43,6 +43,7 @@ async def query(body: QueryRequest, request: Request, tasks: TasksDep) -> Respon
     """
     started = time.perf_counter()
     task_id = task_id_for(Kind.QUERY, None)
+    request.state.task_id = task_id  # for the request log
     key = (
         tasks.cache.key(body.question, body.brand, body.top_k)
         if tasks.cache is not None and body.cache
