@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     from helpline.common.breaker import BreakerBoard
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Whether this process counts (HELPLINE_METRICS); set once at start by `configure`.
+_enabled = True
+
+
+def configure(enabled: bool) -> None:
+    """Count or not, for the whole process (`HELPLINE_METRICS`)."""
+    global _enabled
+    _enabled = enabled
+
+
+def enabled() -> bool:
+    """Whether this process counts."""
+    return _enabled
+
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: Request and task durations: 1 ms to 2 min.

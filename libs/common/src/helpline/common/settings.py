@@ -29,6 +29,14 @@ class HelplineSettings(BaseSettings):
     data_dir: Path = Field(default=Path(".helpline"), description="Where local state is kept.")
     log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING...).")
     log_json: bool = Field(default=True, description="Structured JSON logs with trace ids.")
+    metrics: bool = Field(
+        default=True,
+        description="Prometheus metrics (and, at the gateway, the request log behind the "
+        "stats, slow-request and error views); off, nothing is counted.",
+    )
+    access_log: bool = Field(
+        default=True, description="The gateway's one log line per request (`helpline.access`)."
+    )
     http_host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     http_port: int = Field(
         default=8080, description="Port of the gateway, or a worker's health port."

@@ -166,11 +166,14 @@ class TaskContext:
 
     def count(self, outcome: str) -> None:
         """Count this delivery's outcome (`metrics.TASKS`)."""
-        metrics.TASKS.labels(self.kind, self.task.priority, outcome).inc()
+        if metrics.enabled():
+            metrics.TASKS.labels(self.kind, self.task.priority, outcome).inc()
 
     def ran(self, since: float) -> None:
         """Record how long the handler ran (`metrics.TASK_RUN`)."""
-        metrics.TASK_RUN.labels(self.kind, self.task.priority).observe(time.perf_counter() - since)
+        if metrics.enabled():
+            elapsed = time.perf_counter() - since
+            metrics.TASK_RUN.labels(self.kind, self.task.priority).observe(elapsed)
 
     def checkpoint(self) -> None:
         """Stop here (raise `TaskCancelled`) if the task or its parent was cancelled."""
@@ -280,7 +283,7 @@ async def run_task(
         await msg.reject()
         ctx.count("expired")
         return
-    waited = msg.waited_s()
+    waited = msg.waited_s() if metrics.enabled() else None
     if waited is not None:
         metrics.TASK_WAIT.labels(ctx.kind, ctx.task.priority).observe(waited)
     if report_start:

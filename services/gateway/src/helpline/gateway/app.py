@@ -44,7 +44,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     templates = {id(r): API_PREFIX + getattr(r, "path", "") for a in API for r in a.routes}
     for router in (PROBES, CONTRACT, METRICS):
         templates.update({id(r): getattr(r, "path", "") for r in router.routes})
-    app.add_middleware(RequestTelemetry, templates=templates)
+    app.add_middleware(
+        RequestTelemetry,
+        templates=templates,
+        count=settings.metrics,
+        log_lines=settings.access_log,
+    )
     # One span per request; the ASGI send/receive spans under it say nothing a trace needs
     # and cost a fifth of a small request.
     FastAPIInstrumentor.instrument_app(

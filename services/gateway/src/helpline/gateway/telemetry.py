@@ -27,9 +27,18 @@ QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 class RequestTelemetry:
     """Count and time each HTTP request, label its response with its trace id, log it."""
 
-    def __init__(self, app: ASGIApp, templates: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        templates: dict[int, str] | None = None,
+        *,
+        count: bool = True,
+        log_lines: bool = True,
+    ) -> None:
         self.app = app
         self._templates = dict(templates or {})
+        self._count = count  # metrics and the request log (HELPLINE_METRICS)
+        self._log_lines = log_lines  # the access log (HELPLINE_ACCESS_LOG)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,9 +74,10 @@ class RequestTelemetry:
         route: Any = scope.get("route")
         template = self._templates.get(id(route)) or str(getattr(route, "path", "unmatched"))
         method = str(scope.get("method", ""))
-        metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
-        metrics.HTTP_DURATION.labels(template, method).observe(elapsed)
-        if template in QUIET:
+        if self._count:
+            metrics.HTTP_REQUESTS.labels(template, method, str(status)).inc()
+            metrics.HTTP_DURATION.labels(template, method).observe(elapsed)
+        if template in QUIET or not (self._count or self._log_lines):
             return None
         entry = {
             "at": utcnow().isoformat(),
@@ -78,7 +88,7 @@ class RequestTelemetry:
             "trace_id": trace_id,
             "task_id": scope.get("state", {}).get("task_id"),
         }
-        if access.isEnabledFor(logging.INFO):
+        if self._log_lines and access.isEnabledFor(logging.INFO):
             access.info(
                 "%s %s %d %.1f ms",
                 method,
@@ -87,4 +97,4 @@ class RequestTelemetry:
                 elapsed * 1000,
                 extra={"http": entry, "trace_id": trace_id},
             )
-        return entry
+        return entry if self._count else None

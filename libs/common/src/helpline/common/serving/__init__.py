@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from helpline.common import metrics
 from helpline.common.health import HealthServer
 from helpline.common.observability import setup_logging, setup_tracing
 from helpline.common.runtime import Component, Host
@@ -66,6 +67,7 @@ async def serve(
 
     Stopping goes front first (nothing new arrives), then the companion, then the components.
     """
+    metrics.configure(settings.metrics)
     host = Host(settings.model_copy(), components, name=name)
     await host.start()
     http: Front | None = None
