@@ -1,15 +1,24 @@
-"""Retrieval quality: recall@1, recall@5 and MRR@10 of Helpline against a plain BM25 baseline.
+"""Retrieval and answer quality of Helpline against a plain BM25 baseline, per corpus.
 
-Serves a documentation site on 127.0.0.1 (default: the PostgreSQL 15 manual from Debian's
-postgresql-doc-15, installed here if missing and possible), runs the real `helpline up`,
-indexes the site through the REST API, asks every question of a JSONL file
-(`{"question": ..., "expected": ["/page.html", ...]}`) through `POST /api/v1/query`, and
-scores the ranked sources: a question counts as found at rank r when the r-th source is
-one of its expected pages. In the same run, the same chunks (read back from the index)
-are ranked by a plain BM25 (Okapi, k1 1.5, b 0.75, lower-cased words, no stemming), and,
-for diagnosis, by the index's dense vectors alone and its lexical vectors alone.
+Serves a documentation site on 127.0.0.1 (a corpus: the PostgreSQL 15 manual from Debian's
+postgresql-doc-15, or SQLite's documentation from sqlite3-doc, installed here if missing
+and possible; or any folder with `--site`), runs the real `helpline up`, indexes the site
+through the REST API, asks every question of a JSONL file (`{"question": ...,
+"expected": ["/page.html", ...], "keywords": ["fact as written on the page", ...]}`)
+through `POST /api/v1/query`, and scores
 
-    uv run python bench/retrieval_eval.py                    # crawl the whole manual
+- the ranked sources: a question counts as found at rank r when the r-th source is one of
+  its expected pages (recall@1, recall@5, MRR@10);
+- the answer text: whether it holds any, and all, of the question's keywords (exact case,
+  whitespace folded), and its length.
+
+In the same run, the same chunks (read back from the index) are ranked by a plain BM25
+(Okapi, k1 1.5, b 0.75, lower-cased words, no stemming), whose answer is its top 3 chunks
+trimmed to the longest answer Helpline may give, and, for diagnosis, by the index's dense
+vectors alone and its lexical vectors alone.
+
+    uv run python bench/retrieval_eval.py                    # crawl the PostgreSQL manual
+    uv run python bench/retrieval_eval.py --corpus sqlite    # SQLite's documentation
     uv run python bench/retrieval_eval.py --sample 300       # expected pages + 300 others
     uv run python bench/retrieval_eval.py --data-dir D       # keep the index in D; reuse it
 """
@@ -19,8 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,10 +52,16 @@ from helpline.common.embedding import Embedder
 from helpline.common.lexical import SparseVector, encode_query
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.vectors import SPARSE_VECTOR, EdgeStore, Hit
+from helpline.rag.compose import ANSWER_LIMIT
 from helpline.testing import HelplineUp, serve_site
 
-QUESTIONS = Path(__file__).parent / "questions" / "postgresql.jsonl"
+QUESTIONS = Path(__file__).parent / "questions"
+SQLITE_DOCS = Path("/usr/share/doc/sqlite3")
+#: corpus -> (site folder, Debian package that installs it)
+CORPORA = {"postgresql": (MANUAL, "postgresql-doc-15"), "sqlite": (SQLITE_DOCS, "sqlite3-doc")}
 TOP_K = 10
+#: The longest answer the extractive composer gives (and the baseline's answer is cut to).
+ANSWER_CHARS = ANSWER_LIMIT
 _WORD = re.compile(r"\w+")
 
 
@@ -51,6 +69,7 @@ _WORD = re.compile(r"\w+")
 class Question:
     text: str
     expected: frozenset[str]
+    keywords: tuple[str, ...] = ()
 
 
 def load_questions(path: Path) -> list[Question]:
@@ -58,8 +77,50 @@ def load_questions(path: Path) -> list[Question]:
     for line in path.read_text().splitlines():
         if line.strip():
             item = json.loads(line)
-            questions.append(Question(item["question"], frozenset(item["expected"])))
+            questions.append(
+                Question(
+                    item["question"],
+                    frozenset(item["expected"]),
+                    tuple(item.get("keywords", ())),
+                )
+            )
     return questions
+
+
+def ensure_site(corpus: str) -> Path:
+    """The corpus's folder, its Debian package installed first when missing and possible."""
+    if corpus == "postgresql":
+        return ensure_manual()
+    folder, package = CORPORA[corpus]
+    missing = not folder.joinpath("index.html").exists()
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {package} (Debian) ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+    if not folder.joinpath("index.html").exists():
+        sys.exit(f"no documentation at {folder}: install Debian's {package}")
+    return folder
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split())
+
+
+def keyword_hits(questions: list[Question], answers: list[str]) -> dict[str, float]:
+    """Share of answers holding any, and all, of their question's keywords (exact case)."""
+    scored = [(q, _folded(a)) for q, a in zip(questions, answers, strict=True) if q.keywords]
+    if not scored:
+        return {"any": math.nan, "all": math.nan}
+    found = [[_folded(k) in answer for k in q.keywords] for q, answer in scored]
+    return {
+        "any": sum(any(f) for f in found) / len(found),
+        "all": sum(all(f) for f in found) / len(found),
+    }
+
+
+def trimmed(text: str, limit: int = ANSWER_CHARS) -> str:
+    text = _folded(text)
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0]
 
 
 def scores(questions: list[Question], rankings: list[list[str]]) -> dict[str, float]:
@@ -88,6 +149,7 @@ class Bm25:
 
     def __init__(self, chunks: list[dict], k1: float = 1.5, b: float = 0.75) -> None:
         self.urls = [str(c["url"]) for c in chunks]
+        self.texts = [str(c["text"]) for c in chunks]
         self.docs = [Counter(_WORD.findall(str(c["text"]).lower())) for c in chunks]
         self.lengths = [sum(d.values()) for d in self.docs]
         self.avg = sum(self.lengths) / max(len(self.docs), 1)
@@ -103,14 +165,21 @@ class Bm25:
                 self.postings.setdefault(term, []).append(i)
 
     def rank(self, question: str) -> list[str]:
+        best = self._chunks(question)
+        return pages_of([self.urls[i] for i in best[: TOP_K * 20]])
+
+    def answer(self, question: str, chunks: int = 3) -> str:
+        """Its top `chunks` chunks, joined and trimmed to `ANSWER_CHARS`."""
+        return trimmed(" ".join(self.texts[i] for i in self._chunks(question)[:chunks]))
+
+    def _chunks(self, question: str) -> list[int]:
         totals: dict[int, float] = {}
         for term in set(_WORD.findall(question.lower())):
             for i in self.postings.get(term, []):
                 tf = self.docs[i][term]
                 norm = self.k1 * (1 - self.b + self.b * self.lengths[i] / self.avg)
                 totals[i] = totals.get(i, 0.0) + self.idf[term] * tf * (self.k1 + 1) / (tf + norm)
-        best = sorted(totals, key=lambda i: totals[i], reverse=True)
-        return pages_of([self.urls[i] for i in best[: TOP_K * 20]])
+        return sorted(totals, key=lambda i: totals[i], reverse=True)
 
 
 def wait_task(client: httpx.Client, task_id: str) -> dict:
@@ -157,8 +226,11 @@ def index_site(client: httpx.Client, site: str, root: Path, args: argparse.Names
     return record
 
 
-def ask_all(client: httpx.Client, questions: list[Question]) -> tuple[list[list[str]], float]:
+def ask_all(
+    client: httpx.Client, questions: list[Question]
+) -> tuple[list[list[str]], list[str], float]:
     rankings = []
+    answers = []
     durations = []
     for question in questions:
         response = client.post(
@@ -169,7 +241,8 @@ def ask_all(client: httpx.Client, questions: list[Question]) -> tuple[list[list[
         body = response.json()
         durations.append(body["duration_ms"])
         rankings.append(pages_of([s["url"] for s in body["sources"]]))
-    return rankings, sorted(durations)[len(durations) // 2]
+        answers.append(body["answer"])
+    return rankings, answers, sorted(durations)[len(durations) // 2]
 
 
 @contextmanager
@@ -229,8 +302,11 @@ def _lexical_only(store: EdgeStore, sparse: SparseVector) -> list[Hit]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--site", type=Path, default=MANUAL, help="folder of HTML pages to serve")
-    parser.add_argument("--questions", type=Path, default=QUESTIONS)
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="postgresql")
+    parser.add_argument("--site", type=Path, default=None, help="folder of HTML pages to serve")
+    parser.add_argument(
+        "--questions", type=Path, default=None, help="JSONL questions (default: the corpus's)"
+    )
     parser.add_argument("--max-pages", type=int, default=1200, help="crawl limit")
     parser.add_argument(
         "--sample",
@@ -240,8 +316,10 @@ def main() -> None:
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the index here; reuse it")
     args = parser.parse_args()
+    if args.questions is None:
+        args.questions = QUESTIONS / f"{args.corpus}.jsonl"
 
-    root = ensure_manual() if args.site == MANUAL else args.site
+    root = ensure_site(args.corpus) if args.site is None else args.site
     questions = load_questions(args.questions)
     with data_dir(args.data_dir) as data, serve_site(root) as site:
         index = data / "qdrant" / "helpline"
@@ -254,10 +332,14 @@ def main() -> None:
                 started = time.perf_counter()
                 index_site(client, site, root, args)
                 print(f"indexed in {time.perf_counter() - started:.0f} s", flush=True)
-            helpline, median_ms = ask_all(client, questions)
+            helpline, answers, median_ms = ask_all(client, questions)
         chunks = read_chunks(index)
         # The site was served on a port of this run; compare paths only.
         baseline = Bm25(chunks)
+        answered = {
+            "helpline (hybrid, via gateway)": answers,
+            "bm25 baseline (top 3 chunks)": [baseline.answer(q.text) for q in questions],
+        }
         systems = {
             "helpline (hybrid, via gateway)": helpline,
             "bm25 baseline": [baseline.rank(q.text) for q in questions],
@@ -277,6 +359,15 @@ def main() -> None:
         print(
             f"{name:<32} {figures['recall@1']:>9.3f} {figures['recall@5']:>9.3f} "
             f"{figures['mrr@10']:>8.3f}"
+        )
+    print(f"\nanswers (at most {ANSWER_CHARS} characters) holding the question's keywords:")
+    print(f"{'system':<32} {'any':>7} {'all':>7} {'mean chars':>11} {'max chars':>10}")
+    for name, texts in answered.items():
+        hits = keyword_hits(questions, texts)
+        lengths = [len(t) for t in texts]
+        print(
+            f"{name:<32} {hits['any']:>7.3f} {hits['all']:>7.3f} "
+            f"{sum(lengths) / len(lengths):>11.0f} {max(lengths):>10}"
         )
     misses = [
         q.text for q, r in zip(questions, helpline, strict=True) if not q.expected & set(r[:5])

@@ -15,6 +15,8 @@ from helpline.common.messages import Source
 from helpline.common.vectors import Hit
 
 NO_ANSWER = "I could not find this in the indexed documentation."
+#: The longest extractive answer, in characters.
+ANSWER_LIMIT = 600
 MAX_SENTENCES = 3
 MAX_PER_SOURCE = 2
 SNIPPET_CHARS = 280
