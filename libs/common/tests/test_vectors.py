@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -313,31 +316,128 @@ def test_open_store_picks_the_backend(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_edge_builds_its_index_once_writing_pauses(
+#: Edge indexes a segment only past 10 MB of vectors: 700 points of this size get there.
+WIDE = 4096
+
+
+def wide_points(count: int, first: int = 0) -> list[IndexedPoint]:
+    vectors = np.random.default_rng(first).standard_normal((count, WIDE)).astype(np.float32)
+    return [
+        IndexedPoint(point_id(f"https://docs/p{i // 10}", i), vectors[i - first], {"brand": "acme"})
+        for i in range(first, first + count)
+    ]
+
+
+def swap_in(store: EdgeStore) -> None:
+    """Call `maintain` as the embedder does until the optimized copy is swapped in."""
+    deadline = time.monotonic() + 180
+    while not store.maintain():
+        assert store._rebuild is not None, "the rebuild was dropped"
+        assert time.monotonic() < deadline, "the rebuild did not finish"
+        time.sleep(0.05)
+
+
+def siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+def test_edge_builds_its_index_in_a_child_process_once_writing_pauses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = EdgeStore(tmp_path / "shard", DIM)
+    path = tmp_path / "shard"
+    store = EdgeStore(path, WIDE)
     store.ensure_collection()
-    points = [chunk(f"https://docs/p{i // 10}", i % 10, seed=i) for i in range(2_500)]
+    points = wide_points(800)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_AFTER_POINTS", 500)
     store.upsert(points)
-    target = points[1234]
-    before = [h.id for h in store.search(target.vector, limit=10)]
-    # Just written: not yet (an optimize holds the process for seconds).
+    target = points[123]
+    assert store._shard.info().indexed_vectors_count == 0
     monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 0.0)
     assert store.maintain() is False
+    assert store._rebuild is None  # just written: the crawl may go on
+
     monkeypatch.setattr(edge_store, "OPTIMIZE_QUIET_S", 0.0)
-    assert store.maintain() is True
-    after = store.search(target.vector, limit=10)
-    assert after[0].id == target.id
-    assert after[0].payload == target.payload
-    assert len(set(before) & {h.id for h in after}) >= 9
-    # Nothing new since: nothing to do.
     assert store.maintain() is False
+    rebuild = store._rebuild
+    assert rebuild is not None
+    assert rebuild.process.pid != os.getpid()
+    assert siblings(path) == ["shard.optimizing"]
+    # This process goes on answering from the original meanwhile.
+    assert store.search(target.vector, limit=1)[0].id == target.id
+    while rebuild.process.poll() is None:
+        time.sleep(0.05)
+    # Done, but a question was just asked: the swap (a load that holds the GIL) waits ...
+    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 3600.0)
+    store.search(target.vector, limit=1)
+    assert store.maintain() is False
+    monkeypatch.setattr(edge_store, "OPTIMIZE_MAX_DEFER_S", 0.0)  # ... not for ever
+    swap_in(store)
+
+    assert store._shard.info().indexed_vectors_count == len(points)
+    assert siblings(path) == []
+    hits = store.search(target.vector, limit=3)
+    assert hits[0].id == target.id
+    assert hits[0].payload == target.payload
+    assert store.count() == len(points)
+    assert store.maintain() is False  # nothing new since
+    assert store._rebuild is None
+    store.upsert(wide_points(1, first=900))  # the swapped-in shard takes writes
     store.close()
-    # A reopened store holds all its points as possibly unindexed: one (cheap) pass again.
-    reopened = EdgeStore(tmp_path / "shard", DIM)
-    assert reopened.maintain() is True
+    reopened = EdgeStore(path, WIDE)
+    assert reopened.count() == len(points) + 1
     assert reopened.search(target.vector, limit=1)[0].id == target.id
+    assert reopened._unindexed < 500  # indexed already: no rebuild at start
+    reopened.close()
+
+
+def test_edge_drops_a_rebuild_that_a_write_overtook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shard"
+    store = EdgeStore(path, WIDE)
+    store.ensure_collection()
+    monkeypatch.setattr(edge_store, "OPTIMIZE_AFTER_POINTS", 500)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_QUIET_S", 0.0)
+    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 0.0)
+    store.upsert(wide_points(800))
+    store.maintain()
+    assert store._rebuild is not None
+    late = wide_points(1, first=800)
+    store.upsert(late)  # the copy misses it: never swapped in
+    store.delete([late[0].id])
+    deadline = time.monotonic() + 180
+    while store._rebuild is not None:
+        assert store.maintain() is False
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert siblings(path) == []
+    assert store.count() == 800
+    store.upsert(late)
+    store.maintain()  # a new copy, with the late point
+    swap_in(store)
+    assert store.count() == 801
+    assert store.search(late[0].vector, limit=1)[0].id == late[0].id
+    store.close()
+
+
+def test_edge_recovers_a_swap_cut_short(tmp_path: Path) -> None:
+    path = tmp_path / "shard"
+    store = EdgeStore(path, DIM)
+    store.ensure_collection()
+    store.upsert([chunk("https://docs/a", i) for i in range(30)])
+    store.close()
+    # Killed between moving the original aside and moving the optimized copy in.
+    shutil.copytree(path, tmp_path / "shard.optimizing")
+    path.rename(tmp_path / "shard.retired")
+    reopened = EdgeStore(path, DIM)
+    assert reopened.count() == 30
+    assert siblings(path) == []
+    reopened.close()
+    # Killed after the copy was moved in, before the original was deleted.
+    shutil.copytree(path, tmp_path / "shard.retired")
+    reopened = EdgeStore(path, DIM)
+    assert reopened.count() == 30
+    assert siblings(path) == []
     reopened.close()
 
 
@@ -356,15 +456,14 @@ class CountingFlushes:
         return getattr(self.shard, name)
 
 
-def test_edge_housekeeping_waits_for_a_lull_in_searches(
+def test_edge_flushes_wait_for_a_lull_in_searches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = EdgeStore(tmp_path / "shard", DIM, flush_interval=0.0)
     store.ensure_collection()
     shard = CountingFlushes(store._shard)
     monkeypatch.setattr(store, "_shard", shard)
-    points = [chunk(f"https://docs/p{i // 10}", i % 10, seed=i) for i in range(2_500)]
-    monkeypatch.setattr(edge_store, "OPTIMIZE_QUIET_S", 0.0)
+    points = [chunk(f"https://docs/p{i // 10}", i % 10, seed=i) for i in range(20)]
 
     store.upsert(points[:10])
     assert shard.flushes == 0  # not in the write a question may wait behind
@@ -380,18 +479,11 @@ def test_edge_housekeeping_waits_for_a_lull_in_searches(
     monkeypatch.setattr(edge_store, "FLUSH_MAX_DEFER_S", 30.0)
     store.upsert(points[10:])
     store.search(unit(2), limit=3)
-    assert store.maintain() is False  # enough new points, but questions are being asked
+    assert store.maintain() is False
     assert shard.flushes == 1
     monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 0.0)  # the questions paused
-    assert store.maintain() is True
-    assert shard.flushes == 2
-    store.upsert(points[:1])
-    store.search(unit(3), limit=3)
-    monkeypatch.setattr(edge_store, "SEARCH_LULL_S", 3600.0)
     assert store.maintain() is False
-    monkeypatch.setattr(edge_store, "OPTIMIZE_AFTER_POINTS", 1)
-    monkeypatch.setattr(edge_store, "OPTIMIZE_MAX_DEFER_S", 0.0)  # deferred long enough
-    assert store.maintain() is True
+    assert shard.flushes == 2
     store.close()
 
 

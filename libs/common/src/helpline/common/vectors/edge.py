@@ -1,20 +1,27 @@
 """The Qdrant Edge backend: a shard in a local folder, searched in process (`EdgeStore`).
 
 Qdrant Edge builds its vector index and flushes to disk only when asked; `EdgeStore.maintain`
-does both, between writes and in lulls of searches, so questions are not held behind them.
+does both, so that questions are not held behind them: flushes in lulls of searches, and the
+index built in a child process on a copy of the shard, which is then swapped in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import qdrant_edge as edge
 
 from helpline.common.lexical import SparseVector
+from helpline.common.processes import start_child, stop_process
 from helpline.common.vectors.fusion import _prefetch_limit, fuse_ids
 from helpline.common.vectors.store import (
     _SCROLL_PAGE,
@@ -35,13 +42,28 @@ SEARCH_THREADS = 1
 #: Qdrant Edge builds its vector index only when asked (`EdgeStore.maintain`).
 OPTIMIZE_AFTER_POINTS = 2_000
 OPTIMIZE_QUIET_S = 20.0
-#: Housekeeping holds the interpreter lock a questioner needs (an optimize for seconds, a
-#: flush for 8-60 ms), so it waits until no search ran for this long ...
+#: Housekeeping holds the interpreter lock a questioner needs (a flush for 8-60 ms, swapping
+#: in a rebuilt shard for the 0.1-0.3 s its load takes), so it waits until no search ran for
+#: this long ...
 SEARCH_LULL_S = 1.0
-#: ... but a flush waits at most this long past its due time, and an optimize this long
-#: past the end of writing, however busy the searches.
+#: ... but a flush waits at most this long past its due time, and a swap this long past the
+#: end of its rebuild, however busy the searches.
 FLUSH_MAX_DEFER_S = 30.0
 OPTIMIZE_MAX_DEFER_S = 120.0
+#: How much lower the rebuilding child's CPU priority is (nice): questions keep the cores.
+OPTIMIZE_NICENESS = 10
+#: Edge's optimize holds the interpreter lock for its whole run (1.9-3.5 s at 13k points: no
+#: thread of the process runs meanwhile), so it runs in a child process, on a copy.
+_OPTIMIZE = """
+import os, sys
+import qdrant_edge
+os.nice(int(sys.argv[2]))
+shard = qdrant_edge.EdgeShard.load(sys.argv[1])
+optimized = shard.optimize()
+shard.close()
+sys.exit(0 if optimized else 3)
+"""
+_NOTHING_TO_OPTIMIZE = 3
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +71,9 @@ log = logging.getLogger(__name__)
 class EdgeStore(VectorStore):
     """A Qdrant Edge shard in a local folder, used in process.
 
-    Safe to share between threads without a lock of ours: the binding holds the GIL for
-    the whole of every call, so calls run one at a time (checked with concurrent
-    upserts, queries, scrolls and flushes).
+    Safe to share between threads: the binding holds the GIL for the whole of every call,
+    so calls run one at a time (checked with concurrent upserts, queries, scrolls and
+    flushes); `_shard_lock` only keeps them off a shard being swapped out.
 
     Only one process may open a folder at a time: the WAL is locked while it is open.
     Writes are flushed by `maintain`, at most every `flush_interval` seconds.
@@ -64,7 +86,8 @@ class EdgeStore(VectorStore):
         self.dim = dim
         self._flush_interval = flush_interval
         self._flush_lock = threading.Lock()
-        config = edge.EdgeConfig(
+        self._shard_lock = threading.Lock()
+        self._config = config = edge.EdgeConfig(
             vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
             sparse_vectors={SPARSE_VECTOR: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
             # The binding holds the GIL for a whole call, so a search never overlaps the
@@ -72,6 +95,7 @@ class EdgeStore(VectorStore):
             # threads only adds the hand-offs (0.9 -> 0.7 ms a hybrid search at 13k points).
             max_search_threads=SEARCH_THREADS,
         )
+        _recover(path)
         if path.is_dir() and any(path.iterdir()):
             # Passing the config makes load fail on a shard of another dimension, or one
             # created before it had a sparse vector.
@@ -93,17 +117,21 @@ class EdgeStore(VectorStore):
         self._writes = self._flushed_writes = 0
         self._searched_at = 0.0
         self._closed = False
-        # Points written since the last optimize. A loaded shard counts all its points:
-        # optimizing what is already indexed returns at once.
-        self._unindexed = self._shard.count(edge.CountRequest(exact=True))
+        # Points written since the last optimize; for a loaded shard, its dense vectors
+        # outside the vector index (Edge counts every sparse vector as indexed).
+        info = self._shard.info()
+        sparse = edge.Filter(must=[edge.HasVectorCondition(SPARSE_VECTOR)])
+        with_sparse = self._shard.count(edge.CountRequest(exact=True, filter=sparse))
+        self._unindexed = max(0, info.points_count + with_sparse - info.indexed_vectors_count)
         self._written_at = 0.0
+        self._rebuild: _Rebuild | None = None
 
     def ensure_collection(self) -> None:
         """Create the keyword payload indexes the shard does not have yet."""
         present = self._shard.info().payload_schema
         for field in INDEXED_FIELDS:
             if field not in present:
-                self._shard.update(
+                self._update(
                     edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword)
                 )
         self._flush_now()
@@ -113,16 +141,14 @@ class EdgeStore(VectorStore):
         if not points:
             return
         batch = [edge.Point(p.id, self._vectors(p), p.payload) for p in points]
-        self._shard.update(edge.UpdateOperation.upsert_points(batch))
+        self._update(edge.UpdateOperation.upsert_points(batch))
         self._unindexed += len(batch)
-        self._after_write()
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove points by id; unknown ids are ignored."""
         if not ids:
             return
-        self._shard.update(edge.UpdateOperation.delete_points(list(ids)))
-        self._after_write()
+        self._update(edge.UpdateOperation.delete_points(list(ids)))
 
     def _vectors(self, point: IndexedPoint) -> dict[str, edge.NamedVector]:
         vectors: dict[str, edge.NamedVector] = {"": _as_list(point.vector, self.dim)}
@@ -139,6 +165,12 @@ class EdgeStore(VectorStore):
     ) -> list[Hit]:
         """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
         self._searched_at = time.monotonic()
+        with self._shard_lock:
+            return self._search(vector, limit, brand, sparse)
+
+    def _search(
+        self, vector: VectorLike, limit: int, brand: str | None, sparse: SparseVector | None
+    ) -> list[Hit]:
         dense = edge.Query.Nearest(_as_list(vector, self.dim))
         if sparse is None or not sparse.indices:
             request = edge.QueryRequest(
@@ -178,14 +210,15 @@ class EdgeStore(VectorStore):
         hashes: dict[str, str] = {}
         offset: edge.PointId | None = None
         while True:
-            records, offset = self._shard.scroll(
-                edge.ScrollRequest(
-                    offset=offset,
-                    limit=_SCROLL_PAGE,
-                    filter=_edge_filter(brand=brand, url=url),
-                    with_payload=["content_hash"],
+            with self._shard_lock:
+                records, offset = self._shard.scroll(
+                    edge.ScrollRequest(
+                        offset=offset,
+                        limit=_SCROLL_PAGE,
+                        filter=_edge_filter(brand=brand, url=url),
+                        with_payload=["content_hash"],
+                    )
                 )
-            )
             for record in records:
                 hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
             if offset is None:
@@ -193,13 +226,16 @@ class EdgeStore(VectorStore):
 
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""
-        return self._shard.count(edge.CountRequest(exact=True, filter=_edge_filter(brand=brand)))
+        request = edge.CountRequest(exact=True, filter=_edge_filter(brand=brand))
+        with self._shard_lock:
+            return self._shard.count(request)
 
     def close(self) -> None:
         """Flush to disk (Edge's close does) and release the folder; closing twice is harmless."""
         with self._flush_lock:
             if self._closed:
                 return
+            self._drop_rebuild()
             self._shard.close()
             self._closed = True
 
@@ -208,48 +244,124 @@ class EdgeStore(VectorStore):
         over what was written once writing has paused, and flush what is pending.
 
         Until an optimize, new points are searched exhaustively: 3 ms a query at 13k
-        points, 0.6 ms once indexed. Optimizing holds the GIL for its whole run (2.6-3.5 s
-        at 13k points), so it waits until `OPTIMIZE_AFTER_POINTS` points are new and nothing
-        was written for `OPTIMIZE_QUIET_S`: after a crawl, not during one. Both wait for a
-        lull in searches (`SEARCH_LULL_S`), so that questions being asked are not held
-        behind them, up to their `*_MAX_DEFER_S`. Returns whether it optimized.
+        points, 0.6 ms once indexed. Once `OPTIMIZE_AFTER_POINTS` points are new and nothing
+        was written for `OPTIMIZE_QUIET_S` (after a crawl, not during one), the shard is
+        copied and a child process optimizes the copy, while this one goes on searching the
+        original. A later call swaps the optimized copy in, unless anything was written
+        since it was taken (then it is dropped, and made again once writing pauses). Swaps
+        and flushes wait for a lull in searches (`SEARCH_LULL_S`), so that questions being
+        asked are not held behind them, up to their `*_MAX_DEFER_S`. Returns whether it
+        swapped in an optimized shard.
         """
         now = time.monotonic()
         lull = now - self._searched_at >= SEARCH_LULL_S
-        if (
-            self._unindexed >= OPTIMIZE_AFTER_POINTS
-            and now - self._written_at >= OPTIMIZE_QUIET_S
-            and (lull or now - self._written_at >= OPTIMIZE_QUIET_S + OPTIMIZE_MAX_DEFER_S)
+        swapped = False
+        if self._rebuild is not None:
+            swapped = self._finish_rebuild(now, lull)
+        elif (
+            self._unindexed >= OPTIMIZE_AFTER_POINTS and now - self._written_at >= OPTIMIZE_QUIET_S
         ):
-            with self._flush_lock:
-                if self._closed:
-                    return False
-                started = time.monotonic()
-                self._shard.optimize()
-                self._flush_locked()
-            log.info(
-                "vector index optimized (%d new points) in %.1f s",
-                self._unindexed,
-                time.monotonic() - started,
-            )
-            self._unindexed = 0
-            return True
+            self._start_rebuild()
         due = now - self._flushed_at - self._flush_interval
         pending = self._writes != self._flushed_writes
         if pending and due >= 0 and (lull or due >= FLUSH_MAX_DEFER_S):
             self._flush_now()
-        return False
+        return swapped
 
-    def _after_write(self) -> None:
-        # Every update is appended to the WAL (an mmap), so it survives the process
-        # being killed without any flush: load() replays it. flush() msyncs the WAL and
-        # the segments (8 ms a few writes after the last, 60 ms after 20k points, much of
-        # it holding the GIL), which only adds safety against an OS crash or power loss and
-        # keeps the WAL replay at startup short. Like a Qdrant server's flush_interval_sec
-        # it runs every few seconds, from `maintain`: not in the write a question may be
-        # waiting behind.
+    def _start_rebuild(self) -> None:
+        """Copy the shard (flushed, no write in between) and start optimizing the copy."""
+        copy = _sibling(self.path, "optimizing")
+        with self._flush_lock:
+            if self._closed:
+                return
+            self._flush_locked()
+            with self._shard_lock:  # no write half done
+                writes = self._writes
+            shutil.rmtree(copy, ignore_errors=True)
+            # Searches go on meanwhile; a write would tear the copy, which is then dropped.
+            shutil.copytree(self.path, copy)
+            with self._shard_lock:
+                torn = self._writes != writes
+            if torn:
+                shutil.rmtree(copy, ignore_errors=True)
+                return
+            process = start_child(
+                [sys.executable, "-c", _OPTIMIZE, str(copy), str(OPTIMIZE_NICENESS)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            self._rebuild = _Rebuild(copy, process, writes, self._unindexed, time.monotonic())
+
+    def _finish_rebuild(self, now: float, lull: bool) -> bool:
+        rebuild = self._rebuild
+        assert rebuild is not None
+        code = rebuild.process.poll()
+        if code is None:
+            return False
+        if rebuild.done_at is None:
+            rebuild.done_at = now
+        stale = self._writes != rebuild.writes
+        if code != 0 or stale:
+            with self._flush_lock:
+                self._drop_rebuild()
+            if code == _NOTHING_TO_OPTIMIZE and not stale:
+                self._unindexed = 0  # what is left is too small for Edge to index
+            elif code not in (0, _NOTHING_TO_OPTIMIZE):
+                log.warning("optimizing the vector index failed: %s", rebuild.error())
+            return False
+        if not lull and now - rebuild.done_at < OPTIMIZE_MAX_DEFER_S:
+            return False
+        return self._swap(rebuild)
+
+    def _swap(self, rebuild: _Rebuild) -> bool:
+        """Put the optimized copy where the shard was and load it in its place."""
+        retired = _sibling(self.path, "retired")
+        with self._flush_lock, self._shard_lock:
+            if self._closed or self._writes != rebuild.writes:
+                self._drop_rebuild()
+                return False
+            self._rebuild = None
+            rebuild.close()
+            self._shard.close()
+            self.path.rename(retired)
+            rebuild.path.rename(self.path)
+            # A crash from here on leaves the copy in place, or `_recover` puts back the
+            # original: both hold every point, since nothing was written in between.
+            try:
+                self._shard = edge.EdgeShard.load(str(self.path), self._config)
+            except Exception:
+                self.path.rename(rebuild.path)
+                retired.rename(self.path)
+                self._shard = edge.EdgeShard.load(str(self.path), self._config)
+                shutil.rmtree(rebuild.path, ignore_errors=True)
+                raise
+            self._flushed_at = time.monotonic()
+            self._unindexed = max(0, self._unindexed - rebuild.unindexed)
+        shutil.rmtree(retired, ignore_errors=True)
+        log.info(
+            "vector index optimized (%d new points) in %.1f s, in a child process",
+            rebuild.unindexed,
+            time.monotonic() - rebuild.started_at,
+        )
+        return True
+
+    def _drop_rebuild(self) -> None:
+        """Stop and remove an unfinished or unusable rebuild (holding `_flush_lock`)."""
+        rebuild, self._rebuild = self._rebuild, None
+        if rebuild is not None:
+            stop_process(rebuild.process, 5.0)
+            rebuild.close()
+            shutil.rmtree(rebuild.path, ignore_errors=True)
+
+    def _update(self, operation: edge.UpdateOperation) -> None:
+        # Appended to the WAL (an mmap): it survives the process being killed, load() replays
+        # it. A flush (8-60 ms, much of it holding the GIL) guards against an OS crash and
+        # keeps that replay short; it runs every few seconds from `maintain`, like a Qdrant
+        # server's flush_interval_sec, not in a write a question may be waiting behind.
+        with self._shard_lock:
+            self._shard.update(operation)
+            self._writes += 1
         self._written_at = time.monotonic()
-        self._writes += 1
 
     def _flush_now(self) -> None:
         with self._flush_lock:
@@ -271,3 +383,41 @@ def _edge_filter(*, brand: str | None = None, url: str | None = None) -> edge.Fi
         if value is not None
     ]
     return edge.Filter(must=conditions) if conditions else None
+
+
+@dataclass
+class _Rebuild:
+    """A copy of the shard (`path`) being optimized by a child process."""
+
+    path: Path
+    process: subprocess.Popen[bytes]
+    writes: int  # the store's writes when the copy was taken
+    unindexed: int
+    started_at: float
+    done_at: float | None = None
+
+    def error(self) -> str:
+        stderr = self.process.stderr.read() if self.process.stderr is not None else b""
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.process.returncode}"
+
+    def close(self) -> None:
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+def _sibling(path: Path, role: str) -> Path:
+    return path.with_name(f"{path.name}.{role}")
+
+
+def _recover(path: Path) -> None:
+    """Finish or undo a swap that a crash interrupted, and drop an unfinished rebuild."""
+    retired = _sibling(path, "retired")
+    if retired.is_dir():
+        if path.is_dir() and any(path.iterdir()):
+            shutil.rmtree(retired)  # the optimized copy is in place
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.rmdir()
+            retired.rename(path)
+    shutil.rmtree(_sibling(path, "optimizing"), ignore_errors=True)
