@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from helpline.common.messages import Answer, AnswerPart, QueryTask, utcnow
 from helpline.rag.compose import compose, merge_pages
 from helpline.rag.llm import LanguageModel, ModelUnavailable, Passage
-from helpline.rag.retrieval import Answerer
+from helpline.rag.retrieval import PER_PAGE, Answerer
 
 # Of the query's remaining time, this much is kept for the reply after the model gave up.
 REPLY_MARGIN_S = 0.5
@@ -35,7 +35,10 @@ class Responder:
         if self.model is None or not sources:
             return extractive
         pages = merge_pages(hits)[: task.top_k]
-        passages = [Passage(title=p.title, url=p.url, text="\n".join(p.passages)) for p in pages]
+        # The model reads each page's best passages, as many as diversifying kept.
+        passages = [
+            Passage(title=p.title, url=p.url, text="\n".join(p.passages[:PER_PAGE])) for p in pages
+        ]
         remaining = None
         if task.deadline is not None:
             remaining = (task.deadline - utcnow()).total_seconds() - REPLY_MARGIN_S

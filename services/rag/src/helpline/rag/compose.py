@@ -1,29 +1,57 @@
-"""Extractive answers: the sentences of the best passages that speak to the question, cited.
+"""Extractive answers: the quotes of the best pages that state what was asked, cited.
 
-Pure functions over search hits. Hits of one page are merged into one source; the answer
-is at most a few sentences, each followed by the `[n]` of the source it came from, and
-`sources` is numbered to match.
+Pure functions over search hits. Hits of one page are merged into one source. From the
+first `PAGES_QUOTED` pages, every retrieved passage is cut into quotes (`quotes.py`:
+sentences, table rows, code lines, each with its heading or definition term as context;
+headings, navigation and tables of contents are never quoted). Each quote is scored by
+the question's words it holds, weighted by their rarity among the retrieved passages (an
+IDF over the candidates), by the words its context adds (at half weight), by how many
+names, numbers and settings it carries (the facts customers ask for), less a little for
+length, for a lower-ranked page and a lower-ranked passage. The best quotes that fit in
+`ANSWER_LIMIT` characters are the answer, in page order, each followed by the `[n]` of
+its source; `sources` is numbered to match. How each part was chosen, and what lost
+(semantic scoring of quotes with the model, windows of neighbouring sentences), is in
+bench/results/retrieval_eval.md.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
 
 from helpline.common.messages import Source
 from helpline.common.vectors import Hit
+from helpline.rag.quotes import Quote, quotes
 
 NO_ANSWER = "I could not find this in the indexed documentation."
 #: The longest extractive answer, in characters.
 ANSWER_LIMIT = 600
-MAX_SENTENCES = 3
-MAX_PER_SOURCE = 2
-SNIPPET_CHARS = 280
+#: Pages whose passages may be quoted, best first.
+PAGES_QUOTED = 3
+#: Passages of one page considered, best first.
+PASSAGES_PER_PAGE = 8
+#: Beyond the best page, only pages scoring at least this share of its score are quoted.
 QUOTE_RELATIVE_SCORE = 0.6
+SNIPPET_CHARS = 280
+#: A context longer than this is not repeated in front of a quote.
+CONTEXT_CHARS = 80
+# Scoring weights (tuned on bench/questions/postgresql.jsonl; see the module docstring).
+CONTEXT_WEIGHT = 0.5
+FACT_WEIGHT = 0.6
+PAGE_RANK_PENALTY = 0.2
+PASSAGE_RANK_PENALTY = 0.01
+LENGTH_PENALTY_PER_300 = 0.2
+SHORT_SENTENCE_PENALTY = 0.15
+#: Below this score a quote is not worth quoting (unless it is the best there is).
+MIN_SCORE = 0.1
+# Done once the answer is this close to the limit.
+_ROOM_LEFT = 60
+# Names with underscores, upper-case words, numbers, options, calls, operators.
+_FACT = re.compile(r"\b\w+_\w+\b|\b[A-Z][A-Z0-9]{2,}\b|\d|--?\w|\w\(|[<>=]{1,2}")
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-]*")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _STOPWORDS = frozenset(
     [
         "a",
@@ -97,6 +125,20 @@ class _Page:
     passages: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    score: float
+    page: int
+    passage: int
+    quote: Quote
+
+    def text(self, with_context: bool = True) -> str:
+        context = self.quote.context
+        if with_context and context and len(context) < CONTEXT_CHARS:
+            return f"{context}: {self.quote.text}"
+        return self.quote.text
+
+
 @functools.lru_cache(maxsize=8192)
 def terms(text: str) -> frozenset[str]:
     """Content words, lower-cased, with a light plural/suffix folding (cached: the same
@@ -113,16 +155,9 @@ def terms(text: str) -> frozenset[str]:
     return frozenset(out)
 
 
-@functools.lru_cache(maxsize=2048)
 def sentences(passage: str) -> tuple[str, ...]:
-    """A passage's sentences (its heading line dropped: it is not an answer)."""
-    lines = [line.strip() for line in passage.splitlines() if line.strip()]
-    if len(lines) > 1 and not lines[0].endswith((".", "!", "?", ":")) and len(lines[0]) < 120:
-        lines = lines[1:]
-    out: list[str] = []
-    for line in lines:
-        out.extend(s.strip() for s in _SENTENCE_END.split(line) if len(s.strip()) > 1)
-    return tuple(out)
+    """A passage's quotable text: its sentences, table rows and code lines, no headings."""
+    return tuple(q.text for q in quotes(passage))
 
 
 def merge_pages(hits: list[Hit]) -> list[_Page]:
@@ -140,46 +175,91 @@ def merge_pages(hits: list[Hit]) -> list[_Page]:
     return list(pages.values())
 
 
+def rarity(hits: list[Hit]) -> dict[str, float]:
+    """Each word's IDF among the retrieved passages (a word missing from all: the most)."""
+    texts = {str(hit.payload.get("text", "")) for hit in hits}
+    counts: dict[str, int] = {}
+    for text in texts:
+        for term in terms(text):
+            counts[term] = counts.get(term, 0) + 1
+    total = len(texts) + 1
+    return {term: math.log(total / (count + 0.5)) for term, count in counts.items()} | {
+        "": math.log(total / 0.5)
+    }
+
+
+def _facts(quote: Quote) -> float:
+    """0 to 1: how many names, numbers and settings the quote (and its context) carries."""
+    return min(len(_FACT.findall(f"{quote.text} {quote.context}")), 3) / 3
+
+
+def candidates(question: str, pages: list[_Page], hits: list[Hit]) -> list[_Candidate]:
+    """Every quote of the pages that may be quoted, scored, best first."""
+    wanted = terms(question)
+    idf = rarity(hits)
+    weight = {term: idf.get(term, idf[""]) for term in wanted}
+    total = sum(weight.values()) or 1.0
+    best = pages[0].score or 1.0
+    out: list[_Candidate] = []
+    for index, page in enumerate(pages[:PAGES_QUOTED]):
+        if index > 0 and page.score / best < QUOTE_RELATIVE_SCORE:
+            continue
+        for rank, passage in enumerate(page.passages[:PASSAGES_PER_PAGE]):
+            for quote in quotes(passage):
+                own = terms(quote.text)
+                context = terms(quote.context) - own if quote.context else frozenset()
+                score = (
+                    sum(weight[t] for t in wanted & own) / total
+                    + CONTEXT_WEIGHT * sum(weight[t] for t in wanted & context) / total
+                    + FACT_WEIGHT * _facts(quote)
+                    - LENGTH_PENALTY_PER_300 * len(quote.text) / 300
+                    - PAGE_RANK_PENALTY * index
+                    - PASSAGE_RANK_PENALTY * rank
+                )
+                if quote.kind == "sentence" and len(quote.text) < 25:
+                    score -= SHORT_SENTENCE_PENALTY
+                out.append(_Candidate(score, index, rank, quote))
+    out.sort(key=lambda c: c.score, reverse=True)
+    return out
+
+
+def select(ranked: list[_Candidate], limit: int = ANSWER_LIMIT) -> list[_Candidate]:
+    """The best quotes that fit in `limit` characters with their markers."""
+    chosen: list[_Candidate] = []
+    used = 0
+    for candidate in ranked:
+        if candidate.score < MIN_SCORE and chosen:
+            break
+        cost = len(candidate.text()) + 5  # " [n] "
+        if used + cost > limit:
+            continue
+        chosen.append(candidate)
+        used += cost
+        if used > limit - _ROOM_LEFT:
+            break
+    return chosen
+
+
 def compose(question: str, hits: list[Hit], top_k: int) -> tuple[str, list[Source]]:
     """The answer text with `[n]` markers and the numbered sources they point to."""
     pages = merge_pages(hits)[:top_k]
     if not pages:
         return NO_ANSWER, []
-    wanted = terms(question)
-    best_score = pages[0].score or 1.0
-    candidates: list[tuple[float, int, int, str]] = []
-    for index, page in enumerate(pages):
-        prior = page.score / best_score
-        # Beyond the best page, quote only pages nearly as close that share words with it.
-        if index > 0 and prior < QUOTE_RELATIVE_SCORE:
-            continue
-        order = 0
-        for passage in page.passages[:2]:
-            for sentence in sentences(passage):
-                overlap = len(wanted & terms(sentence)) / (len(wanted) or 1)
-                length_penalty = 0.15 if len(sentence) < 25 else 0.0
-                if index > 0 and overlap == 0:
-                    order += 1
-                    continue
-                candidates.append(
-                    (overlap + 0.6 * prior - 0.02 * order - length_penalty, index, order, sentence)
-                )
-                order += 1
-    candidates.sort(key=lambda c: c[0], reverse=True)
-    chosen: list[tuple[int, int, str]] = []
-    per_source: dict[int, int] = {}
-    for _score, index, order, sentence in candidates:
-        if len(chosen) == MAX_SENTENCES:
-            break
-        if per_source.get(index, 0) >= MAX_PER_SOURCE:
-            continue
-        per_source[index] = per_source.get(index, 0) + 1
-        chosen.append((index, order, sentence))
-    chosen.sort()
-    answer = (
-        " ".join(f"{sentence} [{index + 1}]" for index, _order, sentence in chosen) or NO_ANSWER
+    chosen = sorted(
+        select(candidates(question, pages, hits)),
+        key=lambda c: (c.page, c.passage, c.quote.order),
     )
-    snippets = {index: sentence for index, _order, sentence in reversed(chosen)}
+    parts: list[str] = []
+    previous: tuple[int, str] | None = None
+    for candidate in chosen:
+        # A context is said once for the quotes under it.
+        fresh = previous != (candidate.page, candidate.quote.context)
+        previous = (candidate.page, candidate.quote.context)
+        parts.append(f"{candidate.text(with_context=fresh)} [{candidate.page + 1}]")
+    answer = _clip(" ".join(parts), ANSWER_LIMIT) if parts else NO_ANSWER
+    snippets: dict[int, str] = {}
+    for candidate in chosen:
+        snippets.setdefault(candidate.page, candidate.quote.text)
     sources = [
         Source(
             url=page.url,
@@ -194,6 +274,6 @@ def compose(question: str, hits: list[Hit], top_k: int) -> tuple[str, list[Sourc
     return answer, sources
 
 
-def _clip(text: str) -> str:
+def _clip(text: str, limit: int = SNIPPET_CHARS) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"

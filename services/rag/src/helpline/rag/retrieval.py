@@ -2,7 +2,10 @@
 
 Retrieval is hybrid: the question's dense vector and its lexical (BM25) vector are ranked
 by the store and fused with reciprocal-rank fusion. The fused list is then diversified:
-at most `PER_PAGE` chunks of one page, so a long page cannot fill every source slot.
+at most `PER_PAGE` chunks of one page, so a long page cannot fill every source slot. The
+pages kept bring along their other fused chunks (up to `QUOTABLE_PER_PAGE` each): they do
+not change the pages' order, but the fact asked for often stands in a page's third or
+fifth best chunk, and the answer may quote it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from helpline.common.lexical import encode_query
 from helpline.common.messages import Answer, QueryTask
 from helpline.common.vectors import Hit, VectorStore
 from helpline.rag.batching import QuestionBatcher
-from helpline.rag.compose import compose
+from helpline.rag.compose import PASSAGES_PER_PAGE, compose
 
-#: Chunks of one page kept among the candidates (compose quotes at most two per source).
+#: Chunks of one page that count towards the candidates' limit.
 PER_PAGE = 2
+#: Chunks of one kept page handed to the composer.
+QUOTABLE_PER_PAGE = PASSAGES_PER_PAGE
 
 
 def diversify(hits: list[Hit], per_page: int, limit: int) -> list[Hit]:
@@ -33,6 +38,23 @@ def diversify(hits: list[Hit], per_page: int, limit: int) -> list[Hit]:
         if len(kept) == limit:
             break
     return kept
+
+
+def with_page_mates(kept: list[Hit], hits: list[Hit], per_page: int) -> list[Hit]:
+    """`kept`, then the other hits of its pages, best first, at most `per_page` a page."""
+    counts: dict[str, int] = {}
+    for hit in kept:
+        url = str(hit.payload.get("url", ""))
+        counts[url] = counts.get(url, 0) + 1
+    chosen = {hit.id for hit in kept}
+    mates: list[Hit] = []
+    for hit in hits:
+        url = str(hit.payload.get("url", ""))
+        if hit.id in chosen or url not in counts or counts[url] >= per_page:
+            continue
+        counts[url] += 1
+        mates.append(hit)
+    return kept + mates
 
 
 class Answerer:
@@ -51,7 +73,7 @@ class Answerer:
         self.questions = QuestionBatcher(model)
 
     async def retrieve(self, question: str, top_k: int, brand: str | None) -> list[Hit]:
-        """Candidate chunks for the question, best first, diversified across pages."""
+        """Candidate chunks for the question, diversified across pages, then their page mates."""
         vector = await self.questions.embed(question)
         wanted = top_k * self.candidates
         # Over-fetch: pages beyond PER_PAGE chunks are cut, and their places must be filled.
@@ -64,7 +86,7 @@ class Answerer:
             encode_query(question),
             inline=self.store.holds_gil,
         )
-        return diversify(hits, PER_PAGE, wanted)
+        return with_page_mates(diversify(hits, PER_PAGE, wanted), hits, QUOTABLE_PER_PAGE)
 
     async def answer(self, task: QueryTask) -> Answer:
         hits = await self.retrieve(task.question, task.top_k, task.brand)
