@@ -322,6 +322,7 @@ class EdgeStore(VectorStore):
                 return False
             self._rebuild = None
             rebuild.close()
+            swap_started = time.monotonic()
             self._shard.close()
             self.path.rename(retired)
             rebuild.path.rename(self.path)
@@ -337,11 +338,13 @@ class EdgeStore(VectorStore):
                 raise
             self._flushed_at = time.monotonic()
             self._unindexed = max(0, self._unindexed - rebuild.unindexed)
+        swap_s = time.monotonic() - swap_started
         shutil.rmtree(retired, ignore_errors=True)
         log.info(
-            "vector index optimized (%d new points) in %.1f s, in a child process",
+            "vector index optimized (%d new points) in a child process in %.1f s; swapped in %.0f ms",
             rebuild.unindexed,
-            time.monotonic() - rebuild.started_at,
+            swap_started - rebuild.started_at,
+            swap_s * 1000,
         )
         return True
 
