@@ -8,8 +8,8 @@ the question's words it holds, weighted by their rarity among the retrieved pass
 IDF over the candidates), by the words its context adds (at half weight), by how many
 names, numbers and settings it carries (the facts customers ask for), less a little for
 length, for a lower-ranked page and a lower-ranked passage. The best quotes that fit in
-`ANSWER_LIMIT` characters are the answer, in page order, each followed by the `[n]` of
-its source; `sources` is numbered to match. How each part was chosen, and what lost
+`ANSWER_LIMIT` characters are the answer, source by source and best first, each followed
+by the `[n]` of its source; `sources` is numbered to match. How each part was chosen, and what lost
 (semantic scoring of quotes with the model, windows of neighbouring sentences), is in
 bench/results/retrieval_eval.md.
 """
@@ -50,6 +50,12 @@ MIN_SCORE = 0.1
 _ROOM_LEFT = 60
 # Names with underscores, upper-case words, numbers, options, calls, operators.
 _FACT = re.compile(r"\b\w+_\w+\b|\b[A-Z][A-Z0-9]{2,}\b|\d|--?\w|\w\(|[<>=]{1,2}")
+# Words of sentences about the document rather than its subject ("This chapter explains...").
+_ABOUT_THE_TEXT = re.compile(
+    r"\b(?:welcome|this (?:chapter|section|page|guide|document|manual)|chapter \d+)\b",
+    re.IGNORECASE,
+)
+ABOUT_THE_TEXT_PENALTY = 0.3
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 _STOPWORDS = frozenset(
@@ -175,29 +181,34 @@ def merge_pages(hits: list[Hit]) -> list[_Page]:
     return list(pages.values())
 
 
-def rarity(hits: list[Hit]) -> dict[str, float]:
-    """Each word's IDF among the retrieved passages (a word missing from all: the most)."""
-    texts = {str(hit.payload.get("text", "")) for hit in hits}
-    counts: dict[str, int] = {}
-    for text in texts:
-        for term in terms(text):
-            counts[term] = counts.get(term, 0) + 1
+def rarity(wanted: frozenset[str], hits: list[Hit]) -> dict[str, float]:
+    """Each wanted word's IDF among the retrieved passages (missing from all: the highest).
+
+    A passage counts as holding a word when its lower-cased text contains the word's folded
+    form ("reset" in "resetting"): no passage is cut into words for this."""
+    texts = [text.lower() for text in {str(hit.payload.get("text", "")) for hit in hits}]
     total = len(texts) + 1
-    return {term: math.log(total / (count + 0.5)) for term, count in counts.items()} | {
-        "": math.log(total / 0.5)
-    }
+    return {term: math.log(total / (sum(term in text for text in texts) + 0.5)) for term in wanted}
 
 
-def _facts(quote: Quote) -> float:
-    """0 to 1: how many names, numbers and settings the quote (and its context) carries."""
-    return min(len(_FACT.findall(f"{quote.text} {quote.context}")), 3) / 3
+@functools.lru_cache(maxsize=16384)
+def _standing(quote: Quote) -> float:
+    """What a quote is worth whatever the question: the names, numbers and settings it (and
+    its context) carries, less its length, and less again when it speaks of the document
+    rather than its subject or is a scrap (cached: the same quotes come back)."""
+    facts = min(len(_FACT.findall(f"{quote.text} {quote.context}")), 3) / 3
+    score = FACT_WEIGHT * facts - LENGTH_PENALTY_PER_300 * len(quote.text) / 300
+    if _ABOUT_THE_TEXT.search(quote.text):
+        score -= ABOUT_THE_TEXT_PENALTY
+    if quote.kind == "sentence" and len(quote.text) < 25:
+        score -= SHORT_SENTENCE_PENALTY
+    return score
 
 
 def candidates(question: str, pages: list[_Page], hits: list[Hit]) -> list[_Candidate]:
     """Every quote of the pages that may be quoted, scored, best first."""
     wanted = terms(question)
-    idf = rarity(hits)
-    weight = {term: idf.get(term, idf[""]) for term in wanted}
+    weight = rarity(wanted, hits)
     total = sum(weight.values()) or 1.0
     best = pages[0].score or 1.0
     out: list[_Candidate] = []
@@ -206,18 +217,15 @@ def candidates(question: str, pages: list[_Page], hits: list[Hit]) -> list[_Cand
             continue
         for rank, passage in enumerate(page.passages[:PASSAGES_PER_PAGE]):
             for quote in quotes(passage):
-                own = terms(quote.text)
-                context = terms(quote.context) - own if quote.context else frozenset()
+                own = wanted & terms(quote.text)
+                context = (wanted & terms(quote.context)) - own if quote.context else ()
                 score = (
-                    sum(weight[t] for t in wanted & own) / total
-                    + CONTEXT_WEIGHT * sum(weight[t] for t in wanted & context) / total
-                    + FACT_WEIGHT * _facts(quote)
-                    - LENGTH_PENALTY_PER_300 * len(quote.text) / 300
+                    sum(weight[t] for t in own) / total
+                    + CONTEXT_WEIGHT * sum(weight[t] for t in context) / total
+                    + _standing(quote)
                     - PAGE_RANK_PENALTY * index
                     - PASSAGE_RANK_PENALTY * rank
                 )
-                if quote.kind == "sentence" and len(quote.text) < 25:
-                    score -= SHORT_SENTENCE_PENALTY
                 out.append(_Candidate(score, index, rank, quote))
     out.sort(key=lambda c: c.score, reverse=True)
     return out
@@ -245,10 +253,8 @@ def compose(question: str, hits: list[Hit], top_k: int) -> tuple[str, list[Sourc
     pages = merge_pages(hits)[:top_k]
     if not pages:
         return NO_ANSWER, []
-    chosen = sorted(
-        select(candidates(question, pages, hits)),
-        key=lambda c: (c.page, c.passage, c.quote.order),
-    )
+    # Source by source, the best quote of each first.
+    chosen = sorted(select(candidates(question, pages, hits)), key=lambda c: (c.page, -c.score))
     parts: list[str] = []
     previous: tuple[int, str] | None = None
     for candidate in chosen:

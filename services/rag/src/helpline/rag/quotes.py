@@ -63,6 +63,8 @@ class Quote:
 def _is_navigation(line: str) -> bool:
     if len(_SECTION_NUMBER.findall(line)) >= 2 and not line.endswith((".", "?", "!")):
         return True  # "14.4.1. Disable Autocommit 14.4.2. Use COPY": a table of contents
+    if len(line) > 100:
+        return False  # longer than any menu bar of eight words
     words = _WORD.findall(line)
     if not words or len(words) > 8:
         return False
