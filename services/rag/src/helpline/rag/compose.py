@@ -5,13 +5,13 @@ first `PAGES_QUOTED` pages, every retrieved passage is cut into quotes (`quotes.
 sentences, table rows, code lines, each with its heading or definition term as context;
 headings, navigation and tables of contents are never quoted). Each quote is scored by
 the question's words it holds, weighted by their rarity among the retrieved passages (an
-IDF over the candidates), by the words its context adds (at half weight), by how many
+IDF over the candidates, counted by substring), by the words its context adds (at half weight), by how many
 names, numbers and settings it carries (the facts customers ask for), less a little for
 length, for a lower-ranked page and a lower-ranked passage. The best quotes that fit in
 `ANSWER_LIMIT` characters are the answer, source by source and best first, each followed
-by the `[n]` of its source; `sources` is numbered to match. How each part was chosen, and what lost
-(semantic scoring of quotes with the model, windows of neighbouring sentences), is in
-bench/results/retrieval_eval.md.
+by the `[n]` of its source; `sources` is numbered to match. How each part was chosen, and
+what lost (semantic scoring of quotes with the model, windows of neighbouring sentences),
+is in bench/results/retrieval_eval.md.
 """
 
 from __future__ import annotations
