@@ -52,9 +52,10 @@ else
     done
 fi
 
-# 2. Schemas of the core kinds. ScaledObject (keda.sh) is a CRD that kubernetes-validate has
-#    no schema for (it would only warn), so it is left out here; tests/test_deploy.py checks
-#    its fields and what it points at.
+# 2. Schemas of the core kinds. ScaledObject (keda.sh), ServiceMonitor and PrometheusRule
+#    (monitoring.coreos.com) are CRDs that kubernetes-validate has no schema for, so they are
+#    left out here; tests/test_deploy.py checks their fields and what they point at, and
+#    check 6 below the rules' expressions.
 kv_py="$(python_with kubernetes_validate)"
 if [ ${#rendered[@]} -eq 0 ]; then
     skip "kubernetes-validate: nothing rendered to validate"
@@ -74,7 +75,7 @@ for doc in yaml.safe_load_all(open(path, encoding="utf-8")):
     if not doc:
         continue
     name = f"{doc['kind']}/{doc['metadata']['name']}"
-    if doc["apiVersion"].split("/")[0].endswith("keda.sh"):
+    if doc["apiVersion"].split("/")[0] in ("keda.sh", "monitoring.coreos.com"):
         skipped.append(name)
         continue
     try:
@@ -176,6 +177,131 @@ PY
             fail "Dockerfile parse $df: $out"
         fi
     done
+fi
+
+# 6. Monitoring: the Grafana dashboards (deploy/grafana/*.json) parse; every PromQL
+#    expression in them (Grafana's $__ macros replaced by a duration), in the alert rules
+#    (deploy/prometheus/alerts.yaml) and in each rendered PrometheusRule parses with
+#    promql-parser (a PyPI package: from a Python that has it, else through `uv run --with`);
+#    every helpline_* series they read is one that helpline.common.metrics exports.
+#    tests/test_deploy.py checks the same, and the label names and values, further.
+exprs="$work/promql.json"
+if [ -z "$yaml_py" ]; then
+    skip "monitoring: needs PyYAML"
+elif ! report="$("$yaml_py" - "$exprs" "${rendered[@]}" <<'PY' 2>&1
+import json
+import pathlib
+import re
+import sys
+
+import yaml
+
+found = []  # [where, expression]
+
+
+def rules(where, groups):
+    for group in groups:
+        for rule in group["rules"]:
+            found.append([f"{where} {rule.get('alert') or rule.get('record')}", rule["expr"]])
+
+
+def panels(items):
+    for panel in items:
+        yield panel
+        yield from panels(panel.get("panels", []))
+
+
+alerts = "deploy/prometheus/alerts.yaml"
+rules(alerts, yaml.safe_load(open(alerts, encoding="utf-8"))["groups"])
+for out in sys.argv[2:]:
+    for doc in yaml.safe_load_all(open(out, encoding="utf-8")):
+        if doc and doc["kind"] == "PrometheusRule":
+            name = f"{pathlib.Path(out).name} PrometheusRule/{doc['metadata']['name']}"
+            rules(name, doc["spec"]["groups"])
+dashboards = sorted(pathlib.Path("deploy/grafana").glob("*.json"))
+for path in dashboards:
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    for panel in panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            expr = re.sub(r"\$__(rate_interval|interval|range)", "5m", target["expr"])
+            found.append([f"{path} panel {panel['id']} {target['refId']}", expr])
+json.dump(found, open(sys.argv[1], "w", encoding="utf-8"))
+print(f"{len(found)} expressions: {alerts}, PrometheusRules of {len(sys.argv) - 2} renders, "
+      f"{len(dashboards)} dashboards")
+PY
+)"; then
+    fail "monitoring files: $report"
+else
+    pass "monitoring files parse: $report"
+    promql=()
+    promql_py="$(python_with promql_parser)"
+    uv_bin="$(command -v uv || true)"
+    if [ -z "$uv_bin" ] && [ -x "$root/.tools/bin/uv" ]; then
+        uv_bin="$root/.tools/bin/uv"
+    fi
+    uv_promql=("$uv_bin" run --no-project --quiet --with 'promql-parser>=0.11,<1' python3)
+    if [ -n "$promql_py" ]; then
+        promql=("$promql_py")
+    elif [ -n "$uv_bin" ] && "${uv_promql[@]}" -c 'import promql_parser' >/dev/null 2>&1; then
+        promql=("${uv_promql[@]}")
+    fi
+    if [ ${#promql[@]} -eq 0 ]; then
+        skip "PromQL syntax: promql-parser not installed, nor fetched by uv (pip install promql-parser)"
+    elif out="$("${promql[@]}" - "$exprs" <<'PY' 2>&1
+import json
+import sys
+
+import promql_parser
+
+errors = []
+exprs = json.load(open(sys.argv[1], encoding="utf-8"))
+for where, expr in exprs:
+    try:
+        promql_parser.parse(expr)
+    except ValueError as e:
+        errors.append(f"  {where}: {e}")
+print(f"{len(exprs) - len(errors)} of {len(exprs)} expressions parse (promql-parser)")
+if errors:
+    print("\n".join(errors))
+sys.exit(1 if errors else 0)
+PY
+)"; then
+        pass "PromQL syntax: $out"
+    else
+        fail "PromQL syntax: $out"
+    fi
+    metrics_py="$(python_with helpline.common.metrics)"
+    if [ -z "$metrics_py" ]; then
+        skip "metric names: helpline.common is not installed here (uv sync)"
+    elif out="$("$metrics_py" - "$exprs" <<'PY' 2>&1
+import json
+import re
+import sys
+
+from helpline.common import metrics
+
+SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum")}
+exported = set()
+for family in metrics.REGISTRY.collect():
+    exported.update(family.name + s for s in SUFFIXES.get(family.type, ("",)))
+errors, used = [], set()
+for where, expr in json.load(open(sys.argv[1], encoding="utf-8")):
+    # Names outside quoted label values.
+    for name in re.findall(r"\bhelpline_\w+", re.sub(r'"(\\.|[^"\\])*"', '""', expr)):
+        used.add(name)
+        if name not in exported:
+            errors.append(f"  {where}: {name} is not exported by helpline.common.metrics")
+if errors:
+    print("unknown series:\n" + "\n".join(errors))
+else:
+    print(f"the {len(used)} helpline_* series read are all exported by helpline.common.metrics")
+sys.exit(1 if errors else 0)
+PY
+)"; then
+        pass "metric names: $out"
+    else
+        fail "metric names: $out"
+    fi
 fi
 
 echo "passed $passed, failed $failed, skipped $skipped"

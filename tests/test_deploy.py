@@ -16,18 +16,21 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from helpline.cli.natsserver import nats_server_binary
 from helpline.cli.settings import CliSettings
-from helpline.common import subjects
+from helpline.common import metrics, subjects
 from helpline.common.settings import HelplineSettings, StoreSettings
 from helpline.embedder.settings import EmbedderSettings
+from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES
 from helpline.gateway.settings import GatewaySettings
 from helpline.maintenance.settings import MaintenanceSettings
 from helpline.rag.settings import RagSettings
@@ -407,6 +410,9 @@ def rendered(target: str) -> tuple[dict[str, Any], ...]:
 
 
 TARGETS = ("base", "overlays/dev", "overlays/prod")
+# Custom resources: KEDA's ScaledObject, the Prometheus operator's ServiceMonitor and
+# PrometheusRule (components/keda, components/monitoring).
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -460,8 +466,8 @@ def test_prod_overlay_scales_out_and_up() -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_core_objects_match_the_kubernetes_schema(target: str) -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
-    # ScaledObject is a CRD kubernetes-validate has no schema for; the KEDA tests above cover it.
-    docs = [d for d in rendered(target) if not d["apiVersion"].startswith("keda.sh/")]
+    # CRDs kubernetes-validate has no schema for; the KEDA and monitoring tests cover them.
+    docs = [d for d in rendered(target) if not d["apiVersion"].startswith(CRD_GROUPS)]
     errors = []
     for doc in docs:
         try:
@@ -481,8 +487,8 @@ def compose() -> dict[str, Any]:
 
 
 PROFILES = {
-    # Every service apart, from its own image, with a Qdrant server and tracing.
-    "full": {*SERVICES, "nats", "qdrant", "jaeger", "otel-collector"},
+    # Every service apart, from its own image, with a Qdrant server, tracing and metrics.
+    "full": {*SERVICES, "nats", "qdrant", "jaeger", "otel-collector", "prometheus", "grafana"},
     # `helpline up` in one container (Qdrant Edge in process) against NATS.
     "lite": {"nats", "helpline"},
 }
@@ -566,6 +572,8 @@ def test_compose_publishes_the_gateway_and_the_tracing_ui() -> None:
     assert "8080:8080" in services["gateway"]["ports"]
     assert "8080:8080" in services["helpline"]["ports"]
     assert "16686:16686" in services["jaeger"]["ports"]
+    assert "9090:9090" in services["prometheus"]["ports"]
+    assert "3000:3000" in services["grafana"]["ports"]
 
 
 def test_collector_exports_to_jaeger() -> None:
@@ -748,3 +756,565 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         for part in args.split()[:-1]
     }
     assert sources <= allowed
+
+
+# --- metrics: scrape configuration, collector, alert rules, dashboard, Jaeger's storage ---
+
+MONITORING = K8S / "components" / "monitoring"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+DASHBOARD = DEPLOY / "grafana" / "helpline.json"
+# The outcomes metrics.TASKS counts (its help text lists them).
+OUTCOMES = frozenset(
+    {
+        "succeeded",
+        "failed",
+        "retried",
+        "deferred",
+        "expired",
+        "cancelled",
+        "dead_lettered",
+        "skipped",
+        "reported_later",
+    }
+)
+ALERT_NAMES = {
+    "HelplineDeadLettersGrowing",
+    "HelplineBreakerOpen",
+    "HelplineCriticalTaskWaiting",
+    "HelplineQueryLatencyP99High",
+    "HelplineHigh5xxRatio",
+    "HelplineMetricsDown",
+}
+# Labels every scrape adds (job = the service's name in each setup here).
+SCRAPE_LABELS = frozenset({"job", "instance"})
+# Series Prometheus writes itself, per scrape target.
+PROMETHEUS_SERIES = {"up": SCRAPE_LABELS}
+GRAFANA_MACRO = re.compile(r"\$__(rate_interval|interval|range)\b")
+
+
+def duration_s(text: str) -> float:
+    """A Prometheus duration (`15s`, `10m`, `168h`) in seconds."""
+    units = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w)", str(text))
+    assert parts, text
+    assert "".join(n + u for n, u in parts) == str(text), text
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+@functools.cache
+def exported_series() -> dict[str, frozenset[str]]:
+    """Every series helpline.common.metrics exports -> the labels it carries."""
+    declared = {
+        m._name: m._labelnames for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)
+    }
+    series: dict[str, frozenset[str]] = {}
+    for family in metrics.REGISTRY.collect():
+        # The wrappers' label names, or those of a collector's *MetricFamily.
+        labels = frozenset(declared.get(family.name, getattr(family, "_labelnames", ())))
+        if family.type == "counter":
+            series[f"{family.name}_total"] = labels
+        elif family.type == "histogram":
+            series[f"{family.name}_bucket"] = labels | {"le"}
+            series[f"{family.name}_count"] = series[f"{family.name}_sum"] = labels
+        else:
+            series[family.name] = labels
+    assert series["helpline_breaker_state"] == {"dependency"}
+    return series
+
+
+def route_methods() -> set[tuple[str, str]]:
+    """(route template, method) of every gateway route, as the route label names them."""
+    pairs = {
+        (API_PREFIX + getattr(r, "path", ""), m)
+        for router in API
+        for r in router.routes
+        for m in getattr(r, "methods", ())
+    }
+    for router in (PROBES, CONTRACT, METRICS):
+        pairs |= {
+            (getattr(r, "path", ""), m) for r in router.routes for m in getattr(r, "methods", ())
+        }
+    return pairs
+
+
+@functools.cache
+def label_values() -> dict[str, frozenset[str]]:
+    """The values a label can take, where the set is known."""
+    pairs = route_methods()
+    return {
+        "kind": frozenset(k.value for k in subjects.Kind),
+        "priority": frozenset(p.value for p in subjects.Priority),
+        "outcome": OUTCOMES,
+        "result": frozenset({"hit", "miss"}),
+        "route": frozenset({r for r, _ in pairs} | {"unmatched"}),
+        "method": frozenset(m for _, m in pairs),
+        "status": frozenset(str(code) for code in range(100, 600)),
+        "state": frozenset(metrics.BREAKER_STATES),
+        "job": frozenset(SERVICES),
+    }
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text("utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+@functools.cache
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text("utf-8"))
+    return loaded
+
+
+def dashboard_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from dashboard_panels(panel.get("panels", []))
+
+
+def promql_expressions() -> list[tuple[str, str]]:
+    """(where, PromQL) of every alert rule and dashboard query (Grafana's macros filled in)."""
+    found = [(f"alert {rule['alert']}", rule["expr"]) for rule in alert_rules()]
+    for panel in dashboard_panels(dashboard()["panels"]):
+        for target in panel.get("targets", []):
+            where = f"panel {panel['id']} {panel['title']!r} {target['refId']}"
+            found.append((where, GRAFANA_MACRO.sub("5m", target["expr"])))
+    return found
+
+
+def series_read(expr: str) -> set[str]:
+    """The helpline_* series an expression names (quoted label values left out)."""
+    unquoted = re.sub(r'"(\\.|[^"\\])*"', '""', expr)
+    return set(re.findall(r"\bhelpline_\w+", unquoted))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_pods_are_annotated_for_prometheus(service: str) -> None:
+    deployment = objects("Deployment")[service]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    port = int(effective_env(deployment)["HELPLINE_HTTP_PORT"])
+    assert port in {p["containerPort"] for p in container(deployment)["ports"]}
+    expected = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    assert expected.items() <= annotations.items()
+
+
+def metrics_services(docs: tuple[dict[str, Any], ...] | None = None) -> dict[str, dict[str, Any]]:
+    return {
+        name: svc
+        for name, svc in objects("Service", docs).items()
+        if svc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "metrics"
+    }
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_has_a_headless_metrics_service(service: str) -> None:
+    assert set(metrics_services()) == {f"{s}-metrics" for s in SERVICES}
+    svc = metrics_services()[f"{service}-metrics"]
+    # Headless: the name resolves to every pod, so each replica is scraped.
+    assert svc["spec"]["clusterIP"] == "None"
+    selector = svc["spec"]["selector"].items()
+    pods = {
+        name
+        for name, workload in workloads().items()
+        if selector <= workload["spec"]["template"]["metadata"]["labels"].items()
+    }
+    assert pods == {service}
+    deployment = objects("Deployment")[service]
+    named = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+    (port,) = svc["spec"]["ports"]
+    assert port["name"] == "http"
+    assert named[port["targetPort"]] == port["port"]
+    assert port["port"] == int(effective_env(deployment)["HELPLINE_HTTP_PORT"])
+    assert svc["metadata"]["labels"]["app.kubernetes.io/name"] == service
+
+
+def test_monitoring_is_a_component_that_only_prod_includes() -> None:
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text("utf-8"))
+    assert kustomization["kind"] == "Component"
+    for overlay, included in (("dev", False), ("prod", True)):
+        path = K8S / "overlays" / overlay / "kustomization.yaml"
+        components = yaml.safe_load(path.read_text("utf-8")).get("components", [])
+        assert ("../../components/monitoring" in components) == included, overlay
+    assert not [d for d in base_objects() if d["apiVersion"].startswith(CRD_GROUPS)]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_prod_needs_the_prometheus_operator(target: str) -> None:
+    docs = rendered(target)
+    kinds = {d["kind"] for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")}
+    assert kinds == ({"ServiceMonitor", "PrometheusRule"} if target == "overlays/prod" else set())
+    # Every setup keeps the annotations and the collector's metrics pipeline.
+    for service in SERVICES:
+        template = objects("Deployment", docs)[service]["spec"]["template"]["metadata"]
+        assert template["annotations"]["prometheus.io/scrape"] == "true"
+    assert set(metrics_services(docs)) == {f"{s}-metrics" for s in SERVICES}
+
+
+def test_service_monitor_scrapes_every_pod_of_every_service() -> None:
+    prod = rendered("overlays/prod")
+    (monitor,) = objects("ServiceMonitor", prod).values()
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == "helpline"
+    spec = monitor["spec"]
+    selector = spec["selector"]["matchLabels"].items()
+    selected = {
+        name: svc
+        for name, svc in objects("Service", prod).items()
+        if selector <= svc["metadata"].get("labels", {}).items()
+    }
+    assert set(selected) == {f"{s}-metrics" for s in SERVICES}
+    # job = the service's name, which the alert rules and the dashboard read.
+    assert {s["metadata"]["labels"][spec["jobLabel"]] for s in selected.values()} == set(SERVICES)
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    for svc in selected.values():
+        assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    assert duration_s(endpoint["scrapeTimeout"]) < duration_s(endpoint["interval"])
+
+
+def test_prometheus_rule_carries_the_alert_rules() -> None:
+    prod = rendered("overlays/prod")
+    (rule,) = objects("PrometheusRule", prod).values()
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == "helpline"
+    # compose's Prometheus loads the rule file; the operator's gets the same groups.
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text("utf-8"))
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = alert_rules()
+    assert {r["alert"] for r in rules} == ALERT_NAMES
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+        assert duration_s(rule["for"]) >= 60, rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert {"summary", "description"} <= set(rule["annotations"])
+
+
+def test_alert_rules_say_what_the_issue_asks() -> None:
+    by_name = {r["alert"]: " ".join(r["expr"].split()) for r in alert_rules()}
+    assert "helpline_dead_letters" in by_name["HelplineDeadLettersGrowing"]
+    assert "helpline_breaker_state" in by_name["HelplineBreakerOpen"]
+    critical = by_name["HelplineCriticalTaskWaiting"]
+    assert 'helpline_queue_oldest_age_seconds{priority="critical"}' in critical
+    assert critical.endswith("> 5")
+    p99 = by_name["HelplineQueryLatencyP99High"]
+    assert p99.startswith("histogram_quantile(0.99,")
+    assert (
+        'helpline_http_request_duration_seconds_bucket{route="/api/v1/query", method="POST"}' in p99
+    )
+    assert ("/api/v1/query", "POST") in route_methods()
+    assert p99.endswith("> 0.08")  # the query path's target: 80 ms
+    assert 'status=~"5.."' in by_name["HelplineHigh5xxRatio"]
+
+
+@pytest.mark.parametrize(("where", "expr"), promql_expressions(), ids=lambda v: str(v)[:60])
+def test_promql_reads_only_exported_series(where: str, expr: str) -> None:
+    used = series_read(expr)
+    assert used or "up{" in expr, f"{where} reads no Helpline series"
+    unknown = used - set(exported_series())
+    assert not unknown, f"{where}: not exported by helpline.common.metrics: {sorted(unknown)}"
+
+
+def promql_problems(node: Any, pp: Any, problems: list[str]) -> frozenset[str]:
+    """Check a parsed expression's selectors and groupings against what is exported; return
+    the labels its result can carry."""
+    if isinstance(node, pp.VectorSelector):
+        series = {**exported_series(), **PROMETHEUS_SERIES}
+        if node.name not in series:
+            problems.append(f"unknown series {node.name}")
+            return frozenset()
+        labels = series[node.name] | SCRAPE_LABELS
+        fields: dict[str, str] = {}
+        for matcher in node.matchers.matchers:
+            fields[matcher.name] = matcher.value
+            if matcher.name not in labels:
+                problems.append(f"{node.name} has no label {matcher.name}")
+            known = label_values().get(matcher.name)
+            if known is None:
+                continue
+            if matcher.op in (pp.MatchOp.Equal, pp.MatchOp.NotEqual):
+                if matcher.value not in known:
+                    problems.append(f"{matcher.name}={matcher.value!r} is never exported")
+                continue
+            pattern = re.compile(matcher.value)
+            if not any(pattern.fullmatch(v) for v in known):
+                problems.append(f"{matcher.name}=~{matcher.value!r} matches no value")
+            # A plain alternation (a|b|c): each one must be a real value.
+            if re.fullmatch(r"[\w/{}-]+(\|[\w/{}-]+)*", matcher.value):
+                stray = set(matcher.value.split("|")) - known
+                if stray:
+                    problems.append(f"{matcher.name}: {sorted(stray)} are never exported")
+        pair = (fields.get("route"), fields.get("method"))
+        if None not in pair and pair not in route_methods():
+            problems.append(f"no route {pair}")
+        return labels
+    if isinstance(node, pp.MatrixSelector):
+        return promql_problems(node.vector_selector, pp, problems)
+    if isinstance(node, pp.AggregateExpr):
+        inner = promql_problems(node.expr, pp, problems)
+        if node.param is not None:
+            promql_problems(node.param, pp, problems)
+        if node.modifier is None:
+            return frozenset()
+        grouping = frozenset(node.modifier.labels)
+        if not grouping <= inner:
+            problems.append(f"grouping by labels the series lack: {sorted(grouping - inner)}")
+        return grouping if node.modifier.type == pp.AggModifierType.By else inner - grouping
+    if isinstance(node, pp.Call):
+        labels = frozenset().union(*(promql_problems(a, pp, problems) for a in node.args))
+        if node.func.name == "histogram_quantile" and "le" not in labels:
+            problems.append("histogram_quantile over series without le")
+        return labels - {"le"} if node.func.name == "histogram_quantile" else labels
+    if isinstance(node, pp.BinaryExpr):
+        lhs = promql_problems(node.lhs, pp, problems)
+        return lhs | promql_problems(node.rhs, pp, problems)
+    if isinstance(node, pp.ParenExpr | pp.UnaryExpr | pp.SubqueryExpr):
+        return promql_problems(node.expr, pp, problems)
+    return frozenset()  # literals
+
+
+@pytest.mark.parametrize(("where", "expr"), promql_expressions(), ids=lambda v: str(v)[:60])
+def test_promql_parses_and_uses_real_labels(where: str, expr: str) -> None:
+    pp = pytest.importorskip(
+        "promql_parser",
+        reason="promql-parser is not installed (deploy/validate.sh fetches it with uv)",
+    )
+    try:
+        parsed = pp.parse(expr)
+    except ValueError as e:
+        pytest.fail(f"{where}: {e}")
+    problems: list[str] = []
+    promql_problems(parsed, pp, problems)
+    assert not problems, f"{where}: {problems}"
+
+
+def test_dashboard_is_grafana_json() -> None:
+    board = dashboard()
+    assert board["uid"] == "helpline"
+    assert board["title"]
+    assert isinstance(board["schemaVersion"], int)
+    (variable,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == "prometheus"
+    source = {"type": "prometheus", "uid": f"${{{variable['name']}}}"}
+    panels = list(dashboard_panels(board["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], int] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps panel {cells[(x, y)]}"
+                cells[(x, y)] = panel["id"]
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == source, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs
+        assert len(refs) == len(set(refs))
+        for target in panel["targets"]:
+            assert target["datasource"] == source
+            assert target["expr"].strip()
+    # Applied client-side, the ConfigMap also lands in an annotation (at most 256 KiB).
+    assert DASHBOARD.stat().st_size < 128 * 1024
+
+
+def test_dashboard_shows_what_operators_ask() -> None:
+    exprs = [expr for where, expr in promql_expressions() if where.startswith("panel ")]
+    used = set().union(*map(series_read, exprs))
+    assert {
+        "helpline_http_requests_total",  # request rate, 5xx ratio
+        "helpline_http_request_duration_seconds_bucket",  # latency percentiles
+        "helpline_queue_pending",  # queue depth per kind and priority
+        "helpline_queue_oldest_age_seconds",
+        "helpline_tasks_total",  # task outcomes
+        "helpline_breaker_state",
+        "helpline_answer_cache_lookups_total",  # hit rate
+        "helpline_dead_letters",
+    } <= used
+    flat = [" ".join(e.split()) for e in exprs]
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert any(
+            e.startswith(f"histogram_quantile({quantile}, sum by (route, method, le)")
+            and "helpline_http_request_duration_seconds_bucket" in e
+            for e in flat
+        ), quantile
+    assert any("max by (kind, priority) (helpline_queue_pending)" in e for e in flat)
+    assert any('status=~"5.."' in e for e in flat)
+    assert any('result="hit"' in e for e in flat)
+
+
+def test_dashboard_config_map_for_grafanas_sidecar() -> None:
+    generator = yaml.safe_load((DEPLOY / "grafana" / "kustomization.yaml").read_text("utf-8"))
+    assert generator["generatorOptions"]["disableNameSuffixHash"] is True
+    prod = rendered("overlays/prod")
+    labelled = [
+        cm
+        for cm in objects("ConfigMap", prod).values()
+        if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+    ]
+    (config_map,) = labelled
+    assert config_map["metadata"]["name"] == generator["configMapGenerator"][0]["name"]
+    assert json.loads(config_map["data"][DASHBOARD.name]) == dashboard()
+
+
+def collector_config() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "otel" / "collector.yaml").read_text("utf-8"))
+    return loaded
+
+
+def test_collector_scrapes_every_service_in_compose_and_kubernetes() -> None:
+    config = collector_config()
+    pipeline = config["service"]["pipelines"]["metrics"]
+    (receiver,) = [r for r in pipeline["receivers"] if r.split("/")[0] == "prometheus"]
+    jobs = {j["job_name"]: j for j in config["receivers"][receiver]["config"]["scrape_configs"]}
+    assert set(jobs) == set(SERVICES)
+    services = compose()["services"]
+    for service, job in jobs.items():
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        (discovery,) = job["dns_sd_configs"]
+        (name,) = discovery["names"]
+        assert discovery["type"] == "A"
+        # Kubernetes: the service's headless metrics Service.
+        svc = metrics_services()[name]
+        deployment = objects("Deployment")[service]
+        assert svc["spec"]["selector"].items() <= (
+            deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
+        assert discovery["port"] in {p["port"] for p in svc["spec"]["ports"]}
+        # compose: an alias of the service's container.
+        assert name in services[service]["networks"]["default"]["aliases"]
+        assert discovery["port"] == int(services[service]["environment"]["HELPLINE_HTTP_PORT"])
+
+
+def test_collector_serves_the_metrics_again() -> None:
+    config = collector_config()
+    pipeline = config["service"]["pipelines"]["metrics"]
+    assert "otlp" in pipeline["receivers"]
+    assert pipeline["processors"][0] == "memory_limiter"
+    (exporter,) = pipeline["exporters"]
+    assert exporter.split("/")[0] == "prometheus"
+    port = int(config["exporters"][exporter]["endpoint"].rsplit(":", 1)[1])
+    collector = objects("Deployment")["otel-collector"]
+    named = {p["name"]: p["containerPort"] for p in container(collector)["ports"]}
+    ports = {
+        p["port"]: p["targetPort"] for p in objects("Service")["otel-collector"]["spec"]["ports"]
+    }
+    assert named[ports[port]] == port
+
+
+def compose_mounts(service: str) -> dict[str, Path]:
+    """Mount point -> file on this machine, for the bind mounts of a compose service."""
+    mounts = {}
+    for volume in compose()["services"][service]["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            mounts[target] = (ROOT / source).resolve()
+            assert mounts[target].is_file(), volume
+    return mounts
+
+
+def test_compose_prometheus_scrapes_every_service_with_the_rules() -> None:
+    services = compose()["services"]
+    spec = services["prometheus"]
+    mounts = compose_mounts("prometheus")
+    (config_arg,) = [a for a in spec["command"] if a.startswith("--config.file=")]
+    config = yaml.safe_load(mounts[config_arg.split("=", 1)[1]].read_text("utf-8"))
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert set(jobs) == set(SERVICES)
+    for service, job in jobs.items():
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        (discovery,) = job["dns_sd_configs"]
+        assert discovery["names"] == [service]
+        assert discovery["type"] == "A"
+        assert discovery["port"] == int(services[service]["environment"]["HELPLINE_HTTP_PORT"])
+    assert [mounts[f] for f in config["rule_files"]] == [ALERTS]
+    (data,) = [v.split(":")[0] for v in spec["volumes"] if not v.startswith("./")]
+    assert data in compose()["volumes"]
+    assert "/-/ready" in " ".join(spec["healthcheck"]["test"])
+
+
+def test_compose_grafana_provisions_the_dashboard() -> None:
+    spec = compose()["services"]["grafana"]
+    mounts = compose_mounts("grafana")
+    provisioning = PurePosixPath("/etc/grafana/provisioning")
+    sources = yaml.safe_load(mounts[str(provisioning / "datasources/helpline.yaml")].read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["isDefault"] is True
+    url = urlsplit(source["url"])
+    assert url.hostname == "prometheus"
+    assert f"{url.port}:{url.port}" in compose()["services"]["prometheus"]["ports"]
+    prometheus = compose_mounts("prometheus")
+    (config_arg,) = [
+        a for a in compose()["services"]["prometheus"]["command"] if a.startswith("--config.file=")
+    ]
+    scrape = yaml.safe_load(prometheus[config_arg.split("=", 1)[1]].read_text("utf-8"))
+    assert source["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
+    providers = yaml.safe_load(mounts[str(provisioning / "dashboards/helpline.yaml")].read_text())
+    (provider,) = providers["providers"]
+    folder = PurePosixPath(provider["options"]["path"])
+    boards = [path for target, path in mounts.items() if PurePosixPath(target).parent == folder]
+    assert boards == [DASHBOARD]
+    assert spec["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] in mounts
+    assert spec["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_prod_jaeger_keeps_its_traces_on_a_volume() -> None:
+    prod = rendered("overlays/prod")
+    jaeger = objects("Deployment", prod)["jaeger"]
+    # One writer of the volume: one replica, the old pod gone before the new one mounts it.
+    assert jaeger["spec"]["replicas"] == 1
+    assert jaeger["spec"]["strategy"]["type"] == "Recreate"
+    pod, c = jaeger["spec"]["template"]["spec"], container(jaeger)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    (config_arg,) = [a for a in c["args"] if a.startswith("--config=")]
+    config_path = PurePosixPath(config_arg.removeprefix("--config="))
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_map = objects("ConfigMap", prod)[
+        volumes[mounts[str(config_path.parent)]]["configMap"]["name"]
+    ]
+    config = yaml.safe_load(config_map["data"][config_path.name])
+    store = config["extensions"]["jaeger_query"]["storage"]["traces"]
+    assert config["exporters"]["jaeger_storage_exporter"]["trace_storage"] == store
+    traces = config["service"]["pipelines"]["traces"]
+    assert traces["exporters"] == ["jaeger_storage_exporter"]
+    assert {"jaeger_storage", "jaeger_query", "healthcheckv2"} <= set(
+        config["service"]["extensions"]
+    )
+    badger = config["extensions"]["jaeger_storage"]["backends"][store]["badger"]
+    assert badger["ephemeral"] is False
+    assert duration_s(badger["ttl"]["spans"]) >= 86400
+    claims = objects("PersistentVolumeClaim", prod)
+    for directory in badger["directories"].values():
+        (mount,) = [m for m in mounts if directory.startswith(m.rstrip("/") + "/")]
+        claim = volumes[mounts[mount]]["persistentVolumeClaim"]["claimName"]
+        assert "ReadWriteOnce" in claims[claim]["spec"]["accessModes"]
+    # What the base's probes, Service and the collector's exporter expect.
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+
+    def port(endpoint: str) -> int:
+        return int(endpoint.rsplit(":", 1)[1])
+
+    health = config["extensions"]["healthcheckv2"]
+    assert port(health["http"]["endpoint"]) == ports[c["readinessProbe"]["httpGet"]["port"]]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/status"
+    assert port(config["extensions"]["jaeger_query"]["http"]["endpoint"]) == ports["ui"]
+    otlp = config["receivers"]["otlp"]["protocols"]
+    assert port(otlp["grpc"]["endpoint"]) == ports["otlp-grpc"]
+    assert port(otlp["http"]["endpoint"]) == ports["otlp-http"]
+    assert traces["receivers"] == ["otlp"]
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/dev"])
+def test_jaeger_stays_in_memory_outside_prod(target: str) -> None:
+    docs = rendered(target)
+    assert not objects("PersistentVolumeClaim", docs)
+    assert "args" not in container(objects("Deployment", docs)["jaeger"])
