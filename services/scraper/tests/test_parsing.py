@@ -9,18 +9,31 @@ PAGE = (
     "<p>Hold the reset button for twelve seconds.</p><a href='/next.html'>next</a>"
     "</main></body></html>"
 )
+SHELL = (
+    "<html><head><title>Docs</title><script type='module' src='/app.js'></script></head><body>"
+    "<nav><a href='/guides.html'>Guides</a></nav><div id='app'>Loading…</div></body></html>"
+)
 
 
 @pytest.mark.parametrize("processes", [0, 1])
 async def test_pages_parse_in_a_thread_or_in_worker_processes(processes: int) -> None:
     parser = Parser(processes=processes)
     try:
-        doc, chunks = await parser.parse("http://docs.example/reset.html", PAGE, None, 700, 100)
+        doc, chunks, shell = await parser.parse(
+            "http://docs.example/reset.html", PAGE, None, 700, 100
+        )
+        judged = await parser.parse("http://docs.example/app.html", SHELL, None, 700, 100, 200)
     finally:
         parser.close()
     assert doc.title == "Reset"
     assert doc.links == ["http://docs.example/next.html"]
     assert chunks[0].text.startswith("Reset\nHold the reset button for twelve seconds.")
+    assert not shell.render  # not asked
+    # Asked, the workers say why a shell needs a browser, and leave its placeholder unchunked.
+    assert judged.shell.render
+    assert "empty app root div#app" in judged.shell.reasons()
+    assert judged.chunks == []
+    assert judged.doc.links == ["http://docs.example/guides.html"]
 
 
 async def test_auto_runs_one_niced_worker_per_core() -> None:

@@ -39,12 +39,21 @@ _BOILERPLATE_NAMES = re.compile(
 
 def extract(html: str, url: str) -> Document:
     """Extract the title, main-content blocks and absolute links of the page at `url`."""
+    return extract_tree(parse_html(html), url)
+
+
+def parse_html(html: str) -> Any:
+    """The page's tree, for `extract_tree` (and anything that reads it first)."""
     try:
-        root = lxml.html.document_fromstring(
+        return lxml.html.document_fromstring(
             html.encode("utf-8", errors="replace"), parser=_html_parser()
         )
     except (lxml.etree.LxmlError, ValueError) as exc:
         raise Permanent("could not parse page") from exc
+
+
+def extract_tree(root: Any, url: str) -> Document:
+    """`extract` of a tree from `parse_html`; the tree is pruned in place."""
     # One parse serves everything: links, title and canonical are read from the whole page,
     # then the same tree is pruned in place (no copy) and handed to trafilatura, which copies
     # it before changing anything.
@@ -217,7 +226,7 @@ def _fallback_blocks(root: Any) -> list[Block]:
 
 def _pruned(root: Any) -> Any:
     """`root` without navigation, page header and footer, sidebars, scripts and cookie banners."""
-    doomed = [el for el in root.iter() if isinstance(el.tag, str) and _is_boilerplate(el)]
+    doomed = [el for el in root.iter() if isinstance(el.tag, str) and is_boilerplate(el)]
     for el in doomed:
         # Nested matches were already removed with their ancestor.
         if el.getparent() is not None:
@@ -225,7 +234,8 @@ def _pruned(root: Any) -> Any:
     return root
 
 
-def _is_boilerplate(el: Any) -> bool:
+def is_boilerplate(el: Any) -> bool:
+    """Whether `el` frames the content (navigation, page header and footer, sidebars, widgets)."""
     tag = el.tag.lower()
     if tag in {"html", "body"}:
         # Sites mark <body> with classes such as "cookie-consent-open" while a banner shows.

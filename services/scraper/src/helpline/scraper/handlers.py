@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
+from helpline.common.chunking import Document
 from helpline.common.crawlstate import CrawlLedger
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
@@ -19,6 +21,7 @@ from helpline.common.messages import (
     CrawlTask,
     EventType,
     PageState,
+    RenderMode,
     ScrapeTask,
     TaskEvent,
     derived_id,
@@ -31,8 +34,10 @@ from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskCont
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
-from helpline.scraper.render import Renderer
+from helpline.scraper.render import Renderer, is_html
 from helpline.scraper.urls import canonical_url, in_scope, normalize_url
+
+log = logging.getLogger(__name__)
 
 # Remembered per page so an unchanged (304) crawl page still leads to the pages it links.
 MAX_REMEMBERED_LINKS = 2_000
@@ -140,7 +145,7 @@ class Scraper:
             # Indexed before, gone now: its chunks leave the index (the embedder reports it).
             await self._submit(task, previous.url, previous.title, [], key, None, utcnow())
             return REPORTED_LATER
-        if self.renderer is not None and not page.not_modified:
+        if self.renderer is not None and task.render is RenderMode.ALWAYS and not page.not_modified:
             page = await self.renderer.maybe_render(page, task.render)
         ctx.checkpoint()
         if page.not_modified and previous is not None:
@@ -156,13 +161,7 @@ class Scraper:
                 "unchanged": previous.chunks,
                 "removed": 0,
             }
-        doc, chunks = await self.parser.parse(
-            page.url,
-            page.text,
-            page.body if page.is_pdf else None,
-            self.limits.max_chars,
-            self.limits.overlap_chars,
-        )
+        doc, chunks = await self._parse(page, task.render, ctx)
         if crawling:
             await self._follow_links(task, doc.links)
         url = canonical_url(page.url, doc.canonical)
@@ -177,6 +176,26 @@ class Scraper:
         )
         await self._submit(task, url, title, chunks, key, state, page.fetched_at)
         return REPORTED_LATER
+
+    async def _parse(
+        self, page: FetchResult, render: RenderMode, ctx: TaskContext
+    ) -> tuple[Document, list[Chunk]]:
+        """Extract and chunk the page; with `render=auto`, first in a browser if it is a shell."""
+        judge = (
+            self.renderer.pool.options.min_text_chars
+            if self.renderer is not None and render is RenderMode.AUTO and is_html(page)
+            else None
+        )
+        pdf = page.body if page.is_pdf else None
+        limits = (self.limits.max_chars, self.limits.overlap_chars)
+        parsed = await self.parser.parse(page.url, page.text, pdf, *limits, judge)
+        if not parsed.shell.render or self.renderer is None:
+            return parsed.doc, parsed.chunks
+        log.debug("rendering %s: %s", page.url, "; ".join(parsed.shell.reasons()))
+        page = await self.renderer.render(page)
+        ctx.checkpoint()
+        parsed = await self.parser.parse(page.url, page.text, None, *limits)
+        return parsed.doc, parsed.chunks
 
     async def _submit(
         self,

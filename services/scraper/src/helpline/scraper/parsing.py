@@ -17,20 +17,42 @@ import os
 import signal
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import resource_tracker
+from typing import NamedTuple
 
 from helpline.common.chunking import Document, chunk_document
 from helpline.common.messages import Chunk
 from helpline.common.processes import die_with_parent
-from helpline.scraper.extract import extract
+from helpline.scraper.extract import extract_tree, parse_html
 from helpline.scraper.pdf import extract_pdf
+from helpline.scraper.shells import Verdict, assess
+
+
+class Parsed(NamedTuple):
+    doc: Document
+    chunks: list[Chunk]
+    #: Whether the page needs a browser, and why (`shells.assess`), when that was asked.
+    shell: Verdict
 
 
 def parse_page(
-    url: str, html: str, pdf: bytes | None, max_chars: int, overlap_chars: int
-) -> tuple[Document, list[Chunk]]:
-    """Extract an HTML page (or a PDF, when `pdf` is given) and chunk it."""
-    doc = extract_pdf(pdf, url) if pdf is not None else extract(html, url)
-    return doc, chunk_document(doc, max_chars, overlap_chars)
+    url: str,
+    html: str,
+    pdf: bytes | None,
+    max_chars: int,
+    overlap_chars: int,
+    judge_chars: int | None = None,
+) -> Parsed:
+    """Extract an HTML page (or a PDF, when `pdf` is given) and chunk it; with `judge_chars`,
+    also say whether the page is a shell for a browser to fill in."""
+    if pdf is not None:
+        doc = extract_pdf(pdf, url)
+        return Parsed(doc, chunk_document(doc, max_chars, overlap_chars), Verdict())
+    root = parse_html(html)
+    # Read before extraction, which prunes the tree.
+    shell = assess(root, judge_chars) if judge_chars is not None else Verdict()
+    doc = extract_tree(root, url)
+    # A shell is not chunked: what a browser makes of it is.
+    return Parsed(doc, [] if shell.render else chunk_document(doc, max_chars, overlap_chars), shell)
 
 
 #: How much lower the extraction workers' CPU priority is than the scraper's (nice).
@@ -71,9 +93,16 @@ class Parser:
             )
 
     async def parse(
-        self, url: str, html: str, pdf: bytes | None, max_chars: int, overlap_chars: int
-    ) -> tuple[Document, list[Chunk]]:
-        args = (url, html, pdf, max_chars, overlap_chars)
+        self,
+        url: str,
+        html: str,
+        pdf: bytes | None,
+        max_chars: int,
+        overlap_chars: int,
+        judge_chars: int | None = None,
+    ) -> Parsed:
+        """`parse_page` off the event loop."""
+        args = (url, html, pdf, max_chars, overlap_chars, judge_chars)
         if self._pool is None:
             return await asyncio.to_thread(parse_page, *args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, parse_page, *args)

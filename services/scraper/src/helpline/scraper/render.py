@@ -1,10 +1,12 @@
 """Browser rendering: which pages need a browser, and rendering them in the pool's pages.
 
 A page is fetched over HTTP first; `needs_browser` decides whether it goes to the browser
-(`auto`: thin pages that have scripts). `Renderer` serves the fetched HTML to a page of the
-`browser.BrowserPool` as its document, waits for it to settle, and returns the rendered DOM,
-behind the browser's circuit breaker. The pool's requests go through the SSRF guard
-(`routing.py`).
+(`auto`: pages with scripts whose main content is thin or that show the signs of a
+client-rendered shell, `shells.py`; the scraper asks that of the tree its parsing workers
+extract anyway). `Renderer` serves the fetched HTML to a page of the `browser.BrowserPool`
+as its document, waits for it to settle (its main content filled in), and returns the
+rendered DOM, behind the browser's circuit breaker. The pool's requests go through the
+SSRF guard (`routing.py`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,41 @@ from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from helpline.common.breaker import CircuitBreaker
-from helpline.common.errors import BlockedAddress, Retryable
+from helpline.common.errors import BlockedAddress, Permanent, Retryable
 from helpline.common.messages import RenderMode, utcnow
 from helpline.scraper.browser import BrowserPool, Slot, first_line
+from helpline.scraper.extract import parse_html
 from helpline.scraper.fetch import FetchResult
+from helpline.scraper.shells import assess
 
 _SCRIPT = re.compile(r"<script\b", re.IGNORECASE)
 _INVISIBLE = ("script", "style", "noscript", "template")
-_TEXT_AT_LEAST = (
-    "n => !!document.body && document.body.innerText.replace(/\\s+/g, ' ').trim().length >= n"
-)
+# Whether the main content (as `shells.main_text_chars` reads it) has `n` characters yet.
+_MAIN_TEXT_AT_LEAST = """n => {
+  const scope = document.querySelector("main, [role=main]") || document.querySelector("article")
+    || document.body;
+  if (!scope) return false;
+  const tags = new Set(["SCRIPT", "STYLE", "NOSCRIPT", "TEMPLATE", "NAV", "HEADER", "FOOTER",
+    "ASIDE"]);
+  const roles = new Set(["navigation", "banner", "contentinfo", "complementary", "search"]);
+  const words = /(?:^|[\\s_-])(?:nav|navbar|navigation|navmenu|menu|menubar|sidebar|sidenav|header|footer|topbar|masthead|breadcrumbs?)(?:$|[\\s_-])/i;
+  const framed = el => {
+    for (; el && el !== scope.parentElement; el = el.parentElement) {
+      if (tags.has(el.tagName) || roles.has(el.getAttribute("role"))
+          || words.test((el.id || "") + " " + (el.getAttribute("class") || ""))) return true;
+    }
+    return false;
+  };
+  const walker = document.createTreeWalker(scope, NodeFilter.SHOW_TEXT);
+  let chars = 0;
+  while (walker.nextNode()) {
+    if (!framed(walker.currentNode.parentElement)) {
+      chars += walker.currentNode.data.replace(/\\s+/g, " ").trim().length;
+      if (chars >= n) return true;
+    }
+  }
+  return false;
+}"""
 
 
 class _BrowserCrashed(Exception):
@@ -46,15 +73,23 @@ def visible_text_length(html: str) -> int:
     return len(" ".join(root.text_content().split()))
 
 
+def is_html(page: FetchResult) -> bool:
+    return page.content_type in ("text/html", "application/xhtml+xml")
+
+
 def needs_browser(page: FetchResult, mode: RenderMode, min_text_chars: int) -> bool:
-    """Whether a fetched page goes to the browser: `auto` renders thin pages that have scripts."""
-    if mode is RenderMode.NEVER or page.content_type not in ("text/html", "application/xhtml+xml"):
+    """Whether a fetched page goes to the browser: `auto` renders shells (`shells.py`)."""
+    if mode is RenderMode.NEVER or not is_html(page):
         return False
     if mode is RenderMode.ALWAYS:
         return True
     if not _SCRIPT.search(page.text):
         return False
-    return visible_text_length(page.text) < min_text_chars
+    try:
+        root = parse_html(page.text)
+    except Permanent:
+        return False
+    return assess(root, min_text_chars).render
 
 
 class Renderer:
@@ -138,5 +173,5 @@ async def _settle(slot: Slot, settle_s: float, min_text_chars: int) -> None:
     if remaining > 0:
         with contextlib.suppress(PlaywrightTimeoutError):
             await slot.page.wait_for_function(
-                _TEXT_AT_LEAST, arg=min_text_chars, timeout=remaining * 1000, polling=50
+                _MAIN_TEXT_AT_LEAST, arg=min_text_chars, timeout=remaining * 1000, polling=50
             )

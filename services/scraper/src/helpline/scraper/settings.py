@@ -81,7 +81,10 @@ class ScraperSettings(HelplineSettings):
     )
     render_min_text_chars: int = Field(
         default=200,
-        description="With render=auto, pages with less visible text and scripts are rendered.",
+        description=(
+            "With render=auto, pages with scripts whose main content (navigation, header and "
+            "footer left out) is shorter than this and unfinished are rendered (shells.py)."
+        ),
     )
     breaker_browser_failures: int = Field(
         default=5, description="Browser crashes that open its breaker."
