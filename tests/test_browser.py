@@ -47,6 +47,22 @@ FILLER = " ".join(
 )
 
 
+PORTALS = Path(__file__).resolve().parent / "portals"
+#: tests/portals' shells: a question each, and the fact its answer must hold.
+SHELLS = {
+    "shell-angular.html": ("When does Quillon Desk sign me out automatically?", "45 minutes"),
+    "shell-api-reference.html": (
+        "How many requests per minute does the Quillon REST API allow?",
+        "600 requests per minute",
+    ),
+    "shell-docsify.html": ("Where does the Quillon CLI read its API token from?", "QUILLON_TOKEN"),
+    "shell-next.html": ("How long does a Quillon Pay refund take to reach my card?", "5 to 10"),
+    "shell-nuxt.html": ("How far away can the Quillon Scanner read a barcode?", "40 cm"),
+    "shell-react.html": ("How do I calibrate the battery of the Quillon X2?", "6 hours"),
+    "shell-vue.html": ("How do I roll back the firmware of the Quillon Hub?", "Firmware history"),
+}
+
+
 def _find_browser() -> str | None:
     for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
         if os.access(candidate, os.X_OK):
@@ -203,7 +219,7 @@ def breaker() -> CircuitBreaker:
     return CircuitBreaker("browser", BreakerPolicy(5, 45.0))
 
 
-async def test_javascript_page_is_indexed_and_answered_plain_page_is_not_rendered(
+async def test_javascript_pages_are_indexed_and_answered_plain_pages_are_not_rendered(
     nats_server: NatsServer,
     prefix: str,
     tmp_path: Path,
@@ -259,6 +275,27 @@ async def test_javascript_page_is_indexed_and_answered_plain_page_is_not_rendere
             "/api/v1/scrape", json={"url": f"{site}/plain.html", "brand": "x", "render": "maybe"}
         )
         assert bad.status_code == 422
+
+        # The shells frameworks ship, their frame server-rendered: each rendered and answered;
+        # server-rendered pages with scripts of their own: none rendered.
+        with serve_site(PORTALS) as portals:
+            urls = [f"{portals}/{path.name}" for path in sorted(PORTALS.glob("*.html"))]
+            response = await system.client.post(
+                "/api/v1/scrape/batch",
+                json={"urls": urls, "brand": "quillon", "max_concurrent": 4},
+            )
+            assert response.status_code == 202, response.text
+            record = await wait_terminal(system.client, response.json()["task_id"], timeout_s=120)
+            assert record["result"]["pages_ok"] == len(urls), record
+            assert pool.renders == 1 + len(SHELLS)
+            for name, (question, fact) in SHELLS.items():
+                answer = await system.client.post(
+                    "/api/v1/query", json={"question": question, "brand": "quillon"}
+                )
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                assert body["sources"][0]["url"] == f"{portals}/{name}", (question, body)
+                assert fact in body["answer"], (question, body["answer"])
         marker = pool.marker
         assert marked_processes(marker)
     finally:

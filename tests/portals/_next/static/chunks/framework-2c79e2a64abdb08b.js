@@ -1,0 +1,1 @@
+window.__NEXT_P = window.__NEXT_P || [];

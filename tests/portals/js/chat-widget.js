@@ -1,0 +1,1 @@
+window.chatWidget = {open: false};

@@ -1,0 +1,1 @@
+window.ngRuntime = {loaded: true};

@@ -1,0 +1,1 @@
+window.___webpackCompilationHash = '4d1e2f';
