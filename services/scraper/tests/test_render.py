@@ -34,6 +34,14 @@ def test_visible_text_leaves_out_scripts_styles_and_noscript() -> None:
     assert visible_text_length("") == 0
 
 
+def test_a_page_that_declares_its_encoding_is_read() -> None:
+    # DocBook's XHTML (the PostgreSQL manual): parsed from a str, the declaration made the
+    # old rule read no text at all, so any such page with a script went to the browser.
+    xhtml = f'<?xml version="1.0" encoding="UTF-8"?><html><head>{APP}</head><body><p>{TEXT}</p></body></html>'
+    assert visible_text_length(xhtml) == len(TEXT.strip())
+    assert needs_browser(page(xhtml), RenderMode.AUTO, min_text_chars=200) is False
+
+
 PORTALS = Path(__file__).resolve().parents[3] / "tests" / "portals"
 NAV = (
     '<header class="site-header"><a href="/">Quillon Help Center</a><nav>'

@@ -16,7 +16,6 @@ import contextlib
 import re
 import time
 
-import lxml.html
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
@@ -65,8 +64,9 @@ class _BrowserCrashed(Exception):
 def visible_text_length(html: str) -> int:
     """Characters of text a reader would see in `html` without running its scripts."""
     try:
-        root = lxml.html.document_fromstring(html)
-    except (ValueError, lxml.etree.ParserError):
+        # Parsed as bytes: a str that declares its encoding (<?xml ... encoding=...?>) fails.
+        root = parse_html(html)
+    except Permanent:
         return 0
     for el in root.iter(*_INVISIBLE):
         el.drop_tree()
