@@ -420,6 +420,35 @@ def test_edge_drops_a_rebuild_that_a_write_overtook(
     store.close()
 
 
+def test_edge_keeps_serving_when_a_rebuild_fails_and_waits_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "shard"
+    store = EdgeStore(path, DIM)
+    store.ensure_collection()
+    monkeypatch.setattr(edge_store, "OPTIMIZE_AFTER_POINTS", 1)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_QUIET_S", 0.0)
+    monkeypatch.setattr(edge_store, "OPTIMIZE_RETRY_S", 0.5)
+    monkeypatch.setattr(
+        edge_store, "_OPTIMIZE", "import sys; print('disk full', file=sys.stderr); sys.exit(5)"
+    )
+    store.upsert([chunk("https://docs/a", i) for i in range(30)])
+    store.maintain()
+    assert store._rebuild is not None
+    while store._rebuild is not None:
+        assert store.maintain() is False
+        time.sleep(0.05)
+    assert "disk full" in caplog.text
+    assert siblings(path) == []
+    store.maintain()
+    assert store._rebuild is None  # not at once again ...
+    time.sleep(edge_store.OPTIMIZE_RETRY_S)
+    store.maintain()
+    assert store._rebuild is not None  # ... but later
+    assert store.count() == 30
+    store.close()
+
+
 def test_edge_recovers_a_swap_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "shard"
     store = EdgeStore(path, DIM)

@@ -50,6 +50,8 @@ SEARCH_LULL_S = 1.0
 #: end of its rebuild, however busy the searches.
 FLUSH_MAX_DEFER_S = 30.0
 OPTIMIZE_MAX_DEFER_S = 120.0
+#: A rebuild that failed is tried again this much later at the earliest.
+OPTIMIZE_RETRY_S = 60.0
 #: How much lower the rebuilding child's CPU priority is (nice): questions keep the cores.
 OPTIMIZE_NICENESS = 10
 #: Edge's optimize holds the interpreter lock for its whole run (1.9-3.5 s at 13k points: no
@@ -125,6 +127,7 @@ class EdgeStore(VectorStore):
         self._unindexed = max(0, info.points_count + with_sparse - info.indexed_vectors_count)
         self._written_at = 0.0
         self._rebuild: _Rebuild | None = None
+        self._retry_at = 0.0  # after a failed rebuild, not before
 
     def ensure_collection(self) -> None:
         """Create the keyword payload indexes the shard does not have yet."""
@@ -259,7 +262,9 @@ class EdgeStore(VectorStore):
         if self._rebuild is not None:
             swapped = self._finish_rebuild(now, lull)
         elif (
-            self._unindexed >= OPTIMIZE_AFTER_POINTS and now - self._written_at >= OPTIMIZE_QUIET_S
+            self._unindexed >= OPTIMIZE_AFTER_POINTS
+            and now - self._written_at >= OPTIMIZE_QUIET_S
+            and now >= self._retry_at
         ):
             self._start_rebuild()
         due = now - self._flushed_at - self._flush_interval
@@ -302,12 +307,15 @@ class EdgeStore(VectorStore):
             rebuild.done_at = now
         stale = self._writes != rebuild.writes
         if code != 0 or stale:
+            failed = code not in (0, _NOTHING_TO_OPTIMIZE)
+            error = rebuild.error() if failed else ""
             with self._flush_lock:
                 self._drop_rebuild()
             if code == _NOTHING_TO_OPTIMIZE and not stale:
                 self._unindexed = 0  # what is left is too small for Edge to index
-            elif code not in (0, _NOTHING_TO_OPTIMIZE):
-                log.warning("optimizing the vector index failed: %s", rebuild.error())
+            elif failed:
+                log.warning("optimizing the vector index failed: %s", error)
+                self._retry_at = now + OPTIMIZE_RETRY_S
             return False
         if not lull and now - rebuild.done_at < OPTIMIZE_MAX_DEFER_S:
             return False
