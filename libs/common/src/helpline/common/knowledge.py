@@ -95,4 +95,5 @@ def load_model(
         niceness=niceness,
         int8_products=int8_products,
         cache_dir=settings.model_cache_dir,
+        batch_tokens=settings.embed_batch_tokens,
     )

@@ -130,6 +130,12 @@ class StoreSettings(BaseSettings):
         default=None, description="onnxruntime threads (default: all cores)."
     )
     embed_batch_size: int = Field(default=32, description="Chunks per model call.")
+    embed_batch_tokens: int = Field(
+        default=2048,
+        ge=1,
+        description="Most padded tokens (texts x the longest one's tokens) in one model call: "
+        "bounds its working memory however long the texts (at 256 tokens, 8 texts a call).",
+    )
     embed_index_niceness: int = Field(
         default=10,
         ge=0,
