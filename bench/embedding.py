@@ -1,10 +1,16 @@
 """Embedding throughput of the model Helpline ships, per onnxruntime execution provider.
 
-Chunks are cut from the sample documentation site (tests/site) the way the scraper cuts
-them (about 700 characters), so the token lengths are realistic. Prints chunks/s for
-batch sizes 32 and 128, and the latency of embedding one question.
+Chunks are cut from a documentation site (tests/site by default; `--site` another folder
+of HTML, such as the PostgreSQL manual) the way the scraper cuts them (about 700
+characters), so the token lengths are realistic. Prints chunks/s for batch sizes 32 and
+128, and the latency of embedding one question, for the packaged graph (questions) and,
+on the CPU, the int8 graph (indexing). Each graph runs in two memory configurations in the
+same run, their rounds alternating: "bounded" (Helpline's: batches of at most
+`BATCH_TOKENS` padded tokens, no memory patterns, the arena shrunk after a large call) and
+"arena" (onnxruntime's defaults, batches bounded in texts only: how it ran before).
 
     uv run python bench/embedding.py [--providers CPUExecutionProvider CUDAExecutionProvider]
+        [--site DIR] [--chunks 512] [--rounds 3] [--batches 32 128]
 """
 
 from __future__ import annotations
@@ -19,15 +25,20 @@ from pathlib import Path
 import onnxruntime as ort
 from results import capture
 
-from helpline.common.embedding import Embedder
+from helpline.common.embedding import BATCH_TOKENS, Embedder
 
 SITE = Path(__file__).resolve().parent.parent / "tests" / "site"
+#: The memory configurations compared: name -> `Embedder.load` options.
+CONFIGS = {
+    "bounded": {"batch_tokens": BATCH_TOKENS, "bounded_memory": True},
+    "arena": {"batch_tokens": 1 << 30, "bounded_memory": False},
+}
 
 
-def corpus_chunks(count: int, max_chars: int = 700) -> list[str]:
+def corpus_chunks(count: int, max_chars: int = 700, site: Path = SITE) -> list[str]:
     """`count` chunks of real documentation prose, about `max_chars` each."""
     sentences: list[str] = []
-    for page in sorted(SITE.rglob("*.html")):
+    for page in sorted(site.rglob("*.html")):
         text = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", page.read_text(), flags=re.S)
         text = html.unescape(re.sub(r"<[^>]+>", " ", text))
         sentences += [
@@ -46,26 +57,47 @@ def corpus_chunks(count: int, max_chars: int = 700) -> list[str]:
     return chunks
 
 
-def measure(providers: list[str], chunks: list[str], threads: int | None) -> None:
-    model = Embedder.load(threads=threads, providers=providers)
-    used = model.providers[0]
-    model.embed(chunks[:64])  # warm-up (CUDA graph capture, allocator, kernels)
-    for batch in (32, 128):
-        runs = []
-        for _ in range(3):
-            started = time.perf_counter()
-            model.embed(chunks, batch_size=batch)
-            runs.append(time.perf_counter() - started)
-        print(
-            f"{used}: {len(chunks) / statistics.median(runs):8.1f} chunks/s  (batch {batch}, {len(chunks)} chunks)"
-        )
+def measure(
+    providers: list[str], chunks: list[str], args: argparse.Namespace, *, int8: bool
+) -> list[str]:
+    """Chunks/s and question latency of one graph in every configuration, alternating."""
+    models = {
+        name: Embedder.load(threads=args.threads, providers=providers, int8_products=int8, **opts)
+        for name, opts in CONFIGS.items()
+    }
+    graph = "int8 graph" if int8 else "packaged graph"
+    used = next(iter(models.values())).providers[0]
+    for model in models.values():
+        model.embed(chunks[:64])  # warm-up (CUDA graph capture, allocator, kernels)
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for _ in range(args.rounds):
+        for batch in args.batches:
+            for name, model in models.items():
+                started = time.perf_counter()
+                model.embed(chunks, batch_size=batch)
+                seconds.setdefault((name, batch), []).append(time.perf_counter() - started)
     question = ["How long do I hold the reset button to restore factory settings?"]
-    latencies = []
+    latencies: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(200):
-        started = time.perf_counter()
-        model.embed(question)
-        latencies.append((time.perf_counter() - started) * 1000)
-    print(f"{used}: one question {statistics.median(latencies):.2f} ms p50")
+        for name, model in models.items():
+            started = time.perf_counter()
+            model.embed(question)
+            latencies[name].append((time.perf_counter() - started) * 1000)
+    lines = []
+    for batch in args.batches:
+        rates = {n: len(chunks) / statistics.median(seconds[(n, batch)]) for n in models}
+        for name, rate in rates.items():
+            lines.append(
+                f"{used}, {graph}, {name}: {rate:8.1f} chunks/s  (batch {batch}, {len(chunks)} "
+                f"chunks, median of {args.rounds})"
+            )
+        lines.append(f"  bounded / arena: {rates['bounded'] / rates['arena']:.3f}")
+    for name in models:
+        p50 = statistics.median(latencies[name])
+        lines.append(f"{used}, {graph}, {name}: one question {p50:.2f} ms p50")
+    for model in models.values():
+        model.close()
+    return lines
 
 
 def main() -> None:
@@ -73,20 +105,32 @@ def main() -> None:
     parser.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     parser.add_argument("--chunks", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--site", type=Path, default=SITE, help="a folder of HTML pages")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args()
     if "CUDAExecutionProvider" in args.providers and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels only once asked to.
         ort.preload_dlls()
-    chunks = corpus_chunks(args.chunks)
+    chunks = corpus_chunks(args.chunks, site=args.site)
     lengths = [len(c) for c in chunks]
-    printed = capture("embedding")
-    print(f"onnxruntime {ort.__version__}, available: {', '.join(ort.get_available_providers())}")
-    print(f"{len(chunks)} chunks, {statistics.mean(lengths):.0f} characters on average")
+    results: list[str] = []
     for provider in args.providers:
         if provider not in ort.get_available_providers():
-            print(f"{provider}: not available in this onnxruntime build")
+            results.append(f"{provider}: not available in this onnxruntime build")
             continue
-        measure([provider], chunks, args.threads)
+        results += measure([provider], chunks, args, int8=False)
+        if provider == "CPUExecutionProvider":
+            results += measure([provider], chunks, args, int8=True)
+    printed = capture("embedding")
+    print(f"onnxruntime {ort.__version__}, available: {', '.join(ort.get_available_providers())}")
+    print(
+        f"{len(chunks)} chunks from {args.site}, {statistics.mean(lengths):.0f} characters on average"
+    )
+    print(
+        f"bounded: at most {BATCH_TOKENS} padded tokens a batch, memory handed back; arena: as before"
+    )
+    print("\n".join(results))
     printed.save()
 
 
