@@ -437,6 +437,38 @@ def limits(docs: tuple[dict[str, Any], ...], name: str) -> dict[str, float]:
     return {k: quantity(v) for k, v in container(workload)["resources"]["limits"].items()}
 
 
+def compose_bytes(value: str | int) -> float:
+    """A compose memory quantity (docker's binary b, k, m, g) as bytes."""
+    text = str(value).lower()
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    if text[-1:] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text.rstrip("b"))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_memory_limits_are_measured_and_agree(service: str) -> None:
+    """Each service's memory limit is the same in k8s and compose, and the measurement it
+    was set from (bench/memory.py) is written beside it."""
+    k8s = container(objects("Deployment")[service])["resources"]["limits"]["memory"]
+    spec = compose()["services"][service]
+    assert compose_bytes(spec["deploy"]["resources"]["limits"]["memory"]) == quantity(k8s)
+    k8s_text = (BASE / f"{service}.yaml").read_text("utf-8")
+    before_limits = k8s_text.split("          resources:")[0].splitlines()[-6:]
+    assert any("bench/memory.py" in line for line in before_limits), service
+    compose_text = (ROOT / "docker-compose.yml").read_text("utf-8")
+    block = compose_text.split(f"      target: {service}\n", 1)[1].split("environment:")[0]
+    assert "bench/memory.py" in block, service
+
+
+def test_compose_lite_memory_limit_is_measured() -> None:
+    spec = compose()["services"]["helpline"]
+    # Measured: 1,174 MB PSS in all (bench/results/memory.md), before any browser.
+    assert compose_bytes(spec["deploy"]["resources"]["limits"]["memory"]) >= 1.5 * 2**30
+    compose_text = (ROOT / "docker-compose.yml").read_text("utf-8")
+    assert "bench/memory.py --mode up" in compose_text.split("target: helpline\n", 1)[1]
+
+
 def test_dev_overlay_is_small() -> None:
     dev, base = rendered("overlays/dev"), rendered("base")
     for name, workload in {**objects("Deployment", dev), **objects("StatefulSet", dev)}.items():
