@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpline.common.embedding import BATCH_TOKENS, quantized_model
+from helpline.common.embedding import BATCH_TOKENS, Embedder, _batches, quantized_model
 from helpline.common.settings import StoreSettings
 
 SITE = Path(__file__).resolve().parents[3] / "tests" / "site"
@@ -121,3 +121,25 @@ def test_the_bound_catches_onnxruntime_defaults(tmp_path: Path) -> None:
 
 def test_the_setting_defaults_to_the_model_bound() -> None:
     assert StoreSettings().embed_batch_tokens == BATCH_TOKENS
+
+
+def test_batches_hold_at_most_the_token_bound() -> None:
+    lengths = [3, 250, 40, 256, 12, 100, 100, 7, 300, 64] * 7
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = list(_batches(order, lengths, 32, 2048))
+    assert [i for batch in batches for i in batch] == order  # every text once, in order
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 32
+        assert len(batch) == 1 or len(batch) * width <= 2048, (len(batch), width)
+    assert any(len(batch) == 32 for batch in batches)  # short texts still fill a batch
+
+
+def test_bounded_batches_give_the_same_vectors() -> None:
+    sentence = "The server writes each change to the log before it changes the table. "
+    texts = [(sentence * (1 + n % 23))[: 40 + 37 * n] for n in range(48)]
+    bounded = Embedder.load(threads=2)
+    unbounded = Embedder.load(threads=2, batch_tokens=1 << 30, bounded_memory=False)
+    assert bounded.batch_tokens == BATCH_TOKENS
+    cosines = (bounded.embed(texts) * unbounded.embed(texts)).sum(axis=1)
+    assert cosines.min() > 0.9999
