@@ -19,7 +19,8 @@ more with every new batch shape (memory patterns): the embedder held 1.5 GB afte
 chunks of the PostgreSQL manual. Here memory patterns are off, and a call that ran more
 than `RELEASE_AFTER_TOKENS` hands its memory back after its last run: the arena shrinks
 and the C heap returns its free pages (`malloc_trim`). The arena stays on: without it
-every tensor comes from malloc, and indexing was about a quarter slower.
+every tensor comes from malloc, and indexing ran about a quarter slower (one comparison,
+on a busy machine).
 Figures: bench/results/memory.md and embedding.md.
 """
 
