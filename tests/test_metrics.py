@@ -100,7 +100,7 @@ async def test_queues_breakers_and_cache_are_exported(system: System) -> None:
     assert (await system.client.post("/api/v1/query", json=body)).status_code == 200
     before = await scrape(system)
     assert (await system.client.post("/api/v1/query", json=body)).status_code == 200
-    system.host.bus.breakers.get("language-model", BreakerPolicy(failures=1, open_s=60))
+    system.host.bus.breakers.get("metrics-test-dependency", BreakerPolicy(failures=1, open_s=60))
     system.host.bus.breakers.get("host:docs.example.com", BreakerPolicy(failures=1, open_s=60))
     after = await scrape(system)
     hits = value(after, "helpline_answer_cache_lookups_total", result="hit") - value(
@@ -108,7 +108,11 @@ async def test_queues_breakers_and_cache_are_exported(system: System) -> None:
     )
     assert hits == 1
     assert ("helpline_queue_pending", (("kind", "query"), ("priority", "critical"))) in after
-    assert value(after, "helpline_breaker_state", dependency="language-model") == 0.0
+    assert (
+        "helpline_breaker_state",
+        (("dependency", "metrics-test-dependency"),),
+    ) in after
+    assert value(after, "helpline_breaker_state", dependency="metrics-test-dependency") == 0.0
     # Per-site breakers are counted, never named.
     assert value(after, "helpline_site_breakers", state="closed") >= 1
     assert not any("docs.example.com" in str(key) for key in after)

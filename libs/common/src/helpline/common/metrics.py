@@ -156,13 +156,18 @@ class BreakerCollector(Collector):
             labels=["state"],
         )
         site_counts = dict.fromkeys(BREAKER_STATES, 0)
+        # One series per dependency: where several buses in a process hold one, the worst.
+        worst: dict[str, float] = {}
         for board in self._boards():
             for breaker in board.snapshot():
                 name, current = str(breaker["name"]), str(breaker["state"])
                 if name.startswith("host:"):
                     site_counts[current] = site_counts.get(current, 0) + 1
                 else:
-                    state.add_metric([name], BREAKER_STATES.get(current, 0.0))
+                    level = BREAKER_STATES.get(current, 0.0)
+                    worst[name] = max(worst.get(name, 0.0), level)
+        for name, level in sorted(worst.items()):
+            state.add_metric([name], level)
         for current, count in site_counts.items():
             sites.add_metric([current], float(count))
         yield state
