@@ -82,6 +82,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
+async def submit_pings(base_url: str, n: int, connections: int = 64) -> list[str]:
+    """N `POST /api/v1/maintenance/ping` spread over `connections` keep-alive connections;
+    the task ids, in the order they were accepted."""
+    submitted: list[str] = []
+
+    async def client(count: int) -> None:
+        connection = Connection(base_url)
+        try:
+            for _ in range(count):
+                answer = await connection.post_json("/api/v1/maintenance/ping", {}, expect=202)
+                submitted.append(answer["task_id"])
+        finally:
+            await connection.close()
+
+    shares = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
+    await asyncio.gather(*(client(c) for c in shares if c))
+    return submitted
+
+
 async def query_load(
     base_url: str,
     concurrency: int,

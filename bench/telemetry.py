@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
-from loadgen import Connection, query_load
+from loadgen import query_load, submit_pings
 from results import capture
 
 from helpline.common.records import TERMINAL_STATUSES
@@ -51,20 +51,8 @@ QUESTIONS = [
 
 async def pings(base_url: str, n: int) -> float:
     """N no-op pings over 64 keep-alive connections; tasks/s until every record is terminal."""
-    ids: list[str] = []
-
-    async def client(count: int) -> None:
-        connection = Connection(base_url)
-        try:
-            for _ in range(count):
-                answer = await connection.post_json("/api/v1/maintenance/ping", {}, expect=202)
-                ids.append(answer["task_id"])
-        finally:
-            await connection.close()
-
     started = time.perf_counter()
-    shares = [n // CONNECTIONS + (1 if i < n % CONNECTIONS else 0) for i in range(CONNECTIONS)]
-    await asyncio.gather(*(client(c) for c in shares if c))
+    ids = await submit_pings(base_url, n, CONNECTIONS)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         for task_id in ids:
             while (await http.get(f"/api/v1/tasks/{task_id}")).json()["status"] not in (

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
-from loadgen import Connection
+from loadgen import submit_pings
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from results import capture
@@ -129,20 +129,8 @@ async def rest_throughput(nats_url: str, port: int, n: int) -> float:
     """N pings submitted as POST /api/v1/maintenance/ping over 64 keep-alive connections."""
     terminal = Terminal()
     await terminal.start(nats_url)
-    submitted: list[str] = []
-
-    async def client(count: int) -> None:
-        connection = Connection(f"http://127.0.0.1:{port}")
-        try:
-            for _ in range(count):
-                answer = await connection.post_json("/api/v1/maintenance/ping", {}, expect=202)
-                submitted.append(answer["task_id"])
-        finally:
-            await connection.close()
-
     started = time.perf_counter()
-    shares = [n // CONNECTIONS + (1 if i < n % CONNECTIONS else 0) for i in range(CONNECTIONS)]
-    await asyncio.gather(*(client(c) for c in shares if c))
+    submitted = await submit_pings(f"http://127.0.0.1:{port}", n, CONNECTIONS)
     last = await terminal.wait_for(submitted)
     await terminal.stop()
     return n / (last - started)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from helpline.cli.natsserver import NatsServer
 from helpline.cli.settings import CliSettings, environment_with
 from helpline.common.observability import setup_logging, setup_tracing
-from helpline.common.processes import die_with_parent, stop_process
+from helpline.common.processes import start_child, stop_process
 from helpline.common.runtime import Component
 from helpline.common.serving import FrontFactory, probes, run_until_signalled, serve
 
@@ -108,12 +108,11 @@ def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[byte
     overrides = {"HELPLINE_NATS_URL": settings.nats_url or ""}
     if service != "gateway":
         overrides["HELPLINE_HTTP_PORT"] = "0"  # its probes on any free port, not the API's
-    return subprocess.Popen(
+    return start_child(
         [sys.executable, "-c", "from helpline.cli.main import app; app()", "run", service],
         env=environment_with(overrides),
         # Its own session: a terminal's Ctrl-C reaches this process, which stops it in order.
         start_new_session=True,
-        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
 
 

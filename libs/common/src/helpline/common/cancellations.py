@@ -27,9 +27,6 @@ class Cancellations:
             await kv.put(task_id, b"1")
         self.ids.update(task_ids)
 
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self.ids
-
     def any(self, *task_ids: str | None) -> bool:
         """Whether any of these (a task, its parent, ...) is cancelled."""
         return any(t in self.ids for t in task_ids if t)

@@ -54,10 +54,6 @@ class Buckets:
             kv = self._bound[name] = await self._js.key_value(self._layout.bucket(name))
         return kv
 
-    def full_name(self, name: Bucket) -> str:
-        """The bucket's name on the server (`helpline_tasks`)."""
-        return self._layout.bucket(name)
-
 
 class Deferrals:
     """Per task, how many deliveries waited on an open breaker (not attempts)."""
