@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 HOSTS_TTL_S = 24 * 3600.0
 REPLICA_TTL_S = 30.0
+#: A rate-limit state idle this long is forgotten (its key has its whole allowance back long before).
+RATES_TTL_S = 3600.0
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 DLQ_MAX_AGE_S = 30 * 24 * 3600.0
@@ -127,6 +129,10 @@ class BusLayout:
             Bucket.ANSWERS: self.answer_cache_ttl_s,
             # Generations never expire: a lost one would make stale answers current again.
             Bucket.GENERATIONS: 0.0,
+            # Keys last until revoked.
+            Bucket.KEYS: 0.0,
+            # A key idle this long has its whole allowance back anyway.
+            Bucket.RATES: RATES_TTL_S,
         }[name]
         return api.KeyValueConfig(
             bucket=self.bucket(name),
@@ -140,7 +146,7 @@ class BusLayout:
         )
 
 
-_DIRECT = frozenset({Bucket.TASKS, Bucket.CRAWLS, Bucket.ANSWERS})
+_DIRECT = frozenset({Bucket.TASKS, Bucket.CRAWLS, Bucket.ANSWERS, Bucket.RATES})
 
 
 async def declare(js: JetStreamContext, layout: BusLayout) -> dict[Bucket, KeyValue]:

@@ -111,6 +111,8 @@ class Bucket(StrEnum):
     HOSTS = "hosts"  # per scraped host: when the next request may start
     ANSWERS = "answers"  # the answer cache (`answercache`)
     GENERATIONS = "generations"  # per brand: the index generation answers are keyed by
+    KEYS = "keys"  # API keys, hashed (the gateway's `auth`)
+    RATES = "rates"  # per API key: its rate limit's state (the gateway's `ratelimit`)
 
 
 def bucket(name: str, prefix: str = PREFIX) -> str:
