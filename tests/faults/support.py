@@ -15,6 +15,7 @@ import nats
 from e2e_helpers import TERMINAL
 
 from helpline.common import subjects
+from helpline.common.bus import servers
 from helpline.common.runtime import Host
 from helpline.common.subjects import Kind
 from helpline.gateway.app import GatewayComponent
@@ -195,7 +196,7 @@ async def settle(
 
 async def pending(nats_url: str, prefix: str, kind: Kind) -> tuple[int, int]:
     """(task messages waiting in `kind`'s stream, events the tracker has not yet acknowledged)."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers(nats_url))
     try:
         js = nc.jetstream()
         tasks = await js.stream_info(subjects.stream(kind, prefix))
@@ -209,7 +210,7 @@ async def pending(nats_url: str, prefix: str, kind: Kind) -> tuple[int, int]:
 
 async def bus_quiet(nats_url: str, prefix: str, kinds: Iterable[Kind]) -> bool:
     """No task of these kinds waits or runs, and the tracker has applied every event."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers(nats_url))
     try:
         js = nc.jetstream()
         for kind in kinds:

@@ -66,21 +66,27 @@ class Bus:
         self.urgency = Urgency(layout.bulk_yield_window_s, layout.bulk_yield_starts_per_s)
 
     async def connect(self, url: str, *, name: str) -> None:
-        """Connect to the servers of `url` (comma-separated), reconnecting for ever."""
+        """Connect to the servers of `url` (comma-separated), reconnecting for ever: when the
+        server in use goes, nats-py moves to the next one of the list (or of those the
+        cluster announced), and resubscribes there."""
         self._nc = await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
+            servers=servers(url),
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             error_cb=_log_error,
+            disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
         )
         self._js = self._nc.jetstream()
         self.buckets.attach(self._js)
 
+    async def _disconnected(self) -> None:
+        if self._nc is not None and self._nc.is_reconnecting:  # not when closed on purpose
+            log.warning("lost the NATS server; reconnecting")
+
     async def _reconnected(self) -> None:
-        url = self._nc.connected_url if self._nc is not None else None
-        log.warning("reconnected to %s", url.netloc if url is not None else "?")
+        log.warning("reconnected to %s", self.connection()["url"] or "?")
 
     @property
     def nc(self) -> Client:
@@ -175,6 +181,14 @@ class Bus:
             stream=subjects.events_stream(self.layout.prefix),
             msg_id=event.event_id,
         )
+
+
+def servers(url: str) -> list[str]:
+    """The server URLs of a HELPLINE_NATS_URL: several may be given, comma-separated."""
+    found = [u.strip() for u in url.split(",") if u.strip()]
+    if not found:
+        raise ValueError("no NATS server URL")
+    return found
 
 
 async def _log_error(exc: Exception) -> None:
