@@ -128,6 +128,8 @@ def up(settings: CliSettings) -> None:
         settings.otel_service_name or "helpline",
         otlp_endpoint=settings.otlp_endpoint,
         record=settings.otel_traces_sampler is not None,
+        store=settings.trace_store_on,
+        store_ratio=settings.trace_store_ratio,
     )
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

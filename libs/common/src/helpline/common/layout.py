@@ -37,6 +37,9 @@ DLQ_MAX_AGE_S = 30 * 24 * 3600.0
 REQUEST_LOG_MAX_AGE_S = 24 * 3600.0
 REQUEST_LOG_MAX_MSGS = 200_000
 REQUEST_LOG_MAX_BYTES = 64 * 1024 * 1024
+#: The trace store (`spanstore`) keeps a day of recent traces, at most this many bytes.
+TRACES_MAX_AGE_S = 24 * 3600.0
+TRACES_MAX_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,19 @@ async def declare(js: JetStreamContext, layout: BusLayout) -> dict[Bucket, KeyVa
             max_age=REQUEST_LOG_MAX_AGE_S,
             max_msgs=REQUEST_LOG_MAX_MSGS,
             max_bytes=REQUEST_LOG_MAX_BYTES,
+            num_replicas=layout.replicas,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        api.StreamConfig(
+            name=subjects.traces_stream(layout.prefix),
+            subjects=[subjects.traces_wildcard(layout.prefix)],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            storage=layout.storage,
+            max_age=TRACES_MAX_AGE_S,
+            max_bytes=TRACES_MAX_BYTES,
             num_replicas=layout.replicas,
         ),
     )

@@ -2,7 +2,8 @@
 
 Traces: an OpenTelemetry TracerProvider named after the service; spans are exported
 over OTLP/HTTP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
-variable) is set, and otherwise only kept for trace ids in logs. Logs: one JSON object
+variable) is set, kept on the bus for the gateway's trace view when the trace store is on
+(`spanstore`), and otherwise only kept for trace ids in logs. Logs: one JSON object
 per line carrying the current trace and span id, so a slow request found in the
 gateway's views or a log line leads straight to its trace in the tracing UI.
 """
@@ -21,7 +22,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.util.types import Attributes
 
 _configured = False
@@ -33,14 +40,22 @@ _provider_installed = False
 
 
 def setup_tracing(
-    service_name: str, *, otlp_endpoint: str | None, record: bool = False
+    service_name: str,
+    *,
+    otlp_endpoint: str | None,
+    record: bool = False,
+    store: bool = False,
+    store_ratio: float = 1.0,
 ) -> TracerProvider:
     """Install the global tracer provider (idempotent); export over OTLP when configured.
 
-    With nowhere to send spans (no endpoint, `record` false) they are not recorded: every
-    span still gets its trace and span ids, which propagate in message headers and appear
-    in logs, but nothing is built up per span only to be thrown away (a query crosses a
-    dozen spans). `record` keeps them anyway (for an in-process exporter, or when the
+    With `store`, finished spans also go to the bus's trace store (`spanstore`, once a
+    `Host` attaches its connection); without an endpoint or the standard sampler, the share
+    `store_ratio` of new traces is recorded (parent-based: a trace is whole or absent).
+    With nowhere to send spans (no endpoint, no store, `record` false) they are not
+    recorded: every span still gets its trace and span ids, which propagate in message
+    headers and appear in logs, but nothing is built up per span only to be thrown away (a
+    query crosses a dozen spans). `record` keeps them anyway (for an in-process exporter, or when the
     standard OTEL_TRACES_SAMPLER is set: the SDK's sampler then reads it).
     """
     global _configured
@@ -50,12 +65,19 @@ def setup_tracing(
     resource = Resource.create({"service.name": service_name})
     if otlp_endpoint or record:
         provider = TracerProvider(resource=resource)
+    elif store:
+        root = ALWAYS_ON if store_ratio >= 1 else TraceIdRatioBased(store_ratio)
+        provider = TracerProvider(resource=resource, sampler=ParentBased(root))
     else:
         provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if store:
+        from helpline.common import spanstore
+
+        spanstore.install(provider)
     trace.set_tracer_provider(provider)
     global _unsampled_stays_unsampled
     _unsampled_stays_unsampled = follows_parent(provider.sampler)

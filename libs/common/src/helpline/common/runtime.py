@@ -13,6 +13,7 @@ import os
 import socket
 from typing import Protocol
 
+from helpline.common import spanstore
 from helpline.common.bus import Bus
 from helpline.common.kv import Replicas
 from helpline.common.layout import BusLayout
@@ -67,6 +68,7 @@ class Host:
         assert self.settings.nats_url is not None
         await self.bus.connect(self.settings.nats_url, name=self.name)
         await self.bus.bootstrap()
+        spanstore.attach(self.bus.nc, self.bus.layout.prefix)
         for component in self.components:
             self.task_consumers.extend(component.consumers(self.bus))
         for component in self.components:
@@ -121,6 +123,7 @@ class Host:
             except Exception:
                 log.exception("stopping %s", component.name)
         self._started.clear()
+        await spanstore.detach(self.bus.nc)
         await self.bus.close()
 
     async def run_forever(self, stop: asyncio.Event) -> None:

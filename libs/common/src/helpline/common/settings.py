@@ -114,6 +114,23 @@ class HelplineSettings(BaseSettings):
         description="Standard OpenTelemetry variable; set, it decides which spans are recorded "
         "(otherwise spans are recorded only when they are exported).",
     )
+    trace_store: bool | None = Field(
+        default=None,
+        description="Keep recent traces on the bus (a bounded stream) for the gateway's trace "
+        "view, `/traces/{trace_id}`; unset, on unless spans go to an OTLP endpoint.",
+    )
+    trace_store_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Of new traces, the share the trace store records and keeps (each whole "
+        "or not at all; below 1, some requests have no trace to open).",
+    )
+
+    @property
+    def trace_store_on(self) -> bool:
+        """Whether this process adds its spans to the trace store."""
+        return self.trace_store if self.trace_store is not None else not self.otlp_endpoint
 
 
 class StoreSettings(BaseSettings):

@@ -78,6 +78,20 @@ def requests_stream(prefix: str = PREFIX) -> str:
     return f"{prefix.upper().replace('.', '_')}_REQUESTS"
 
 
+def traces(trace_id: str, prefix: str = PREFIX) -> str:
+    """Where finished spans of one trace are kept (one subject per trace, read by id)."""
+    return f"{prefix}.traces.{trace_id}"
+
+
+def traces_wildcard(prefix: str = PREFIX) -> str:
+    return f"{prefix}.traces.*"
+
+
+def traces_stream(prefix: str = PREFIX) -> str:
+    """The bounded stream of recent traces every process adds its spans to (`spanstore`)."""
+    return f"{prefix.upper().replace('.', '_')}_TRACES"
+
+
 def stream(kind: Kind, prefix: str = PREFIX) -> str:
     """The work-queue stream that holds one kind's tasks."""
     return f"{prefix.upper().replace('.', '_')}_TASKS_{kind.upper()}"

@@ -148,6 +148,8 @@ def run_service(
         settings.otel_service_name or f"helpline-{name}",
         otlp_endpoint=settings.otlp_endpoint,
         record=settings.otel_traces_sampler is not None,
+        store=settings.trace_store_on,
+        store_ratio=settings.trace_store_ratio,
     )
     if not settings.nats_url:
         raise SystemExit(f"the {name} service needs HELPLINE_NATS_URL (or use `helpline up`)")
