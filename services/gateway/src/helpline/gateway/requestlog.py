@@ -4,7 +4,7 @@ Each replica publishes one small JSON entry per request (core NATS, no acknowled
 awaited: the log must never slow a request down) to the stream `<PREFIX>_REQUESTS`, which
 keeps a day and at most 200,000 entries. Any replica reads the tail for the views: stats
 per route, slow requests, errors (the request log's 5xx, and failed tasks from their
-records), each entry with its trace id.
+records), each entry with its trace id and, where a tracing UI is known, a link to it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
-from helpline.common import subjects
+from helpline.common import spanstore, subjects
 from helpline.common.messages import utcnow
 from helpline.common.records import Status
 
@@ -48,6 +48,10 @@ class RequestLog:
         """Log one request; a bus that is down loses the entry, never the request."""
         with contextlib.suppress(Exception):
             await self.bus.nc.publish(self.subject, json.dumps(entry).encode())
+
+    async def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """Every stored span of one trace, every process's (`spanstore`)."""
+        return await spanstore.read(self.bus.js, self.bus.layout.prefix, trace_id)
 
     async def tail(self, n: int, *, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         """The last `n` entries (at most `MAX_SCAN`), newest first."""
@@ -156,3 +160,27 @@ async def errors(
         )
     found.sort(key=lambda e: str(e["at"]), reverse=True)
     return found[:limit]
+
+
+class TraceLinks:
+    """Where a trace id leads: the tracing UI's page for it (`HELPLINE_TRACE_UI_URL`, Jaeger's
+    `/trace/<id>` layout), else the gateway's own trace page when the trace store is on."""
+
+    def __init__(self, ui_url: str | None, *, own_page: bool) -> None:
+        self.ui_url = ui_url.rstrip("/") if ui_url else None
+        self.own_page = own_page
+
+    def url(self, trace_id: str, base_url: str) -> str | None:
+        """The link for `trace_id`; `base_url` is the gateway's, as the client reached it."""
+        if self.ui_url:
+            return f"{self.ui_url}/trace/{trace_id}"
+        if self.own_page:
+            return f"{base_url.rstrip('/')}/traces/{trace_id}"
+        return None
+
+    def add(self, entries: list[dict[str, Any]], base_url: str) -> list[dict[str, Any]]:
+        """`entries`, each with a trace id given its `trace_url`."""
+        return [
+            {**e, "trace_url": self.url(str(e["trace_id"]), base_url)} if e.get("trace_id") else e
+            for e in entries
+        ]

@@ -18,3 +18,9 @@ class GatewaySettings(HelplineSettings):
     tracker_batch: int = Field(
         default=256, ge=1, le=1000, description="Most task events the tracker applies at once."
     )
+    trace_ui_url: str | None = Field(
+        default=None,
+        description="A tracing UI (Jaeger's, e.g. http://jaeger:16686): set, every trace id in "
+        "the slow-request and error views links to `<url>/trace/<id>`; unset, to the gateway's "
+        "own trace page when the trace store is on.",
+    )

@@ -18,6 +18,11 @@ def _log(request: Request) -> requestlog.RequestLog:
     return log
 
 
+def _linked(request: Request, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    links: requestlog.TraceLinks | None = getattr(request.app.state, "trace_links", None)
+    return entries if links is None else links.add(entries, str(request.base_url))
+
+
 @router.get("/stats", response_model=RequestStats)
 async def request_stats(
     request: Request,
@@ -38,9 +43,10 @@ async def slow_requests(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
     """Requests that took at least `threshold_ms`, newest first (of the last 10,000): time,
-    method, route, status, duration_ms, trace_id, task_id where there is one."""
+    method, route, status, duration_ms, trace_id (and trace_url, its page in the tracing UI),
+    task_id where there is one."""
     entries = await _log(request).tail(requestlog.MAX_SCAN)
-    return requestlog.slow(entries, threshold_ms, limit)
+    return _linked(request, requestlog.slow(entries, threshold_ms, limit))
 
 
 @router.get("/errors")
@@ -51,6 +57,7 @@ async def error_view(
     include_4xx: bool = False,
 ) -> list[dict[str, Any]]:
     """Requests answered 5xx (with `include_4xx`, 4xx too) and tasks that failed, newest
-    first, with the error, trace_id and task_id."""
+    first, with the error, trace_id (and trace_url) and task_id."""
     entries = await _log(request).tail(requestlog.MAX_SCAN)
-    return await requestlog.errors(entries, tasks.store, limit=limit, include_4xx=include_4xx)
+    found = await requestlog.errors(entries, tasks.store, limit=limit, include_4xx=include_4xx)
+    return _linked(request, found)
