@@ -11,8 +11,8 @@ from helpline.common.bus import Bus
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
 from helpline.gateway import errors
-from helpline.gateway.requestlog import RequestLog
-from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES
+from helpline.gateway.requestlog import RequestLog, TraceLinks
+from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES, TRACE_PAGE
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
 from helpline.gateway.telemetry import RequestTelemetry
@@ -32,17 +32,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.bus_prefix = settings.bus_prefix
     app.state.tasks = None
     app.state.request_log = None
+    app.state.trace_links = TraceLinks(settings.trace_ui_url, own_page=settings.trace_store_on)
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)
     app.include_router(CONTRACT)
     app.include_router(METRICS)
+    app.include_router(TRACE_PAGE)
 
     errors.install(app)
 
     # Inside the tracing middleware (added after it, so it runs within the request's span).
     templates = {id(r): API_PREFIX + getattr(r, "path", "") for a in API for r in a.routes}
-    for router in (PROBES, CONTRACT, METRICS):
+    for router in (PROBES, CONTRACT, METRICS, TRACE_PAGE):
         templates.update({id(r): getattr(r, "path", "") for r in router.routes})
     app.add_middleware(
         RequestTelemetry,

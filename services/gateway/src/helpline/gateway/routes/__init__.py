@@ -16,6 +16,7 @@ from helpline.gateway.routes import (
     status,
     submit,
     tasks,
+    traces,
 )
 
 API_PREFIX = "/api/v1"
@@ -27,7 +28,9 @@ API: tuple[APIRouter, ...] = (
     dlq.router,
     status.router,
     requests.router,
+    traces.router,
 )
 PROBES = probes.router
 CONTRACT = contract.router
 METRICS = metrics.router
+TRACE_PAGE = traces.page
