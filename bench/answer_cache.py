@@ -80,7 +80,7 @@ def main() -> None:
         env = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_LEVEL": "WARNING"}
         with (
             HelplineUp(Path(tmp) / "data", env) as up,
-            httpx.Client(base_url=up.url, timeout=30) as client,
+            up.client() as client,
         ):
             record = crawl(client, site)
             print(f"crawl {record['status']}: {record.get('result')}", flush=True)

@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from helpline.common.messages import CrawlScope
 from helpline.scraper.fetch import Fetcher
 from helpline.scraper.guard import AllowList
@@ -174,7 +172,7 @@ def full_system(base: str, max_pages: int, texts: list[str]) -> None:
         }
         with (
             HelplineUp(Path(tmp) / "data", env) as up,
-            httpx.Client(base_url=up.url, timeout=30) as client,
+            up.client() as client,
         ):
             print(f"crawl-to-searchable through `helpline up` ({base}) ...", flush=True)
             record, crawl_s = crawl_through_api(client, base, max_pages)

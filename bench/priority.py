@@ -128,7 +128,7 @@ def main() -> None:
         # that times the queries.
         serve_site_process(SITE) as site,
         HelplineUp(Path(tmp) / "data", env) as up,
-        httpx.Client(base_url=up.url, timeout=60) as client,
+        up.client(60) as client,
     ):
         crawl = client.post(
             "/api/v1/crawl", json={"url": f"{site}/index.html", "brand": "acme"}

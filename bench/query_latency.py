@@ -243,7 +243,7 @@ def wait_settled(index: Path, timeout_s: float = 900.0) -> None:
 
 
 def ask(up: HelplineUp, questions: list[str]) -> None:
-    with httpx.Client(base_url=up.url, timeout=30) as client:
+    with up.client() as client:
         for question in questions:
             client.post(
                 "/api/v1/query", json={"question": question, "brand": BRAND, "cache": False}
@@ -409,7 +409,7 @@ def main() -> None:
         index = data / "qdrant" / "helpline"
         reuse = index.is_dir() and any(index.iterdir())
         env = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_LEVEL": "WARNING"}
-        with HelplineUp(data, env) as up, httpx.Client(base_url=up.url, timeout=30) as client:
+        with HelplineUp(data, env) as up, up.client() as client:
             if reuse:
                 print(f"reusing the index in {index}", flush=True)
                 crawl_s = None

@@ -325,7 +325,7 @@ def main() -> None:
         index = data / "qdrant" / "helpline"
         reuse = index.is_dir() and any(index.iterdir())
         env = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_LEVEL": "WARNING"}
-        with HelplineUp(data, env) as up, httpx.Client(base_url=up.url, timeout=60) as client:
+        with HelplineUp(data, env) as up, up.client(60) as client:
             if reuse:
                 print(f"reusing the index in {index}", flush=True)
             else:

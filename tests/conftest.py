@@ -30,7 +30,7 @@ from helpline.rag.app import RagComponent
 from helpline.rag.settings import RagSettings
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.settings import ScraperSettings
-from helpline.testing import serve_site, slow_route
+from helpline.testing import TEST_ADMIN_KEY, bearer, serve_site, slow_route
 
 SITE = Path(__file__).parent / "site"
 
@@ -107,6 +107,8 @@ def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra:
         "query_timeout_s": 10.0,
         # No scheduled maintenance unless a test asks: it would add tasks of its own.
         "maintenance_reconcile_every_s": 0.0,
+        # Every request of the tests sends it (`System.client`).
+        "admin_key": TEST_ADMIN_KEY,
     }
     base.update(extra)
     return cls(**{k: v for k, v in base.items() if k in cls.model_fields})  # type: ignore[attr-defined]
@@ -148,7 +150,9 @@ async def start_system(
     host = Host(gateway.settings, components, name=f"test-{prefix}")  # type: ignore[arg-type]
     await host.start()
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=gateway.app), base_url="http://gateway"
+        transport=httpx.ASGITransport(app=gateway.app),
+        base_url="http://gateway",
+        headers=bearer(TEST_ADMIN_KEY),
     )
     return System(client=client, host=host, knowledge=knowledge)
 

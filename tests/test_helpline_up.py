@@ -55,7 +55,7 @@ def ask(client: httpx.Client) -> dict:
 
 def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) -> None:
     data_dir = tmp_path / "data"
-    with HelplineUp(data_dir, ENV) as up, httpx.Client(base_url=up.url, timeout=30) as client:
+    with HelplineUp(data_dir, ENV) as up, up.client() as client:
         response = client.post(
             "/api/v1/crawl", json={"url": f"{docs_site}/index.html", "brand": "acme"}
         )
@@ -95,7 +95,7 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
     one_process = {**ENV, "HELPLINE_UP_OWN_PROCESSES": "[]"}
     with (
         HelplineUp(data_dir, one_process) as up,
-        httpx.Client(base_url=up.url, timeout=30) as client,
+        up.client() as client,
     ):
         assert up.process is not None
         commands = [command_line(p) for p in children_of(up.process.pid)]
@@ -161,7 +161,7 @@ def test_the_scraper_as_a_child_process_crawls(tmp_path: Path, docs_site: str) -
     env = {**ENV, "HELPLINE_UP_OWN_PROCESSES": '["gateway", "scraper"]'}
     with (
         HelplineUp(tmp_path / "data", env) as up,
-        httpx.Client(base_url=up.url, timeout=30) as client,
+        up.client() as client,
     ):
         assert up.process is not None
         commands = [command_line(p) for p in children_of(up.process.pid)]

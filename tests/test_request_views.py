@@ -11,6 +11,7 @@ from e2e_helpers import eventually, wait_terminal
 from helpline.cli.natsserver import NatsServer
 from helpline.gateway.app import GatewayComponent
 from helpline.gateway.settings import GatewaySettings
+from helpline.testing import TEST_ADMIN_KEY, bearer
 
 
 async def test_stats_slow_requests_and_errors_over_two_replicas(
@@ -19,7 +20,11 @@ async def test_stats_slow_requests_and_errors_over_two_replicas(
     # A second gateway replica on the same bus, with its own client.
     other = GatewayComponent(settings_for(GatewaySettings, nats_server.url, prefix, tmp_path))  # type: ignore[arg-type]
     await other.start(system.host.bus)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=other.app), base_url="http://b")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=other.app),
+        base_url="http://b",
+        headers=bearer(TEST_ADMIN_KEY),
+    )
     try:
         # On replica A: three pings, one of them slow (a no-op held 1.2 s) and waited for.
         for _ in range(2):

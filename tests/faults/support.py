@@ -20,12 +20,14 @@ from helpline.common.runtime import Host
 from helpline.common.subjects import Kind
 from helpline.gateway.app import GatewayComponent
 from helpline.gateway.settings import GatewaySettings
-from helpline.testing import ServiceProcess
+from helpline.testing import TEST_ADMIN_KEY, ServiceProcess, bearer
 
 # Settings every process of one test shares: the bus layout (storage, ack wait) is declared
 # by whoever starts first and updated by the others, so they must agree.
 COMMON: dict[str, object] = {
     "file_storage": False,
+    # The gateways' admin key (the test's clients send it).
+    "admin_key": TEST_ADMIN_KEY,
     "backoff_base_s": 0.05,
     "backoff_cap_s": 0.5,
     "max_deliver": 10,
@@ -91,6 +93,7 @@ async def start_gateway(
         transport=httpx.ASGITransport(app=component.app, raise_app_exceptions=False),
         base_url="http://gateway",
         timeout=30,
+        headers=bearer(TEST_ADMIN_KEY),
     )
     return Gateway(host=host, client=client)
 

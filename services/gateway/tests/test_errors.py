@@ -14,6 +14,7 @@ from helpline.common.records import Status, TaskRecord
 from helpline.common.subjects import Kind
 from helpline.gateway.app import create_app
 from helpline.gateway.errors import QueryTimeout
+from helpline.gateway.keys import ApiKey, KeyRing, Scope, digest, new_key
 from helpline.gateway.settings import GatewaySettings
 
 
@@ -58,12 +59,20 @@ class FakeTasks:
         yield self.outcome
 
 
+KEY = new_key()
+
+
 def client(tasks: FakeTasks | None) -> httpx.AsyncClient:
     app = create_app(GatewaySettings())
     app.state.tasks = tasks
+    ring = KeyRing()
+    ring.put(ApiKey(id="admin", name="test", scopes=[Scope.ADMIN], hash=digest(KEY)))
+    app.state.keys = ring
     # The 500 handler answers, then Starlette re-raises for the server's log: not for a test.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://gateway")
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://gateway", headers={"Authorization": f"Bearer {KEY}"}
+    )
 
 
 ASK = {"question": "How long do I hold the reset button?", "brand": "acme", "cache": False}

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from helpline.cli.adminkey import read_admin_key
 from helpline.cli.settings import CliSettings
 from helpline.common.records import TERMINAL_STATUSES
 
@@ -43,7 +44,12 @@ def run(
 
 
 def _client() -> httpx.Client:
-    return httpx.Client(base_url=CliSettings().gateway_url, timeout=30.0)
+    settings = CliSettings()
+    key = (settings.api_key.get_secret_value() if settings.api_key else None) or read_admin_key(
+        settings.data_dir
+    )
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=settings.gateway_url, timeout=30.0, headers=headers)
 
 
 def _check(response: httpx.Response) -> dict[str, Any]:

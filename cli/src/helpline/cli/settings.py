@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from helpline.common.serving.settings import ServingSettings
 
@@ -14,6 +14,16 @@ class CliSettings(ServingSettings):
     api_url: str = Field(
         default="",
         description="Gateway base URL for `crawl` and `ask` (default: http://HTTP_HOST:HTTP_PORT).",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="The gateway's bootstrap admin key; `helpline up` without it makes one "
+        "in the data dir.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="API key the CLI sends (default: the admin key `helpline up` keeps in "
+        "the data dir).",
     )
     nats_port: int = Field(
         default=0, description="Port of the nats-server `helpline up` starts (0: a free one)."
@@ -39,3 +49,8 @@ class CliSettings(ServingSettings):
 def environment_with(overrides: dict[str, str]) -> dict[str, str]:
     """This process's environment with `overrides`, for a child process."""
     return {**os.environ, **overrides}
+
+
+def use_admin_key(key: str) -> None:
+    """Make `key` this process's HELPLINE_ADMIN_KEY: its gateway's and its children's."""
+    os.environ["HELPLINE_ADMIN_KEY"] = key

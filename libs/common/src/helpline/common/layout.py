@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 HOSTS_TTL_S = 24 * 3600.0
 REPLICA_TTL_S = 30.0
-#: A rate-limit state idle this long is forgotten (its key has its whole allowance back long before).
-RATES_TTL_S = 3600.0
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 DLQ_MAX_AGE_S = 30 * 24 * 3600.0
@@ -134,8 +132,9 @@ class BusLayout:
             Bucket.GENERATIONS: 0.0,
             # Keys last until revoked.
             Bucket.KEYS: 0.0,
-            # A key idle this long has its whole allowance back anyway.
-            Bucket.RATES: RATES_TTL_S,
+            # One entry per key (its limit's state and when it was last used), deleted with
+            # the key.
+            Bucket.RATES: 0.0,
         }[name]
         return api.KeyValueConfig(
             bucket=self.bucket(name),

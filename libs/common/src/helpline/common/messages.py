@@ -150,6 +150,8 @@ class ChunkBatch(TaskMessage):
 class QueryTask(TaskMessage):
     question: str
     brand: str | None = None
+    #: Search only these brands (a brand-limited key's question that names none).
+    brands: list[str] | None = None
     top_k: int = 5
     reply_to: str | None = None
     # Set by the gateway when answers are cached: rag stores its answer under this key.

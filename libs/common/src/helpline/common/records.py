@@ -50,6 +50,8 @@ class TaskView(BaseModel):
 
     task_id: str
     kind: Kind
+    #: The brand the task works for (a crawl's pages: the crawl's); None: several or none.
+    brand: str | None = None
     status: Status = Status.QUEUED
     priority: Priority = Priority.NORMAL
     attempts: int = 0

@@ -223,9 +223,11 @@ class TaskStore:
         written while the task is published, one round trip instead of two. A task the
         bus refused loses its record again: nothing is left half-way.
         """
+        brand = getattr(task, "brand", None)
         record = TaskRecord(
             task_id=task.task_id,
             kind=kind,
+            brand=brand if isinstance(brand, str) else None,
             priority=task.priority,
             parent_id=task.parent_id,
             trace_id=current_trace_id(),

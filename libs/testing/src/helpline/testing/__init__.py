@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,8 +18,20 @@ from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
+
+from helpline.cli.adminkey import read_admin_key
 from helpline.cli.natsserver import free_port
 from helpline.common.processes import stop_process
+
+#: The admin key of the systems tests start in process (HELPLINE_ADMIN_KEY), new each run.
+TEST_ADMIN_KEY = "hl_" + secrets.token_urlsafe(32)
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The header that presents `key`."""
+    return {"Authorization": f"Bearer {key}"}
+
 
 # A route handler gets the request handler and writes the whole response itself.
 Route = Callable[[SimpleHTTPRequestHandler], None]
@@ -123,6 +136,23 @@ class HelplineUp:
     @property
     def probes_url(self) -> str:
         return f"http://127.0.0.1:{self.probes_port}"
+
+    @property
+    def admin_key(self) -> str:
+        """The admin API key: the test's HELPLINE_ADMIN_KEY, else the one up made (and
+        keeps in the data dir)."""
+        key = self.env.get("HELPLINE_ADMIN_KEY") or read_admin_key(self.data_dir)
+        if not key:
+            raise RuntimeError(f"no admin key: helpline up has not made one in {self.data_dir}")
+        return key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.admin_key)
+
+    def client(self, timeout_s: float = 30.0) -> httpx.Client:
+        """A client of the gateway that sends the admin key."""
+        return httpx.Client(base_url=self.url, timeout=timeout_s, headers=self.headers)
 
     def start(self, timeout_s: float = 90.0) -> HelplineUp:
         """Start and wait until /readyz answers 200."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from helpline.common.bus import Bus
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
-from helpline.gateway import errors
+from helpline.gateway import errors, openapi
+from helpline.gateway.keys import KeyStore
+from helpline.gateway.limits import BoundedRequests
+from helpline.gateway.ratelimit import RATE_HEADERS, RateLimiter
 from helpline.gateway.requestlog import RequestLog, TraceLinks
 from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES, TRACE_PAGE
 from helpline.gateway.settings import GatewaySettings
@@ -33,6 +37,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.tasks = None
     app.state.request_log = None
     app.state.trace_links = TraceLinks(settings.trace_ui_url, own_page=settings.trace_store_on)
+    app.state.keys = None
+    app.state.rate_limiter = None
+    app.state.queries_in_flight = 0
+    app.state.max_inflight_queries = settings.max_inflight_queries
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)
@@ -57,6 +65,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     FastAPIInstrumentor.instrument_app(
         app, excluded_urls="healthz,readyz", exclude_spans=["receive", "send"]
     )
+    # Outermost: a body over the limit is refused before anything reads it.
+    app.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["X-Trace-Id", "Retry-After", *RATE_HEADERS],
+        )
+    openapi.document(app)
     return app
 
 
@@ -69,6 +88,7 @@ class GatewayComponent:
         self.tasks: Tasks | None = None
         self.tracker: Tracker | None = None
         self.store: TaskStore | None = None
+        self.keys: KeyStore | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return []
@@ -82,12 +102,22 @@ class GatewayComponent:
         await self.tasks.start()
         self.tracker = Tracker(bus, store, batch=self.settings.tracker_batch)
         await self.tracker.start()
+        keys = self.keys = KeyStore(bus)
+        await keys.follow()
+        if self.settings.admin_key is not None:
+            await keys.bootstrap(self.settings.admin_key.get_secret_value())
+        self.app.state.rate_limiter = RateLimiter(bus, self.settings.default_rate_per_minute)
+        self.app.state.keys = keys
         self.app.state.tasks = self.tasks
         self.app.state.request_log = RequestLog(bus)
 
     async def stop(self) -> None:
         self.app.state.tasks = None
         self.app.state.request_log = None
+        self.app.state.keys = None
+        if self.keys is not None:
+            await self.keys.stop()
+            self.keys = None
         if self.tracker is not None:
             await self.tracker.stop()
             self.tracker = None

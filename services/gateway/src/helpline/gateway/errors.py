@@ -7,6 +7,11 @@ Every error body is `{"detail": "…"}` (422s add `errors`), never a stack trace
 HelplineError (helpline.common.errors)
   GatewayError
     GatewayStarting    503, Retry-After: 1   (no bus attached yet)
+    Unauthenticated    401, WWW-Authenticate (no key, or an unknown or revoked one)
+    Forbidden          403                   (the key lacks the scope or the brand)
+    RateLimited        429, Retry-After, RateLimit-*  (the key's rate limit, shared)
+    TooManyQueries     429, Retry-After: 1   (this replica's questions in flight)
+    BodyTooLarge       413                   (HELPLINE_MAX_BODY_BYTES, counted as it arrives)
     NotFound           404                   (TaskNotFound, DeadLetterNotFound, CacheOff)
     Conflict           409                   (TaskFinished, NotReplayable)
     QueryFailed        502                   (rag answered with an error)
@@ -47,6 +52,32 @@ class GatewayError(HelplineError):
 class GatewayStarting(GatewayError):
     def __init__(self) -> None:
         super().__init__("the gateway is starting")
+
+
+class Unauthenticated(GatewayError):
+    """No key, or one that is not (or no longer) valid: the body never says which key exists."""
+
+
+class Forbidden(GatewayError):
+    """The key is valid but may not do this (scope) or not for this brand."""
+
+
+class RateLimited(GatewayError):
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__("this key's rate limit is spent; retry after the Retry-After seconds")
+        self.headers = dict(headers)
+
+
+class TooManyQueries(GatewayError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this gateway is answering its limit of {limit} questions at once; retry shortly"
+        )
+
+
+class BodyTooLarge(GatewayError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is over the limit of {limit} bytes")
 
 
 class NotFound(GatewayError):
@@ -104,6 +135,11 @@ class Reply:
 
 RESPONSES: dict[type[Exception], Reply] = {
     GatewayStarting: Reply(503, {"Retry-After": "1"}),
+    Unauthenticated: Reply(401, {"WWW-Authenticate": "Bearer"}),
+    Forbidden: Reply(403),
+    RateLimited: Reply(429),
+    TooManyQueries: Reply(429, {"Retry-After": "1"}),
+    BodyTooLarge: Reply(413),
     NotFound: Reply(404),
     Conflict: Reply(409),
     QueryFailed: Reply(502),
@@ -140,7 +176,9 @@ async def respond(request: Request, exc: Exception) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail_of(exc)}
     if isinstance(exc, InputRejected) and exc.field:
         body["errors"] = [{"field": exc.field, "message": exc.message}]
-    return JSONResponse(body, status_code=reply.status, headers=dict(reply.headers) or None)
+    # What the exception itself adds (a rate limit's Retry-After and RateLimit-*).
+    headers = {**reply.headers, **(exc.headers if isinstance(exc, RateLimited) else {})}
+    return JSONResponse(body, status_code=reply.status, headers=headers or None)
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

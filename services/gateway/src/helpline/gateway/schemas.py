@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from helpline.common.messages import Answer, RenderMode
 from helpline.common.observability import current_trace_id
 from helpline.common.subjects import Priority
+from helpline.gateway.keys import ApiKey, Scope
 
 Brand = Annotated[
     str,
@@ -292,3 +293,60 @@ class RouteStats(BaseModel):
 class RequestStats(BaseModel):
     overall: RouteStats
     routes: dict[str, RouteStats] = Field(description="By `METHOD /route/template`.")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The field, dotted (`documents.0.text`); empty: the body.")
+    location: str = Field(description="body, query, path or header.")
+    message: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """What a 422 says: every field that does not validate, and why."""
+
+    detail: str
+    errors: list[FieldError]
+
+
+class KeyRequest(Body):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    scopes: list[Scope] = Field(min_length=1, description="query, submit, admin (all three).")
+    brands: list[Brand] | None = Field(
+        default=None,
+        max_length=1000,
+        description="The brands the key may use; null: every brand.",
+    )
+    rate_per_minute: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="Requests a minute, shared by every gateway replica; null: the "
+        "gateway's default (HELPLINE_DEFAULT_RATE_PER_MINUTE); 0: not limited.",
+    )
+
+
+class KeyView(BaseModel):
+    id: str
+    name: str
+    scopes: list[Scope]
+    brands: list[str] | None
+    rate_per_minute: int | None
+    created_at: datetime
+    last_used_at: datetime | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey, last_used: float | None = None) -> KeyView:
+        return cls(
+            id=key.id,
+            name=key.name,
+            scopes=key.scopes,
+            brands=key.brands,
+            rate_per_minute=key.rate_per_minute,
+            created_at=key.created_at,
+            last_used_at=datetime.fromtimestamp(last_used, UTC) if last_used else None,
+        )
+
+
+class KeyCreated(KeyView):
+    key: str = Field(description="The key itself: shown this once, stored only hashed.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from helpline.common.settings import HelplineSettings
 
@@ -23,4 +23,22 @@ class GatewaySettings(HelplineSettings):
         description="A tracing UI (Jaeger's, e.g. http://jaeger:16686): set, every trace id in "
         "the slow-request and error views links to `<url>/trace/<id>`; unset, to the gateway's "
         "own trace page when the trace store is on.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="The bootstrap admin API key (every scope, every brand, no rate limit); "
+        "`helpline up` makes one in the data dir when unset.",
+    )
+    default_rate_per_minute: int = Field(
+        default=600, ge=0, description="Requests a minute for keys that set none (0: no limit)."
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Largest request body; beyond it 413."
+    )
+    max_inflight_queries: int = Field(
+        default=256, ge=1, description="Questions one replica waits on at once; beyond it 429."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS); empty: none.",
     )

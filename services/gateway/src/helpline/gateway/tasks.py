@@ -120,7 +120,13 @@ class Tasks:
             raise Overloaded(BUS_SILENT) from exc
 
     async def submit_parent(
-        self, kind: Kind, parent_id: str, priority: Priority, children: list[TaskMessage]
+        self,
+        kind: Kind,
+        parent_id: str,
+        priority: Priority,
+        children: list[TaskMessage],
+        *,
+        brand: str | None = None,
     ) -> tuple[TaskRecord, bool]:
         """A parent record whose progress counts its children, then every child published.
 
@@ -132,6 +138,7 @@ class Tasks:
         parent = TaskRecord(
             task_id=parent_id,
             kind=kind,
+            brand=brand,
             priority=priority,
             progress=Progress(done=0, total=len(children)),
             trace_id=current_trace_id(),
@@ -173,9 +180,15 @@ class Tasks:
         return record, created
 
     async def records(
-        self, *, kind: Kind | None, status: Status | None, limit: int
+        self,
+        *,
+        kind: Kind | None,
+        status: Status | None,
+        limit: int,
+        brands: set[str] | None = None,
     ) -> list[TaskRecord]:
-        """Newest first; one pass over the bucket (records are kept `task_record_ttl_s`)."""
+        """Newest first, only of `brands` when given; one pass over the bucket (records are
+        kept `task_record_ttl_s`)."""
         wanted = [
             f'"{name}":"{value}"'.encode()
             for name, value in (("kind", kind), ("status", status))
@@ -185,7 +198,9 @@ class Tasks:
         records = [
             r
             for r in found
-            if (kind is None or r.kind is kind) and (status is None or r.status is status)
+            if (kind is None or r.kind is kind)
+            and (status is None or r.status is status)
+            and (brands is None or r.brand in brands)
         ]
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]

@@ -41,13 +41,16 @@ log = logging.getLogger(__name__)
 
 # Most events taken in one batch.
 BATCH = 256
+#: Parents' brands remembered (forgotten all at once past this).
+BRANDS_KEPT = 10_000
 
 
-def _record_for(event: TaskEvent) -> TaskRecord:
+def _record_for(event: TaskEvent, brand: str | None = None) -> TaskRecord:
     """A record for a task first seen through its events (a crawl's pages)."""
     return TaskRecord(
         task_id=event.task_id,
         kind=event.kind,
+        brand=brand,
         priority=event.priority or subjects.Priority.NORMAL,
         parent_id=event.parent_id,
         created_at=event.created_at or event.at,
@@ -55,9 +58,12 @@ def _record_for(event: TaskEvent) -> TaskRecord:
     )
 
 
-def fold(record: TaskRecord | None, events: list[TaskEvent]) -> TaskRecord | None:
-    """The record after all of a task's events, or None when they change nothing."""
-    current = record if record is not None else _record_for(events[0])
+def fold(
+    record: TaskRecord | None, events: list[TaskEvent], brand: str | None = None
+) -> TaskRecord | None:
+    """The record after all of a task's events, or None when they change nothing; a new
+    record gets `brand` (its parent's)."""
+    current = record if record is not None else _record_for(events[0], brand)
     changed = record is None
     for event in events:
         updated = apply_event(current, event)
@@ -141,6 +147,7 @@ class Tracker:
         self._arrived = asyncio.Event()
         self._puller: Puller | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._brands: dict[str, str | None] = {}
 
     async def start(self) -> None:
         """Bind the shared durable consumer and start applying events."""
@@ -234,7 +241,8 @@ class Tracker:
         """Fold a task's events into its record; says whether this call counted the task as
         a finished child of its parent, and which parent a new child was created under."""
         task_id = events[0].task_id
-        updated = await self.store.change(task_id, lambda record: fold(record, events))
+        brand = await self._parent_brand(events[0].parent_id)
+        updated = await self.store.change(task_id, lambda record: fold(record, events, brand))
         applied = _Applied()
         if updated is not None:
             applied.created_under = next(
@@ -251,6 +259,19 @@ class Tracker:
         if await self.crawls.mark_finished(record.parent_id, task_id, ok=ok, chunks=chunks):
             applied.counted = record
         return applied
+
+    async def _parent_brand(self, parent_id: str | None) -> str | None:
+        """A parent's brand, which its children's records carry (it never changes)."""
+        if parent_id is None:
+            return None
+        if parent_id not in self._brands:
+            if len(self._brands) >= BRANDS_KEPT:
+                self._brands.clear()
+            parent = await self.store.get(parent_id)
+            if parent is None:
+                return None  # not stored yet: asked again for the next event
+            self._brands[parent_id] = parent.brand
+        return self._brands[parent_id]
 
     async def _update_parent(self, parent_id: str, delta: _ParentDelta) -> None:
         for attempt in range(3):

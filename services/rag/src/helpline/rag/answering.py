@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from helpline.common.messages import Answer, AnswerPart, QueryTask, utcnow
 from helpline.rag.compose import compose, merge_pages
 from helpline.rag.llm import LanguageModel, ModelUnavailable, Passage
-from helpline.rag.retrieval import PER_PAGE, Answerer
+from helpline.rag.retrieval import PER_PAGE, Answerer, searched_brands
 
 # Of the query's remaining time, this much is kept for the reply after the model gave up.
 REPLY_MARGIN_S = 0.5
@@ -29,7 +29,7 @@ class Responder:
         self.model = model
 
     async def answer(self, task: QueryTask, emit: Emit | None = None) -> Answer:
-        hits = await self.answerer.retrieve(task.question, task.top_k, task.brand)
+        hits = await self.answerer.retrieve(task.question, task.top_k, searched_brands(task))
         text, sources = compose(task.question, hits, task.top_k)
         extractive = Answer(task_id=task.task_id, answer=text, sources=sources)
         if self.model is None or not sources:

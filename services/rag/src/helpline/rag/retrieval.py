@@ -72,7 +72,7 @@ class Answerer:
         # Questions asked at the same time share one model call.
         self.questions = QuestionBatcher(model)
 
-    async def retrieve(self, question: str, top_k: int, brand: str | None) -> list[Hit]:
+    async def retrieve(self, question: str, top_k: int, brand: str | list[str] | None) -> list[Hit]:
         """Candidate chunks for the question, diversified across pages, then their page mates."""
         vector = await self.questions.embed(question)
         wanted = top_k * self.candidates
@@ -89,6 +89,12 @@ class Answerer:
         return with_page_mates(diversify(hits, PER_PAGE, wanted), hits, QUOTABLE_PER_PAGE)
 
     async def answer(self, task: QueryTask) -> Answer:
-        hits = await self.retrieve(task.question, task.top_k, task.brand)
+        hits = await self.retrieve(task.question, task.top_k, searched_brands(task))
         text, sources = compose(task.question, hits, task.top_k)
         return Answer(task_id=task.task_id, answer=text, sources=sources)
+
+
+def searched_brands(task: QueryTask) -> str | list[str] | None:
+    """The brand a question searches, or the brands (a brand-limited key's, when it named
+    none); None: every brand."""
+    return task.brand if task.brand is not None else task.brands

@@ -163,7 +163,7 @@ class EdgeStore(VectorStore):
         self,
         vector: VectorLike,
         limit: int,
-        brand: str | None = None,
+        brand: str | list[str] | None = None,
         sparse: SparseVector | None = None,
     ) -> list[Hit]:
         """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
@@ -172,7 +172,11 @@ class EdgeStore(VectorStore):
             return self._search(vector, limit, brand, sparse)
 
     def _search(
-        self, vector: VectorLike, limit: int, brand: str | None, sparse: SparseVector | None
+        self,
+        vector: VectorLike,
+        limit: int,
+        brand: str | list[str] | None,
+        sparse: SparseVector | None,
     ) -> list[Hit]:
         dense = edge.Query.Nearest(_as_list(vector, self.dim))
         if sparse is None or not sparse.indices:
@@ -387,9 +391,15 @@ class EdgeStore(VectorStore):
         self._flushed_writes = writes
 
 
-def _edge_filter(*, brand: str | None = None, url: str | None = None) -> edge.Filter | None:
+def _edge_filter(
+    *, brand: str | list[str] | None = None, url: str | None = None
+) -> edge.Filter | None:
+    """Points of `brand` (a list: of any of them) and of `url`."""
     conditions: list[edge.ConditionType] = [
-        edge.FieldCondition(key, match=edge.MatchValue(value))
+        edge.FieldCondition(
+            key,
+            match=edge.MatchAny(value) if isinstance(value, list) else edge.MatchValue(value),
+        )
         for key, value in (("brand", brand), ("url", url))
         if value is not None
     ]

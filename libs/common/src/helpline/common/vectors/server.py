@@ -99,7 +99,7 @@ class QdrantServerStore(VectorStore):
         self,
         vector: VectorLike,
         limit: int,
-        brand: str | None = None,
+        brand: str | list[str] | None = None,
         sparse: SparseVector | None = None,
     ) -> list[Hit]:
         """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
@@ -167,9 +167,15 @@ class QdrantServerStore(VectorStore):
         self.client.close()
 
 
-def _server_filter(*, brand: str | None = None, url: str | None = None) -> qm.Filter | None:
+def _server_filter(
+    *, brand: str | list[str] | None = None, url: str | None = None
+) -> qm.Filter | None:
+    """Points of `brand` (a list: of any of them) and of `url`."""
     conditions: list[qm.Condition] = [
-        qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
+        qm.FieldCondition(
+            key=key,
+            match=qm.MatchAny(any=value) if isinstance(value, list) else qm.MatchValue(value=value),
+        )
         for key, value in (("brand", brand), ("url", url))
         if value is not None
     ]

@@ -97,10 +97,11 @@ class VectorStore(Protocol):
         self,
         vector: VectorLike,
         limit: int,
-        brand: str | None = None,
+        brand: str | list[str] | None = None,
         sparse: SparseVector | None = None,
     ) -> list[Hit]:
-        """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
+        """The `limit` best points, only from `brand` when given (a list: any of them);
+        hybrid (RRF) with `sparse`."""
         ...
 
     def hashes_for_url(self, url: str, brand: str) -> dict[str, str]:

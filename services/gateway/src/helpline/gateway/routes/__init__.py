@@ -9,6 +9,7 @@ from helpline.gateway.routes import (
     cache,
     contract,
     dlq,
+    keys,
     metrics,
     probes,
     query,
@@ -22,6 +23,7 @@ from helpline.gateway.routes import (
 API_PREFIX = "/api/v1"
 API: tuple[APIRouter, ...] = (
     submit.router,
+    submit.maintenance,
     query.router,
     tasks.router,
     cache.router,
@@ -29,6 +31,7 @@ API: tuple[APIRouter, ...] = (
     status.router,
     requests.router,
     traces.router,
+    keys.router,
 )
 PROBES = probes.router
 CONTRACT = contract.router

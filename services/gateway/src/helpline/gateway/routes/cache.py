@@ -7,12 +7,14 @@ import dataclasses
 from fastapi import APIRouter
 
 from helpline.common.answercache import AnswerCache
+from helpline.gateway.auth import GUARDED, Caller, check_all_brands, requires
 from helpline.gateway.errors import CacheOff
+from helpline.gateway.keys import Scope
 from helpline.gateway.routes.deps import TasksDep
 from helpline.gateway.schemas import CacheCleared, CacheStats
 from helpline.gateway.tasks import Tasks
 
-router = APIRouter(tags=["cache"])
+router = APIRouter(tags=["cache"], dependencies=[requires(Scope.ADMIN)], responses={**GUARDED})
 
 
 @router.get("/cache/stats", response_model=CacheStats)
@@ -24,8 +26,9 @@ async def cache_stats(tasks: TasksDep) -> CacheStats:
 
 
 @router.post("/cache/clear", response_model=CacheCleared)
-async def cache_clear(tasks: TasksDep) -> CacheCleared:
-    """Drop every cached answer, for every gateway replica."""
+async def cache_clear(tasks: TasksDep, caller: Caller) -> CacheCleared:
+    """Drop every cached answer, for every gateway replica (a key for every brand only)."""
+    check_all_brands(caller, "clearing the answer cache")
     cleared = await _cache(tasks).clear()
     return CacheCleared(cleared=cleared)
 

@@ -7,10 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from helpline.gateway import requestlog
+from helpline.gateway.auth import GUARDED, requires
+from helpline.gateway.keys import Scope
 from helpline.gateway.routes.deps import TasksDep
 from helpline.gateway.schemas import RequestStats
 
-router = APIRouter(prefix="/metrics", tags=["metrics"])
+router = APIRouter(
+    prefix="/metrics", tags=["metrics"], dependencies=[requires(Scope.ADMIN)], responses={**GUARDED}
+)
 
 
 def _log(request: Request) -> requestlog.RequestLog:

@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from helpline.gateway import views
+from helpline.gateway.auth import GUARDED, requires
+from helpline.gateway.keys import Scope
 from helpline.gateway.routes.deps import TasksDep
 from helpline.gateway.schemas import ReplicaBreakers
 
-router = APIRouter(tags=["status"])
+router = APIRouter(tags=["status"], dependencies=[requires(Scope.ADMIN)], responses={**GUARDED})
 
 
 @router.get("/queues")

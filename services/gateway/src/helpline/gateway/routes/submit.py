@@ -25,6 +25,8 @@ from helpline.common.messages import (
     utcnow,
 )
 from helpline.common.subjects import Kind
+from helpline.gateway.auth import GUARDED, Caller, check_brand, requires
+from helpline.gateway.keys import Scope
 from helpline.gateway.routes.deps import (
     REFUSED,
     IdempotencyKey,
@@ -44,7 +46,10 @@ from helpline.gateway.schemas import (
 from helpline.gateway.tasks import SLICE, task_id_for
 
 T = TypeVar("T")
-router = APIRouter(tags=["submit"])
+router = APIRouter(tags=["submit"], dependencies=[requires(Scope.SUBMIT)], responses={**GUARDED})
+maintenance = APIRouter(
+    tags=["maintenance"], dependencies=[requires(Scope.ADMIN)], responses={**GUARDED}
+)
 
 
 async def built(items: list[T], make: Callable[[T], TaskMessage]) -> list[TaskMessage]:
@@ -59,9 +64,14 @@ async def built(items: list[T], make: Callable[[T], TaskMessage]) -> list[TaskMe
 
 @router.post("/crawl", status_code=202, response_model=Accepted, responses=REFUSED)
 async def crawl(
-    body: CrawlRequest, request: Request, tasks: TasksDep, key: IdempotencyKey = None
+    body: CrawlRequest,
+    request: Request,
+    tasks: TasksDep,
+    caller: Caller,
+    key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Crawl a documentation site: a parent task whose pages are child scrape tasks."""
+    check_brand(caller, body.brand)
     scope = CrawlScope(
         root_url=body.url,
         max_pages=body.max_pages,
@@ -85,9 +95,14 @@ async def crawl(
 
 @router.post("/scrape", status_code=202, response_model=Accepted, responses=REFUSED)
 async def scrape(
-    body: ScrapeRequest, request: Request, tasks: TasksDep, key: IdempotencyKey = None
+    body: ScrapeRequest,
+    request: Request,
+    tasks: TasksDep,
+    caller: Caller,
+    key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Scrape and index one page."""
+    check_brand(caller, body.brand)
     task = ScrapeTask(
         task_id=task_id_for(Kind.SCRAPE, key),
         priority=body.priority,
@@ -102,10 +117,15 @@ async def scrape(
 
 @router.post("/scrape/batch", status_code=202, response_model=Accepted, responses=REFUSED)
 async def scrape_batch(
-    body: ScrapeBatchRequest, request: Request, tasks: TasksDep, key: IdempotencyKey = None
+    body: ScrapeBatchRequest,
+    request: Request,
+    tasks: TasksDep,
+    caller: Caller,
+    key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Index a list of pages: a parent task whose progress counts its URLs; `max_concurrent`
     and `delay_ms` hold across every scraper replica."""
+    check_brand(caller, body.brand)
     parent_id = task_id_for(Kind.SCRAPE, key)
     deadline = deadline_after(body.deadline_s)
     limits = BatchLimits(max_concurrent=body.max_concurrent, delay_ms=body.delay_ms)
@@ -122,16 +142,24 @@ async def scrape_batch(
             render=body.render,
         ),
     )
-    record, _created = await tasks.submit_parent(Kind.SCRAPE, parent_id, body.priority, children)
+    record, _created = await tasks.submit_parent(
+        Kind.SCRAPE, parent_id, body.priority, children, brand=body.brand
+    )
     return accepted_response(request, record)
 
 
 @router.post("/embed", status_code=202, response_model=Accepted, responses=REFUSED)
 async def embed_documents(
-    body: EmbedRequest, request: Request, tasks: TasksDep, key: IdempotencyKey = None
+    body: EmbedRequest,
+    request: Request,
+    tasks: TasksDep,
+    caller: Caller,
+    key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Index text that is not on a web page (FAQ entries, tickets): a parent task with one
     child per document."""
+    for brand in sorted({doc.brand for doc in body.documents}):
+        check_brand(caller, brand)
     parent_id = task_id_for(Kind.EMBED, key)
     deadline = deadline_after(body.deadline_s)
     now = utcnow()
@@ -157,11 +185,18 @@ async def embed_documents(
         )
 
     children = await built(list(enumerate(body.documents)), child)
-    record, _created = await tasks.submit_parent(Kind.EMBED, parent_id, body.priority, children)
+    brands = {doc.brand for doc in body.documents}
+    record, _created = await tasks.submit_parent(
+        Kind.EMBED,
+        parent_id,
+        body.priority,
+        children,
+        brand=brands.pop() if len(brands) == 1 else None,
+    )
     return accepted_response(request, record)
 
 
-@router.post("/maintenance/ping", status_code=202, response_model=Accepted, responses=REFUSED)
+@maintenance.post("/maintenance/ping", status_code=202, response_model=Accepted, responses=REFUSED)
 async def ping(
     request: Request,
     tasks: TasksDep,
