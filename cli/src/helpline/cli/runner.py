@@ -11,6 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
+from helpline.cli.adminkey import ensure_admin_key
 from helpline.cli.natsserver import NatsServer
 from helpline.cli.settings import CliSettings, environment_with
 from helpline.common.observability import setup_logging, setup_tracing
@@ -26,8 +29,11 @@ log = logging.getLogger("helpline.cli")
 SERVICES = ("gateway", "scraper", "embedder", "rag", "maintenance")
 
 
-def build_component(name: str, nats_url: str, knowledge: Knowledge | None = None) -> Component:
-    """One service's component, its settings read from the environment.
+def build_component(
+    name: str, nats_url: str, knowledge: Knowledge | None = None, *, admin_key: str | None = None
+) -> Component:
+    """One service's component, its settings read from the environment (the gateway's
+    bootstrap admin key given as `admin_key` where `helpline up` made it).
 
     Each service's code is imported here, for that service only: a process running one
     service does not load the others' libraries (the model runtime, the vector store's
@@ -38,7 +44,8 @@ def build_component(name: str, nats_url: str, knowledge: Knowledge | None = None
             from helpline.gateway.app import GatewayComponent
             from helpline.gateway.settings import GatewaySettings
 
-            return GatewayComponent(GatewaySettings(nats_url=nats_url))
+            keyed = {"admin_key": admin_key} if admin_key else {}
+            return GatewayComponent(GatewaySettings(nats_url=nats_url, **keyed))
         case "scraper":
             from helpline.scraper.app import ScraperComponent
             from helpline.scraper.settings import ScraperSettings
@@ -106,6 +113,8 @@ def front_for(services: Sequence[str], *, probes_port: int | None = None) -> Fro
 
 def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[bytes]:
     overrides = {"HELPLINE_NATS_URL": settings.nats_url or ""}
+    if settings.admin_key is not None:
+        overrides["HELPLINE_ADMIN_KEY"] = settings.admin_key.get_secret_value()
     if service != "gateway":
         overrides["HELPLINE_HTTP_PORT"] = "0"  # its probes on any free port, not the API's
     return start_child(
@@ -133,6 +142,12 @@ def up(settings: CliSettings) -> None:
     )
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.admin_key is None:
+        key, path, made = ensure_admin_key(data_dir)
+        log.info(
+            "admin API key %s %s (Authorization: Bearer <key>)", "made in" if made else "in", path
+        )
+        settings = settings.model_copy(update={"admin_key": SecretStr(key)})
     nats: NatsServer | None = None
     knowledge: Knowledge | None = None
     try:
@@ -152,7 +167,10 @@ def up(settings: CliSettings) -> None:
         run_settings = settings.model_copy(update={"nats_url": nats_url})
         children = [n for n in SERVICES if n in settings.up_own_processes]
         in_process = [n for n in SERVICES if n not in children]
-        components = [build_component(n, nats_url, knowledge) for n in in_process]
+        admin_key = run_settings.admin_key.get_secret_value() if run_settings.admin_key else None
+        components = [
+            build_component(n, nats_url, knowledge, admin_key=admin_key) for n in in_process
+        ]
         front = front_for(in_process, probes_port=settings.up_probes_port if children else None)
         companion = ServiceProcesses(run_settings, children) if children else None
         run_until_signalled(
