@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyNotFoundError, NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from helpline.common import metrics
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import Answer
+from helpline.common.observability import span
 from helpline.common.subjects import Bucket
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from helpline.common.kv import Buckets
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("helpline.answercache")
 
 ALL_BRANDS = "_all"
 
@@ -151,6 +155,12 @@ class AnswerCache:
 
     async def get(self, key: str) -> Answer | None:
         """The cached answer under `key` (counted as a hit), or None (a miss)."""
+        with span(_tracer, "answer cache get", kind=SpanKind.CLIENT):
+            answer = await self._get(key)
+            trace.get_current_span().set_attribute("helpline.cache.hit", answer is not None)
+            return answer
+
+    async def _get(self, key: str) -> Answer | None:
         kv = await self.bus.buckets.get(Bucket.ANSWERS)
         try:
             entry = await kv.get(key)
@@ -196,9 +206,10 @@ class AnswerCache:
 
 async def store_answer(buckets: Buckets, key: str, answer: Answer) -> None:
     """Cache an answer under the key its question was given."""
-    await (await buckets.get(Bucket.ANSWERS)).put(
-        key, answer.model_dump_json(exclude={"duration_ms"}).encode()
-    )
+    with span(_tracer, "answer cache put", kind=SpanKind.CLIENT):
+        await (await buckets.get(Bucket.ANSWERS)).put(
+            key, answer.model_dump_json(exclude={"duration_ms"}).encode()
+        )
 
 
 def _stream(bus: Bus) -> str:

@@ -211,6 +211,7 @@ class TaskConsumer:
                 metrics.POISON.labels(self.kind).inc()
                 return
             report_id, _ = task.reported_as(self.kind)
+            _describe(trace.get_current_span(), delivery.subject, self.kind, task, report_id)
             if self.bus.cancellations.any(task.task_id, task.parent_id, report_id):
                 # The gateway records the cancellation of the tasks it knew of; a child whose
                 # record appeared after that (a page claimed while the crawl was being
@@ -230,6 +231,7 @@ class TaskConsumer:
                     return
                 attempt = max(1, attempt - await self.bus.deferrals.count(task.task_id))
             ctx = TaskContext(self.bus, self.kind, task, delivery, attempt)
+            trace.get_current_span().set_attribute("helpline.task.attempt", attempt)
             await run_task(
                 ctx,
                 delivery,
@@ -268,3 +270,26 @@ class TaskConsumer:
             "busy": self.busy,
             "started": {str(p): n for p, n in self.started_by_priority.items()},
         }
+
+
+def _describe(
+    current: trace.Span, subject: str, kind: Kind, task: TaskMessage, report_id: str
+) -> None:
+    """The task on its process span: which one, so its trace can be found by task id."""
+    if not current.is_recording():
+        return
+    current.set_attributes(
+        {
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.operation.type": "process",
+            "helpline.task.id": task.task_id,
+            "helpline.task.kind": str(kind),
+            "helpline.task.priority": str(task.priority),
+        }
+    )
+    if task.parent_id is not None:
+        current.set_attribute("helpline.task.parent_id", task.parent_id)
+    if report_id != task.task_id:
+        # An embed task reports as its page's scrape task.
+        current.set_attribute("helpline.task.reported_as", report_id)

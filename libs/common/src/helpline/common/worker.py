@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import NotJSMessageError
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
 
 from helpline.common import metrics, subjects
@@ -165,9 +167,10 @@ class TaskContext:
         self._beats: set[asyncio.Task[None]] = set()
 
     def count(self, outcome: str) -> None:
-        """Count this delivery's outcome (`metrics.TASKS`)."""
+        """Count this delivery's outcome (`metrics.TASKS`) and put it on the task's span."""
         if metrics.enabled():
             metrics.TASKS.labels(self.kind, self.task.priority, outcome).inc()
+        trace.get_current_span().set_attribute("helpline.task.outcome", outcome)
 
     def ran(self, since: float) -> None:
         """Record how long the handler ran (`metrics.TASK_RUN`)."""
@@ -308,6 +311,7 @@ async def run_task(
         ctx.count("cancelled")
     except Permanent as exc:
         ctx.ran(started)
+        _failed(exc)
         log.info("task %s failed: %s", ctx.task.task_id, exc.message)
         expired = isinstance(exc, DeadlineExpired)
         await ctx.event(EventType.EXPIRED if expired else EventType.FAILED, error=error_of(exc))
@@ -315,6 +319,7 @@ async def run_task(
         ctx.count("expired" if expired else "failed")
     except Exception as exc:
         ctx.ran(started)
+        _failed(exc)
         ctx.count(await _retry_or_dead_letter(ctx, msg, exc, policy))
     else:
         ctx.ran(started)
@@ -329,6 +334,14 @@ async def run_task(
     finally:
         ctx.stop_keeping_alive()
         await ctx.settle_started()
+
+
+def _failed(exc: Exception) -> None:
+    """Mark the task's span failed, by the error's type (its message may name a URL)."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.set_attribute("error.type", type(exc).__name__)
+        current.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
 async def _defer(ctx: TaskContext, msg: Delivery, exc: Deferred, policy: RetryPolicy) -> None:

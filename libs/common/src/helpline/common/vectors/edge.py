@@ -33,6 +33,10 @@ from helpline.common.vectors.store import (
     VectorLike,
     VectorStore,
     _as_list,
+    note_rows,
+    points_attributes,
+    search_attributes,
+    store_span,
 )
 
 __all__ = ["EdgeStore"]
@@ -143,15 +147,21 @@ class EdgeStore(VectorStore):
         """Insert points, replacing any stored under the same id."""
         if not points:
             return
-        batch = [edge.Point(p.id, self._vectors(p), p.payload) for p in points]
-        self._update(edge.UpdateOperation.upsert_points(batch))
-        self._unindexed += len(batch)
+        with store_span(
+            "upsert", self.path.name, remote=False, attributes=points_attributes(len(points))
+        ):
+            batch = [edge.Point(p.id, self._vectors(p), p.payload) for p in points]
+            self._update(edge.UpdateOperation.upsert_points(batch))
+            self._unindexed += len(batch)
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove points by id; unknown ids are ignored."""
         if not ids:
             return
-        self._update(edge.UpdateOperation.delete_points(list(ids)))
+        with store_span(
+            "delete", self.path.name, remote=False, attributes=points_attributes(len(ids))
+        ):
+            self._update(edge.UpdateOperation.delete_points(list(ids)))
 
     def _vectors(self, point: IndexedPoint) -> dict[str, edge.NamedVector]:
         vectors: dict[str, edge.NamedVector] = {"": _as_list(point.vector, self.dim)}
@@ -167,9 +177,15 @@ class EdgeStore(VectorStore):
         sparse: SparseVector | None = None,
     ) -> list[Hit]:
         """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
-        self._searched_at = time.monotonic()
-        with self._shard_lock:
-            return self._search(vector, limit, brand, sparse)
+        hybrid = sparse is not None and bool(sparse.indices)
+        with store_span(
+            "search", self.path.name, remote=False, attributes=search_attributes(limit, hybrid)
+        ):
+            self._searched_at = time.monotonic()
+            with self._shard_lock:
+                hits = self._search(vector, limit, brand, sparse)
+            note_rows(len(hits))
+            return hits
 
     def _search(
         self,
@@ -216,20 +232,22 @@ class EdgeStore(VectorStore):
         """Point id -> content_hash of every point stored for this page."""
         hashes: dict[str, str] = {}
         offset: edge.PointId | None = None
-        while True:
-            with self._shard_lock:
-                records, offset = self._shard.scroll(
-                    edge.ScrollRequest(
-                        offset=offset,
-                        limit=_SCROLL_PAGE,
-                        filter=_edge_filter(brand=brand, url=url),
-                        with_payload=["content_hash"],
+        with store_span("scroll", self.path.name, remote=False):
+            while True:
+                with self._shard_lock:
+                    records, offset = self._shard.scroll(
+                        edge.ScrollRequest(
+                            offset=offset,
+                            limit=_SCROLL_PAGE,
+                            filter=_edge_filter(brand=brand, url=url),
+                            with_payload=["content_hash"],
+                        )
                     )
-                )
-            for record in records:
-                hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
-            if offset is None:
-                return hashes
+                for record in records:
+                    hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
+                if offset is None:
+                    note_rows(len(hashes))
+                    return hashes
 
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""

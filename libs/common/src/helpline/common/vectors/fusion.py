@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from helpline.common.observability import span
 from helpline.common.vectors.store import Hit
 
 __all__ = ["LEXICAL_CUT", "LEXICAL_WEIGHT", "RRF_K", "fuse", "fuse_ids", "rrf"]
 
 K = TypeVar("K", bound=Hashable)
+
+_tracer = trace.get_tracer("helpline.vectors")
 
 #: Reciprocal-rank fusion constant: a point at rank r (from 0) of a list adds 1 / (RRF_K + r).
 RRF_K = 10
@@ -52,9 +58,21 @@ def fuse_ids(
     dense: Sequence[tuple[K, float]], lexical: Sequence[tuple[K, float]], limit: int
 ) -> list[tuple[K, float]]:
     """`fuse` over (id, score) pairs: the fused ids, best first, with `_scaled` scores."""
-    floor = lexical[0][1] * LEXICAL_CUT if lexical else 0.0
-    kept = [point for point, score in lexical if score >= floor]
-    return _rrf_ids([[point for point, _ in dense], kept], limit, (1.0, LEXICAL_WEIGHT))
+    with span(_tracer, "rank fusion", kind=SpanKind.INTERNAL):
+        floor = lexical[0][1] * LEXICAL_CUT if lexical else 0.0
+        kept = [point for point, score in lexical if score >= floor]
+        fused = _rrf_ids([[point for point, _ in dense], kept], limit, (1.0, LEXICAL_WEIGHT))
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.set_attributes(
+                {
+                    "helpline.fusion.dense": len(dense),
+                    "helpline.fusion.lexical": len(lexical),
+                    "helpline.fusion.lexical_kept": len(kept),
+                    "helpline.fusion.fused": len(fused),
+                }
+            )
+        return fused
 
 
 def rrf(

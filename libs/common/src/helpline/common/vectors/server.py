@@ -23,6 +23,10 @@ from helpline.common.vectors.store import (
     VectorLike,
     VectorStore,
     _as_list,
+    note_rows,
+    points_attributes,
+    search_attributes,
+    store_span,
 )
 
 __all__ = ["QdrantServerStore"]
@@ -70,22 +74,29 @@ class QdrantServerStore(VectorStore):
         """Insert points, replacing any stored under the same id."""
         if not points:
             return
-        self.client.upsert(
-            self.collection,
-            points=[
-                qm.PointStruct(id=p.id, vector=self._vectors(p), payload=p.payload) for p in points
-            ],
-            wait=True,
-        )
+        with store_span(
+            "upsert", self.collection, remote=True, attributes=points_attributes(len(points))
+        ):
+            self.client.upsert(
+                self.collection,
+                points=[
+                    qm.PointStruct(id=p.id, vector=self._vectors(p), payload=p.payload)
+                    for p in points
+                ],
+                wait=True,
+            )
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove points by id; unknown ids are ignored."""
         if not ids:
             return
         points: list[qm.ExtendedPointId] = list(ids)
-        self.client.delete(
-            self.collection, points_selector=qm.PointIdsList(points=points), wait=True
-        )
+        with store_span(
+            "delete", self.collection, remote=True, attributes=points_attributes(len(points))
+        ):
+            self.client.delete(
+                self.collection, points_selector=qm.PointIdsList(points=points), wait=True
+            )
 
     def _vectors(self, point: IndexedPoint) -> dict[str, qm.Vector]:
         vectors: dict[str, qm.Vector] = {"": _as_list(point.vector, self.dim)}
@@ -103,6 +114,21 @@ class QdrantServerStore(VectorStore):
         sparse: SparseVector | None = None,
     ) -> list[Hit]:
         """The `limit` best points, only from `brand` when given; hybrid (RRF) with `sparse`."""
+        hybrid = sparse is not None and bool(sparse.indices)
+        with store_span(
+            "search", self.collection, remote=True, attributes=search_attributes(limit, hybrid)
+        ):
+            hits = self._search(vector, limit, brand, sparse)
+            note_rows(len(hits))
+            return hits
+
+    def _search(
+        self,
+        vector: VectorLike,
+        limit: int,
+        brand: str | list[str] | None,
+        sparse: SparseVector | None,
+    ) -> list[Hit]:
         dense = _as_list(vector, self.dim)
         query_filter = _server_filter(brand=brand)
         if sparse is None or not sparse.indices:
@@ -137,19 +163,21 @@ class QdrantServerStore(VectorStore):
         """Point id -> content_hash of every point stored for this page."""
         hashes: dict[str, str] = {}
         offset: qm.ExtendedPointId | None = None
-        while True:
-            records, next_offset = self.client.scroll(
-                self.collection,
-                scroll_filter=_server_filter(brand=brand, url=url),
-                limit=_SCROLL_PAGE,
-                offset=offset,
-                with_payload=["content_hash"],
-            )
-            for record in records:
-                hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
-            if next_offset is None:
-                return hashes
-            offset = next_offset
+        with store_span("scroll", self.collection, remote=True):
+            while True:
+                records, next_offset = self.client.scroll(
+                    self.collection,
+                    scroll_filter=_server_filter(brand=brand, url=url),
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=["content_hash"],
+                )
+                for record in records:
+                    hashes[str(record.id)] = str((record.payload or {}).get("content_hash", ""))
+                if next_offset is None:
+                    note_rows(len(hashes))
+                    return hashes
+                offset = next_offset
 
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""

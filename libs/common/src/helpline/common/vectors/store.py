@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from helpline.common.lexical import SparseVector
+from helpline.common.observability import span
 
 __all__ = [
     "INDEXED_FIELDS",
@@ -38,6 +43,8 @@ INDEXED_FIELDS = ("brand", "url", "content_hash")
 SPARSE_VECTOR = "lexical"
 
 _SCROLL_PAGE = 256
+
+_tracer = trace.get_tracer("helpline.vectors")
 
 
 class MissingSparseVector(RuntimeError):
@@ -119,6 +126,42 @@ class VectorStore(Protocol):
     def close(self) -> None:
         """Persist what is pending and release the store."""
         ...
+
+
+def store_span(
+    operation: str,
+    collection: str,
+    *,
+    remote: bool,
+    attributes: dict[str, AttributeValue] | None = None,
+) -> AbstractContextManager[None]:
+    """A store call's span (OpenTelemetry's database conventions): `search <collection>`."""
+    return span(
+        _tracer,
+        f"{operation} {collection}",
+        kind=SpanKind.CLIENT if remote else SpanKind.INTERNAL,
+        attributes={
+            "db.system.name": "qdrant",
+            "db.operation.name": operation,
+            "db.collection.name": collection,
+            **(attributes or {}),
+        },
+    )
+
+
+def points_attributes(points: int) -> dict[str, AttributeValue]:
+    """A write's span attributes: how many points it carries."""
+    return {"helpline.points": points}
+
+
+def search_attributes(limit: int, hybrid: bool) -> dict[str, AttributeValue]:
+    """A search's span attributes: the hits asked for, dense only or hybrid."""
+    return {"helpline.search.limit": limit, "helpline.search.hybrid": hybrid}
+
+
+def note_rows(rows: int) -> None:
+    """How many points a store call returned (or wrote), on its span."""
+    trace.get_current_span().set_attribute("db.response.returned_rows", rows)
 
 
 def _as_list(vector: VectorLike, dim: int) -> list[float]:
