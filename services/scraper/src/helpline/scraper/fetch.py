@@ -14,11 +14,14 @@ from urllib.parse import urljoin
 
 import httpcore
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from helpline.common.errors import Deferred, InputRejected, Permanent, Retryable
 from helpline.common.messages import utcnow
 from helpline.scraper.bodies import charset_param, decode_body, read_body
 from helpline.scraper.guard import AllowList, check_host, resolve_checked
+from helpline.scraper.spans import server_attributes, step, traced_url
 from helpline.scraper.urls import normalize_url
 
 DEFAULT_USER_AGENT = "HelplineBot/0.1 (+https://helpline.example/bot)"
@@ -185,9 +188,13 @@ class Fetcher:
         self, url: str, headers: dict[str, str], max_bytes: int, *, judge: bool
     ) -> tuple[str, int, dict[str, str], bytes]:
         reading = [False]
+        attributes = {"http.request.method": "GET", "url.full": traced_url(url)}
         try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self._follow(url, headers, max_bytes, judge, reading)
+            with step(
+                "fetch", kind=SpanKind.CLIENT, attributes={**attributes, **server_attributes(url)}
+            ):
+                async with asyncio.timeout(self._timeout_s):
+                    return await self._follow(url, headers, max_bytes, judge, reading)
         except TimeoutError as exc:
             if reading[0]:
                 # Headers came, the body did not: a drip that would hold the slot for ever.
@@ -205,7 +212,9 @@ class Fetcher:
         reading: list[bool],
     ) -> tuple[str, int, dict[str, str], bytes]:
         current = url
-        for _ in range(self._max_redirects + 1):
+        traced = trace.get_current_span()
+        for redirects in range(self._max_redirects + 1):
+            traced.set_attribute("helpline.fetch.redirects", redirects)
             await resolve_checked(current, self._allow)
             target = normalize_url(current)
             if target is None:
@@ -214,6 +223,7 @@ class Fetcher:
                 response = await self._client.send(
                     self._client.build_request("GET", target, headers=headers), stream=True
                 )
+                traced.set_attribute("http.response.status_code", response.status_code)
                 try:
                     self._check_headers(response, target)
                     location = _redirect_location(response, target, judge)
@@ -222,6 +232,8 @@ class Fetcher:
                         body = b""
                         if 200 <= response.status_code < 300:
                             body = await read_body(response, max_bytes)
+                        # Decoded bytes: not semconv's http.response.body.size (on the wire).
+                        traced.set_attribute("helpline.fetch.body_bytes", len(body))
                         return (
                             target,
                             response.status_code,

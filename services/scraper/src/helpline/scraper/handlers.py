@@ -35,6 +35,7 @@ from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness
 from helpline.scraper.render import Renderer, is_html
+from helpline.scraper.spans import step
 from helpline.scraper.urls import canonical_url, in_scope, normalize_url
 
 log = logging.getLogger(__name__)
@@ -249,20 +250,24 @@ class Scraper:
         if scope is None or parent_id is None or task.depth >= scope.max_depth:
             return
         settled = self.settled.of(parent_id)
-        for link in links:
-            if link in settled:
-                continue
-            if not in_scope(link, scope):
+        with step("follow links", attributes={"helpline.page.links": len(links)}) as traced:
+            started = 0
+            for link in links:
+                if link in settled:
+                    continue
+                if not in_scope(link, scope):
+                    SettledLinks.add(settled, link)
+                    continue
+                # Not remembered when disallowed: robots.txt may allow it by the next page.
+                if not await self.politeness.allowed(link):
+                    continue
+                if await self.crawls.claim_page(parent_id, link, scope.max_pages, task.task_id):
+                    await self._start_page(parent_id, task, link, task.depth + 1)
+                    started += 1
+                # Claimed now, claimed before, or over the crawl's budget: settled for good (a
+                # claim whose page was not published yet is not: the add comes after it).
                 SettledLinks.add(settled, link)
-                continue
-            # Not remembered when disallowed: robots.txt may allow it by the next page.
-            if not await self.politeness.allowed(link):
-                continue
-            if await self.crawls.claim_page(parent_id, link, scope.max_pages, task.task_id):
-                await self._start_page(parent_id, task, link, task.depth + 1)
-            # Claimed now, claimed before, or over the crawl's budget: settled for good (a
-            # claim whose page was not published yet is not: the add comes after it).
-            SettledLinks.add(settled, link)
+            traced.set_attribute("helpline.crawl.pages_started", started)
 
     async def _start_page(
         self, parent_id: str, origin: ScrapeTask | CrawlTask, url: str, depth: int

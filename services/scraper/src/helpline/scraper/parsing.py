@@ -15,9 +15,13 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import resource_tracker
 from typing import NamedTuple
+
+from opentelemetry import trace
+from opentelemetry.util.types import AttributeValue
 
 from helpline.common.chunking import Document, chunk_document
 from helpline.common.messages import Chunk
@@ -25,6 +29,7 @@ from helpline.common.processes import die_with_parent
 from helpline.scraper.extract import extract_tree, parse_html
 from helpline.scraper.pdf import extract_pdf
 from helpline.scraper.shells import Verdict, assess
+from helpline.scraper.spans import record_steps
 
 
 class Parsed(NamedTuple):
@@ -32,6 +37,11 @@ class Parsed(NamedTuple):
     chunks: list[Chunk]
     #: Whether the page needs a browser, and why (`shells.assess`), when that was asked.
     shell: Verdict
+
+
+#: When extraction started, when it ended and chunking started, and when chunking ended
+#: (wall clock in ns: comparable across processes), for the page's spans.
+Times = tuple[int, int, int]
 
 
 def parse_page(
@@ -44,15 +54,44 @@ def parse_page(
 ) -> Parsed:
     """Extract an HTML page (or a PDF, when `pdf` is given) and chunk it; with `judge_chars`,
     also say whether the page is a shell for a browser to fill in."""
+    return _timed_parse(url, html, pdf, max_chars, overlap_chars, judge_chars)[0]
+
+
+def _timed_parse(
+    url: str,
+    html: str,
+    pdf: bytes | None,
+    max_chars: int,
+    overlap_chars: int,
+    judge_chars: int | None = None,
+) -> tuple[Parsed, Times]:
+    """`parse_page`, and when its steps ran."""
+    started = time.time_ns()
     if pdf is not None:
         doc = extract_pdf(pdf, url)
-        return Parsed(doc, chunk_document(doc, max_chars, overlap_chars), Verdict())
+        extracted = time.time_ns()
+        chunks = chunk_document(doc, max_chars, overlap_chars)
+        return Parsed(doc, chunks, Verdict()), (started, extracted, time.time_ns())
     root = parse_html(html)
     # Read before extraction, which prunes the tree.
     shell = assess(root, judge_chars) if judge_chars is not None else Verdict()
     doc = extract_tree(root, url)
+    extracted = time.time_ns()
     # A shell is not chunked: what a browser makes of it is.
-    return Parsed(doc, [] if shell.render else chunk_document(doc, max_chars, overlap_chars), shell)
+    chunks = [] if shell.render else chunk_document(doc, max_chars, overlap_chars)
+    return Parsed(doc, chunks, shell), (started, extracted, time.time_ns())
+
+
+def _record_steps(parsed: Parsed, times: Times, pdf: bool) -> None:
+    started, extracted, chunked = times
+    extract: dict[str, AttributeValue] = {
+        "helpline.page.pdf": pdf,
+        "helpline.page.blocks": len(parsed.doc.blocks),
+        "helpline.page.links": len(parsed.doc.links),
+        "helpline.page.shell": parsed.shell.render,
+    }
+    chunk: dict[str, AttributeValue] = {"helpline.chunks": len(parsed.chunks)}
+    record_steps([("extract", started, extracted, extract), ("chunk", extracted, chunked, chunk)])
 
 
 #: How much lower the extraction workers' CPU priority is than the scraper's (nice).
@@ -101,11 +140,16 @@ class Parser:
         overlap_chars: int,
         judge_chars: int | None = None,
     ) -> Parsed:
-        """`parse_page` off the event loop."""
+        """`parse_page` off the event loop; its extract and chunk spans in the current trace."""
         args = (url, html, pdf, max_chars, overlap_chars, judge_chars)
         if self._pool is None:
-            return await asyncio.to_thread(parse_page, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, parse_page, *args)
+            parsed, times = await asyncio.to_thread(_timed_parse, *args)
+        else:
+            loop = asyncio.get_running_loop()
+            parsed, times = await loop.run_in_executor(self._pool, _timed_parse, *args)
+        if trace.get_current_span().is_recording():
+            _record_steps(parsed, times, pdf is not None)
+        return parsed
 
     def close(self) -> None:
         if self._pool is not None:

@@ -33,6 +33,7 @@ from protego import Protego
 from helpline.common.errors import Deferred, HelplineError, Permanent, Retryable
 from helpline.common.kv import kv_get
 from helpline.scraper.fetch import Fetcher
+from helpline.scraper.spans import server_attributes, step
 from helpline.scraper.urls import normalize_url
 
 ROBOTS_MAX_BYTES = 512_000  # RFC 9309: parse at least the first 500 KiB
@@ -153,7 +154,13 @@ class Politeness:
         """Raise unless robots.txt lets us fetch `url`; returns the rules."""
         if not self.obey_robots:
             return Robots(None, True)
-        robots = await self.robots(url)
+        cached = self._robots.get(origin_of(url))
+        if cached is not None and cached.expires_at > time.monotonic():
+            robots = cached
+        else:  # read now, or being read for another page: a span shows the wait
+            with step("robots", attributes=server_attributes(url)) as traced:
+                robots = await self.robots(url)
+                traced.set_attribute("helpline.robots.reachable", robots.reachable)
         if not robots.reachable:
             raise Retryable(
                 f"{robots.reason or 'robots.txt unreachable'}: the site is treated as "
@@ -176,16 +183,23 @@ class Politeness:
         interval = max(self.host_interval_s, robots.delay(self.agent) if self.obey_robots else 0)
         if interval <= 0:
             return
-        for _ in range(LATE_RETRIES):
-            wait = await self._reserve(url, interval)
-            if wait <= 0:
-                return
-            due = time.monotonic() + wait
-            await asyncio.sleep(wait)
-            if time.monotonic() - due <= interval * LATE_SHARE:
-                return
-            # Woken late (a busy event loop): the turn after ours may be close now, and going
-            # anyway would crowd it. Take a new turn at the end of the line instead.
+        attributes = {**server_attributes(url), "helpline.politeness.interval_s": interval}
+        with step("politeness wait", attributes=attributes) as traced:
+            waited = 0.0
+            try:
+                for _ in range(LATE_RETRIES):
+                    wait = await self._reserve(url, interval)
+                    if wait <= 0:
+                        return
+                    due = time.monotonic() + wait
+                    await asyncio.sleep(wait)
+                    waited += wait
+                    if time.monotonic() - due <= interval * LATE_SHARE:
+                        return
+                    # Woken late (a busy event loop): the turn after ours may be close now, and
+                    # going anyway would crowd it. Take a new turn at the end of the line instead.
+            finally:
+                traced.set_attribute("helpline.politeness.waited_s", waited)
 
     async def _reserve(self, url: str, interval: float) -> float:
         kv = await self._hosts()

@@ -26,6 +26,7 @@ from helpline.scraper.browser import BrowserPool, Slot, first_line
 from helpline.scraper.extract import parse_html
 from helpline.scraper.fetch import FetchResult
 from helpline.scraper.shells import assess
+from helpline.scraper.spans import step, traced_url
 
 _SCRIPT = re.compile(r"<script\b", re.IGNORECASE)
 _INVISIBLE = ("script", "style", "noscript", "template")
@@ -107,10 +108,22 @@ class Renderer:
 
     async def render(self, fetched: FetchResult) -> FetchResult:
         """Load `fetched` (its HTML is served to the browser as is) and return the rendered DOM."""
+        with step("render", attributes={"url.full": traced_url(fetched.url)}):
+            html, url = await self._guarded_render(fetched)
+        return FetchResult(
+            url=url,
+            status=fetched.status,
+            content_type="text/html",
+            text=html,
+            headers=fetched.headers,
+            fetched_at=utcnow(),
+        )
+
+    async def _guarded_render(self, fetched: FetchResult) -> tuple[str, str]:
         self.breaker.before_call()
         crashed = False
         try:
-            html, url = await self._render(fetched)
+            return await self._render(fetched)
         except _BrowserCrashed as exc:
             crashed = True
             self.breaker.failed_and_defer(exc)
@@ -124,14 +137,6 @@ class Renderer:
             # address or a missing browser do not (and a half-open trial must be released).
             if not crashed:
                 self.breaker.succeeded()
-        return FetchResult(
-            url=url,
-            status=fetched.status,
-            content_type="text/html",
-            text=html,
-            headers=fetched.headers,
-            fetched_at=utcnow(),
-        )
 
     async def _render(self, fetched: FetchResult) -> tuple[str, str]:
         options = self.pool.options
