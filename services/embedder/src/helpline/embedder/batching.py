@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from opentelemetry import trace
 
 from helpline.common.subjects import Priority
 
@@ -43,6 +45,8 @@ class _Request:
     #: Priority weight (1 critical .. 10 bulk): lower is taken first.
     weight: int
     future: asyncio.Future[Vectors] = field(repr=False)
+    #: Texts in the model call that embedded these (theirs and other pages').
+    call_texts: int = 0
 
 
 @dataclass
@@ -84,15 +88,23 @@ class ChunkPool:
             return await self.model.embed_async(texts, batch_size)
         future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
         weight = (priority or Priority.NORMAL).weight
-        self._waiting.append(_Request(texts, batch_size, weight, future))
+        request = _Request(texts, batch_size, weight, future)
+        self._waiting.append(request)
         self._waiting_texts += len(texts)
         self._arrived.set()
         if self._waiting_texts >= self.max_chunks:
             self._full.set()
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="embed-pool")
+            # In a context of its own: it serves every page, not the one that started it (whose
+            # trace its logs would otherwise carry).
+            self._runner = asyncio.create_task(
+                self._run(), name="embed-pool", context=contextvars.Context()
+            )
         # A cancelled handler (shutdown) leaves its request behind; the pool skips it.
-        return await future
+        vectors = await future
+        # The model call this page shared, on the page's embed span.
+        trace.get_current_span().set_attribute("helpline.embed.call_texts", request.call_texts)
+        return vectors
 
     async def close(self) -> None:
         """Stop the pool; requests still waiting fail with CancelledError."""
@@ -167,6 +179,7 @@ class ChunkPool:
         self.stats.sizes.append(len(texts))
         start = 0
         for request in batch:
+            request.call_texts = len(texts)
             end = start + len(request.texts)
             if not request.future.done():
                 request.future.set_result(vectors[start:end])

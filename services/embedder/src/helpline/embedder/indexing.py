@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.knowledge import guarded
 from helpline.common.lexical import encode_document
 from helpline.common.messages import ChunkBatch
+from helpline.common.observability import span
 from helpline.common.vectors import IndexedPoint, VectorStore, point_id
 from helpline.embedder.batching import TextEmbedder
+
+_tracer = trace.get_tracer("helpline.embedder")
 
 
 def point_scope(brand: str, url: str) -> str:
@@ -45,9 +51,14 @@ class Indexer:
         }
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
         if changed:
-            vectors = await self.model.embed_async(
-                [c.text for _, c in changed], self.batch_size, priority=batch.priority
-            )
+            attributes = {
+                "helpline.embed.texts": len(changed),
+                "helpline.embed.batch_size": self.batch_size,
+            }
+            with span(_tracer, "embed", kind=SpanKind.INTERNAL, attributes=attributes):
+                vectors = await self.model.embed_async(
+                    [c.text for _, c in changed], self.batch_size, priority=batch.priority
+                )
             fetched_at = batch.fetched_at.isoformat()
             points = [
                 IndexedPoint(

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from helpline.common.messages import Answer, AnswerPart, QueryTask, utcnow
-from helpline.rag.compose import compose, merge_pages
+from helpline.rag.compose import merge_pages
 from helpline.rag.llm import LanguageModel, ModelUnavailable, Passage
-from helpline.rag.retrieval import PER_PAGE, Answerer, searched_brands
+from helpline.rag.retrieval import PER_PAGE, Answerer, searched_brands, traced_compose
 
 # Of the query's remaining time, this much is kept for the reply after the model gave up.
 REPLY_MARGIN_S = 0.5
@@ -30,7 +30,7 @@ class Responder:
 
     async def answer(self, task: QueryTask, emit: Emit | None = None) -> Answer:
         hits = await self.answerer.retrieve(task.question, task.top_k, searched_brands(task))
-        text, sources = compose(task.question, hits, task.top_k)
+        text, sources = traced_compose(task.question, hits, task.top_k)
         extractive = Answer(task_id=task.task_id, answer=text, sources=sources)
         if self.model is None or not sources:
             return extractive
@@ -43,15 +43,20 @@ class Responder:
         if task.deadline is not None:
             remaining = (task.deadline - utcnow()).total_seconds() - REPLY_MARGIN_S
         try:
-            if task.stream and emit is not None:
-                await emit(AnswerPart(task_id=task.task_id, sources=sources))
-                pieces: list[str] = []
-                async for piece in self.model.stream(task.question, passages, timeout_s=remaining):
-                    pieces.append(piece)
-                    await emit(AnswerPart(task_id=task.task_id, text=piece))
-                generated = "".join(pieces)
-            else:
-                generated = await self.model.answer(task.question, passages, timeout_s=remaining)
+            with self.model.traced(len(passages), stream=bool(task.stream and emit)):
+                if task.stream and emit is not None:
+                    await emit(AnswerPart(task_id=task.task_id, sources=sources))
+                    pieces: list[str] = []
+                    async for piece in self.model.stream(
+                        task.question, passages, timeout_s=remaining
+                    ):
+                        pieces.append(piece)
+                        await emit(AnswerPart(task_id=task.task_id, text=piece))
+                    generated = "".join(pieces)
+                else:
+                    generated = await self.model.answer(
+                        task.question, passages, timeout_s=remaining
+                    )
         except ModelUnavailable as exc:
             return extractive.model_copy(update={"fallback_reason": str(exc)})
         return extractive.model_copy(update={"answer": generated, "answer_mode": "llm"})

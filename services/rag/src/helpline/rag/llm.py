@@ -12,13 +12,19 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.errors import Deferred
+from helpline.common.observability import span
+
+_tracer = trace.get_tracer("helpline.rag")
 
 PASSAGE_CHARS = 1500
 SYSTEM_PROMPT = (
@@ -124,6 +130,23 @@ class LanguageModel:
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
 
+    def traced(self, passages: int, *, stream: bool) -> AbstractContextManager[None]:
+        """The span of one call (semantic conventions for generative AI; no prompt, no
+        question, no answer in it)."""
+        url = self.client.base_url
+        attributes: dict[str, str | int | float | bool] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self.model,
+            "gen_ai.request.max_tokens": self.max_tokens,
+            "gen_ai.request.temperature": 0.0,
+            "server.address": url.host,
+            "helpline.llm.passages": passages,
+            "helpline.llm.stream": stream,
+        }
+        if url.port is not None:
+            attributes["server.port"] = url.port
+        return span(_tracer, f"chat {self.model}", kind=SpanKind.CLIENT, attributes=attributes)
+
     def _admit(self, timeout_s: float | None) -> float:
         """Pass the breaker (or raise `ModelUnavailable`); the seconds this call may take."""
         try:
@@ -200,9 +223,11 @@ class LanguageModel:
         if response.status_code != 200:
             raise ModelUnavailable(f"language model answered HTTP {response.status_code}")
         try:
-            content = response.json()["choices"][0]["message"]["content"]
+            reply = response.json()
+            content = reply["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ModelUnavailable("language model reply was malformed") from exc
+        _note_usage(reply)
         if not isinstance(content, str) or not content.strip():
             raise ModelUnavailable("language model reply was empty")
         return content
@@ -232,6 +257,23 @@ class LanguageModel:
         except httpx.HTTPError as exc:
             raise ModelUnavailable(f"language model unreachable ({type(exc).__name__})") from exc
         raise ModelUnavailable("language model stream broke off")
+
+
+def _note_usage(reply: Any) -> None:
+    """The reply's model and token counts on the call's span, where the reply gives them."""
+    current = trace.get_current_span()
+    if not current.is_recording() or not isinstance(reply, dict):
+        return
+    if isinstance(reply.get("model"), str):
+        current.set_attribute("gen_ai.response.model", reply["model"])
+    usage = reply.get("usage")
+    if isinstance(usage, dict):
+        for field, attribute in (
+            ("prompt_tokens", "gen_ai.usage.input_tokens"),
+            ("completion_tokens", "gen_ai.usage.output_tokens"),
+        ):
+            if isinstance(usage.get(field), int):
+                current.set_attribute(attribute, usage[field])
 
 
 def _delta_content(data: str) -> str:

@@ -10,14 +10,20 @@ fifth best chunk, and the answer may quote it.
 
 from __future__ import annotations
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import guarded
 from helpline.common.lexical import encode_query
-from helpline.common.messages import Answer, QueryTask
+from helpline.common.messages import Answer, QueryTask, Source
+from helpline.common.observability import span
 from helpline.common.vectors import Hit, VectorStore
 from helpline.rag.batching import QuestionBatcher
 from helpline.rag.compose import PASSAGES_PER_PAGE, compose
+
+_tracer = trace.get_tracer("helpline.rag")
 
 #: Chunks of one page that count towards the candidates' limit.
 PER_PAGE = 2
@@ -74,7 +80,8 @@ class Answerer:
 
     async def retrieve(self, question: str, top_k: int, brand: str | list[str] | None) -> list[Hit]:
         """Candidate chunks for the question, diversified across pages, then their page mates."""
-        vector = await self.questions.embed(question)
+        with span(_tracer, "embed question", kind=SpanKind.INTERNAL):
+            vector = await self.questions.embed(question)
         wanted = top_k * self.candidates
         # Over-fetch: pages beyond PER_PAGE chunks are cut, and their places must be filled.
         hits = await guarded(
@@ -90,8 +97,18 @@ class Answerer:
 
     async def answer(self, task: QueryTask) -> Answer:
         hits = await self.retrieve(task.question, task.top_k, searched_brands(task))
-        text, sources = compose(task.question, hits, task.top_k)
+        text, sources = traced_compose(task.question, hits, task.top_k)
         return Answer(task_id=task.task_id, answer=text, sources=sources)
+
+
+def traced_compose(question: str, hits: list[Hit], top_k: int) -> tuple[str, list[Source]]:
+    """`compose` in its span (the question stays out of it)."""
+    with span(
+        _tracer, "compose answer", kind=SpanKind.INTERNAL, attributes={"helpline.hits": len(hits)}
+    ):
+        text, sources = compose(question, hits, top_k)
+        trace.get_current_span().set_attribute("helpline.answer.sources", len(sources))
+    return text, sources
 
 
 def searched_brands(task: QueryTask) -> str | list[str] | None:
