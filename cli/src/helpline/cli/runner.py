@@ -44,8 +44,10 @@ def build_component(
             from helpline.gateway.app import GatewayComponent
             from helpline.gateway.settings import GatewaySettings
 
-            keyed = {"admin_key": admin_key} if admin_key else {}
-            return GatewayComponent(GatewaySettings(nats_url=nats_url, **keyed))
+            gateway = GatewaySettings(nats_url=nats_url)
+            if admin_key:
+                gateway = gateway.model_copy(update={"admin_key": SecretStr(admin_key)})
+            return GatewayComponent(gateway)
         case "scraper":
             from helpline.scraper.app import ScraperComponent
             from helpline.scraper.settings import ScraperSettings
