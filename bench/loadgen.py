@@ -26,13 +26,14 @@ class HttpError(RuntimeError):
 class Connection:
     """One keep-alive HTTP/1.1 connection; one request at a time."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, key: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"only http://host:port is supported, not {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or 80
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._auth = f"Authorization: Bearer {key}\r\n" if key else ""
 
     async def post_json(self, path: str, body: dict[str, Any], *, expect: int = 200) -> Any:
         """POST `body` as JSON; the decoded JSON answer, or HttpError for another status."""
@@ -48,7 +49,7 @@ class Connection:
         payload = b"" if body is None else json.dumps(body).encode()
         kind = "" if body is None else "Content-Type: application/json\r\n"
         writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{kind}"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{kind}{self._auth}"
             f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
@@ -82,13 +83,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-async def submit_pings(base_url: str, n: int, connections: int = 64) -> list[str]:
-    """N `POST /api/v1/maintenance/ping` spread over `connections` keep-alive connections;
-    the task ids, in the order they were accepted."""
+async def submit_pings(
+    base_url: str, n: int, connections: int = 64, *, key: str | None = None
+) -> list[str]:
+    """N `POST /api/v1/maintenance/ping` spread over `connections` keep-alive connections
+    (sending API key `key`); the task ids, in the order they were accepted."""
     submitted: list[str] = []
 
     async def client(count: int) -> None:
-        connection = Connection(base_url)
+        connection = Connection(base_url, key=key)
         try:
             for _ in range(count):
                 answer = await connection.post_json("/api/v1/maintenance/ping", {}, expect=202)
@@ -109,15 +112,17 @@ async def query_load(
     *,
     brand: str,
     cache: bool,
+    key: str | None = None,
 ) -> dict[str, float]:
-    """`requests` POST /api/v1/query (questions in turn) from `concurrency` connections."""
+    """`requests` POST /api/v1/query (questions in turn) from `concurrency` connections
+    (sending API key `key`)."""
     latencies: list[float] = []
     server_ms: list[float] = []
     cached: list[bool] = []
     pending = [questions[i % len(questions)] for i in range(requests)][::-1]
 
     async def client() -> None:
-        connection = Connection(base_url)
+        connection = Connection(base_url, key=key)
         try:
             while pending:
                 question = pending.pop()
