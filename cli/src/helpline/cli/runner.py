@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from helpline.cli.adminkey import ensure_admin_key
-from helpline.cli.natsserver import NatsServer
+from helpline.cli.natsserver import USER as NATS_USER
+from helpline.cli.natsserver import NatsServer, ensure_password, is_loopback
 from helpline.cli.settings import CliSettings, environment_with
 from helpline.common.observability import setup_logging, setup_tracing
 from helpline.common.processes import start_child, stop_process
@@ -117,6 +118,10 @@ def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[byte
     overrides = {"HELPLINE_NATS_URL": settings.nats_url or ""}
     if settings.admin_key is not None:
         overrides["HELPLINE_ADMIN_KEY"] = settings.admin_key.get_secret_value()
+    if settings.nats_user is not None:
+        overrides["HELPLINE_NATS_USER"] = settings.nats_user
+    if settings.nats_password is not None:
+        overrides["HELPLINE_NATS_PASSWORD"] = settings.nats_password.get_secret_value()
     if service != "gateway":
         overrides["HELPLINE_HTTP_PORT"] = "0"  # its probes on any free port, not the API's
     return start_child(
@@ -125,6 +130,32 @@ def _spawn_service(settings: CliSettings, service: str) -> subprocess.Popen[byte
         # Its own session: a terminal's Ctrl-C reaches this process, which stops it in order.
         start_new_session=True,
     )
+
+
+def embedded_nats(settings: CliSettings, data_dir: Path) -> tuple[NatsServer, dict[str, object]]:
+    """`helpline up`'s own nats-server, on HELPLINE_NATS_LISTEN (loopback by default);
+    listening beyond loopback, it wants the password kept in the data dir. Returns it
+    started, and the settings its clients connect with."""
+    password: str | None = None
+    if not is_loopback(settings.nats_listen):
+        password, path = ensure_password(data_dir)
+        log.info(
+            "nats-server listens on %s: user %s, its password in %s",
+            settings.nats_listen,
+            NATS_USER,
+            path,
+        )
+    nats = NatsServer(
+        data_dir / "nats",
+        host=settings.nats_listen,
+        port=settings.nats_port or None,
+        sync_always=settings.nats_sync_always,
+        password=password,
+    ).start()
+    connection: dict[str, object] = {"nats_url": nats.url}
+    if password is not None:
+        connection.update(nats_user=NATS_USER, nats_password=SecretStr(password))
+    return nats, connection
 
 
 def up(settings: CliSettings) -> None:
@@ -155,11 +186,8 @@ def up(settings: CliSettings) -> None:
     try:
         nats_url = settings.nats_url
         if not nats_url:
-            nats = NatsServer(
-                data_dir / "nats",
-                port=settings.nats_port or None,
-                sync_always=settings.nats_sync_always,
-            ).start()
+            nats, connection = embedded_nats(settings, data_dir)
+            settings = settings.model_copy(update=connection)
             nats_url = nats.url
             log.info("nats-server (JetStream, data in %s) on %s", data_dir / "nats", nats_url)
         from helpline.common.knowledge import Knowledge

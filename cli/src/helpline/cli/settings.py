@@ -28,6 +28,12 @@ class CliSettings(ServingSettings):
     nats_port: int = Field(
         default=0, description="Port of the nats-server `helpline up` starts (0: a free one)."
     )
+    nats_listen: str = Field(
+        default="127.0.0.1",
+        description="Address the nats-server `helpline up` starts listens on; beyond loopback "
+        "(0.0.0.0, a LAN address) it takes only user `helpline` with the password it makes "
+        "in the data dir (`nats-password`, owner-only).",
+    )
     up_own_processes: list[Literal["gateway", "scraper", "maintenance"]] = Field(
         default=["gateway"],
         description="Services `helpline up` runs as child processes of their own, so their "

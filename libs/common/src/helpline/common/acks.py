@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,7 +65,7 @@ class Acks:
     def __init__(self, nc: Client, *, timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self._nc = nc
         self._timeout_s = timeout_s
-        self._prefix = f"_INBOX.{uuid.uuid4().hex}."
+        self._prefix = nc.new_inbox() + "."  # under the connection's inbox prefix
         self._waiting: dict[str, asyncio.Future[int]] = {}
         self._deadlines: deque[tuple[float, str]] = deque()
         self._timer: asyncio.TimerHandle | None = None

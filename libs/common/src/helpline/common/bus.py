@@ -15,9 +15,13 @@ module; the bus only holds the one instance of each.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import nats
 from nats.errors import Error as NatsError
@@ -34,6 +38,7 @@ from helpline.common.kv import Buckets, Deferrals
 from helpline.common.layout import BusLayout, declare
 from helpline.common.messages import TaskEvent, TaskMessage
 from helpline.common.observability import span
+from helpline.common.permissions import inbox_prefix
 from helpline.common.subjects import Kind
 from helpline.common.urgency import Urgency
 
@@ -41,8 +46,34 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
+    from helpline.common.settings import HelplineSettings
+
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("helpline.bus")
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """Who a process is to NATS: a user and password (or none: then those a URL carries, or
+    none at all), and the CA that `tls://` servers' certificates are checked against."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: HelplineSettings) -> NatsAuth:
+        """HELPLINE_NATS_USER, HELPLINE_NATS_PASSWORD and HELPLINE_NATS_TLS_CA."""
+        password = settings.nats_password
+        return cls(
+            user=settings.nats_user,
+            password=password.get_secret_value() if password is not None else None,
+            tls_ca=settings.nats_tls_ca,
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A context trusting `tls_ca`; None leaves nats-py to the system's CAs."""
+        return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else None
 
 
 class Bus:
@@ -65,10 +96,11 @@ class Bus:
         # Shared by this process's task pools: batch work yields to urgent work.
         self.urgency = Urgency(layout.bulk_yield_window_s, layout.bulk_yield_starts_per_s)
 
-    async def connect(self, url: str, *, name: str) -> None:
+    async def connect(self, url: str, *, name: str, auth: NatsAuth | None = None) -> None:
         """Connect to the servers of `url` (comma-separated), reconnecting for ever: when the
         server in use goes, nats-py moves to the next one of the list (or of those the
-        cluster announced), and resubscribes there."""
+        cluster announced), and resubscribes there. `auth`: who this process is to NATS."""
+        auth = auth or NatsAuth()
         self._nc = await nats.connect(
             servers=servers(url),
             name=name,
@@ -77,6 +109,11 @@ class Bus:
             error_cb=_log_error,
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
+            user=auth.user,
+            password=auth.password,
+            tls=auth.tls_context(),
+            # Its own inboxes: the permissions let a user subscribe to those alone.
+            inbox_prefix=inbox_prefix(auth.user or _url_user(url)),
         )
         self._js = self._nc.jetstream()
         self.buckets.attach(self._js)
@@ -181,6 +218,10 @@ class Bus:
             stream=subjects.events_stream(self.layout.prefix),
             msg_id=event.event_id,
         )
+
+
+def _url_user(url: str) -> str | None:
+    return urlsplit(servers(url)[0]).username
 
 
 def servers(url: str) -> list[str]:

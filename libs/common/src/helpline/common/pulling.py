@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -50,7 +49,7 @@ class Puller:
     ) -> None:
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._inbox = f"_INBOX.{uuid.uuid4().hex}"
+        self._inbox = nc.new_inbox()  # under the connection's inbox prefix
         self._on_message = on_message
         self._on_idle = on_idle
         self._expires_s = expires_s

@@ -14,7 +14,7 @@ import socket
 from typing import Protocol
 
 from helpline.common import spanstore
-from helpline.common.bus import Bus
+from helpline.common.bus import Bus, NatsAuth
 from helpline.common.kv import Replicas
 from helpline.common.layout import BusLayout
 from helpline.common.messages import utcnow
@@ -66,7 +66,9 @@ class Host:
     async def start(self) -> None:
         """Connect, bootstrap, start components, then start consuming."""
         assert self.settings.nats_url is not None
-        await self.bus.connect(self.settings.nats_url, name=self.name)
+        await self.bus.connect(
+            self.settings.nats_url, name=self.name, auth=NatsAuth.from_settings(self.settings)
+        )
         await self.bus.bootstrap()
         spanstore.attach(self.bus.nc, self.bus.layout.prefix)
         for component in self.components:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where the embedding model's CPU graph is built once and kept (`HELPLINE_MODEL_CACHE_DIR`).
@@ -21,7 +21,19 @@ class HelplineSettings(BaseSettings):
 
     nats_url: str | None = Field(
         default=None,
-        description="NATS server URL; unset, `helpline up` starts its own nats-server.",
+        description="NATS server URL, or several comma-separated (a cluster's: the bus moves "
+        "to another when its server goes); unset, `helpline up` starts its own nats-server.",
+    )
+    nats_user: str | None = Field(
+        default=None, description="User this process authenticates to NATS as."
+    )
+    nats_password: SecretStr | None = Field(
+        default=None, description="Its NATS password (never logged); deploy reads it from a Secret."
+    )
+    nats_tls_ca: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that the NATS servers' TLS certificates are checked "
+        "against, for `tls://` URLs; unset, the system's.",
     )
     bus_prefix: str = Field(
         default="helpline", description="Prefix of every subject, stream and bucket name."

@@ -1,0 +1,204 @@
+"""Services authenticate to NATS: a user and password from the settings (or the URL), TLS
+checked against a CA of our own, and `helpline up`'s own server, which wants a password
+once it listens beyond loopback. Real nats-servers on free ports; the password never
+reaches a log line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import ssl
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from nats.errors import Error as NatsError
+from nats.errors import NoServersError
+
+from helpline.cli.natsserver import PASSWORD_FILE, USER, NatsServer, free_port, is_loopback
+from helpline.cli.runner import embedded_nats
+from helpline.cli.settings import CliSettings
+from helpline.common.bus import Bus, NatsAuth
+from helpline.common.layout import BusLayout
+from helpline.common.settings import HelplineSettings
+
+SECRET = "s3cret-Pa55-word"
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server that takes only `helpline` with SECRET."""
+    with NatsServer(tmp_path / "nats", password=SECRET) as server:
+        yield server
+
+
+async def refused(url: str, **auth: str) -> bool:
+    """Whether the server turns this connection away (no retrying)."""
+    nc = nats.NATS()
+    try:
+        await nc.connect(url, allow_reconnect=False, connect_timeout=5, **auth)  # type: ignore[arg-type]
+    except (NatsError, NoServersError, OSError) as exc:
+        return "authorization" in str(exc).lower()
+    finally:
+        await nc.close()  # a refused connect leaves its socket open otherwise
+    return False
+
+
+async def declared(bus: Bus, url: str, auth: NatsAuth | None = None) -> bool:
+    await bus.connect(url, name="auth-test", auth=auth)
+    try:
+        await bus.bootstrap()
+        return await bus.streams_present()
+    finally:
+        await bus.close()
+
+
+async def test_the_bus_authenticates_from_settings_and_never_logs_the_password(
+    guarded: NatsServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = HelplineSettings(nats_url=guarded.url, nats_user=USER, nats_password=SECRET)  # type: ignore[arg-type]
+    auth = NatsAuth.from_settings(settings)
+    assert SECRET not in repr(auth)
+    assert SECRET not in repr(settings)
+    bus = Bus(BusLayout(prefix=prefix, file_storage=False))
+    assert await declared(bus, guarded.url, auth)
+    # Credentials in the URL work as well, and the bus reports the server without them.
+    in_url = f"nats://{USER}:{SECRET}@127.0.0.1:{guarded.port}"
+    await bus.connect(in_url, name="auth-test-url")
+    try:
+        assert bus.connection() == {"connected": True, "url": f"127.0.0.1:{guarded.port}"}
+        assert bus.nc.new_inbox().startswith(f"_INBOX_{USER}.")  # its own inbox prefix
+    finally:
+        await bus.close()
+    assert SECRET not in caplog.text
+    # Without the password, or with another, the server turns the client away.
+    assert await refused(guarded.url)
+    assert await refused(guarded.url, user=USER, password="not-it")
+    assert not await refused(guarded.url, user=USER, password=SECRET)
+
+
+def _cert(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, **kw: object
+) -> x509.Certificate:
+    """A certificate for `subject`: a CA's own when `issuer` is None, else one it signs."""
+    issuer_key = kw.get("issuer_key", key)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), False
+        )
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+    return builder.sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+
+
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for `localhost` it signed: (ca, cert, key) files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = _cert("helpline test CA", ca_key, None)
+    server = _cert("localhost", server_key, ca, issuer_key=ca_key)
+    paths = folder / "ca.crt", folder / "tls.crt", folder / "tls.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_tls_checked_against_our_own_ca(tmp_path: Path, prefix: str) -> None:
+    ca, cert, key = make_tls(tmp_path / "tls")
+    tls = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n'
+    with NatsServer(tmp_path / "nats", password=SECRET, config=tls) as server:
+        url = f"tls://localhost:{server.port}"
+        bus = Bus(BusLayout(prefix=prefix, file_storage=False))
+        assert await declared(bus, url, NatsAuth(user=USER, password=SECRET, tls_ca=ca))
+        # The system's CAs (what a client without HELPLINE_NATS_TLS_CA trusts) do not know ours.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(server.port, ssl.create_default_context())
+        handshake(server.port, ssl.create_default_context(cafile=str(ca)))
+
+
+def handshake(port: int, context: ssl.SSLContext) -> None:
+    """A NATS client's TLS upgrade: read the server's INFO, then the handshake."""
+    with socket.create_connection(("localhost", port), timeout=5) as raw:
+        assert raw.recv(4096).startswith(b"INFO ")
+        with context.wrap_socket(raw, server_hostname="localhost"):
+            pass
+
+
+def test_loopback_addresses() -> None:
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("192.168.1.10")
+    assert not is_loopback("nats.example.com")
+
+
+async def test_helpline_ups_server_on_loopback_needs_no_password(tmp_path: Path) -> None:
+    settings = CliSettings(data_dir=tmp_path, nats_port=free_port())
+    assert settings.nats_listen == "127.0.0.1"
+    nats_server, connection = embedded_nats(settings, tmp_path)
+    try:
+        assert connection == {"nats_url": f"nats://127.0.0.1:{nats_server.port}"}
+        assert not (tmp_path / PASSWORD_FILE).exists()
+        assert not await refused(nats_server.url)
+    finally:
+        nats_server.stop()
+
+
+async def test_helpline_ups_server_beyond_loopback_wants_its_password(
+    tmp_path: Path, prefix: str
+) -> None:
+    settings = CliSettings(data_dir=tmp_path, nats_listen="0.0.0.0", nats_port=free_port())
+    nats_server, connection = embedded_nats(settings, tmp_path)
+    try:
+        stored = tmp_path / PASSWORD_FILE
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+        password = stored.read_text().strip()
+        assert len(password) >= 32
+        assert connection["nats_user"] == USER
+        # The processes `helpline up` starts connect with these settings.
+        clients = settings.model_copy(update=connection)
+        bus = Bus(BusLayout(prefix=prefix, file_storage=False))
+        assert await declared(bus, nats_server.url, NatsAuth.from_settings(clients))
+        assert await refused(nats_server.url)
+        config = tmp_path / "nats" / "nats-server.conf"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    finally:
+        nats_server.stop()
+    # The next start keeps the same password.
+    again, connection_again = embedded_nats(settings, tmp_path)
+    again.stop()
+    assert connection_again["nats_password"] == connection["nats_password"]
