@@ -7,8 +7,9 @@ what the service really does, written down once here as grants:
   update; the durable task consumers), follows cancellations (a watch on `cancels`),
   beats in `replicas`, adds its spans to the trace store and answers on its own inbox prefix (`inbox_prefix`), so no service
   can read another's JetStream and KV replies;
-- a worker pulls and acknowledges its kinds, reports on them (events), dead-letters them
-  and waits out open breakers in `deferrals`;
+- a worker pulls and acknowledges its kinds, reports on them (events), dead-letters them,
+  waits out open breakers in `deferrals` and reads task records (a redelivery of a
+  finished task is only acknowledged);
 - submitting is publishing a kind's task subjects; reading a bucket is a get (direct or
   not), watching or scanning it is an ephemeral consumer on its stream, writing it is
   publishing `$KV.<bucket>.>`.
@@ -110,6 +111,8 @@ class _Grants:
         self.emit(*kinds)
         self.kv_read(Bucket.DEFERRALS)
         self.kv_write(Bucket.DEFERRALS)
+        # A redelivered task whose record is already terminal is only acknowledged.
+        self.kv_read(Bucket.TASKS)
 
     def submit(self, *kinds: Kind) -> None:
         for kind in kinds:
