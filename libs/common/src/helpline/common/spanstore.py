@@ -23,13 +23,14 @@ import re
 import socket
 import threading
 from collections import deque
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from helpline.common import subjects
 from helpline.common.subjects import Kind
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
     from opentelemetry.context import Context
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Span, TracerProvider
 
 #: How long a finished span waits, so that a trace's spans go out together.
@@ -116,6 +118,9 @@ class _Target:
 
 def _payloads(entries: list[dict[str, Any]], limit: int) -> list[bytes]:
     """`entries` as JSON arrays of at most `limit` bytes each (a span over it is dropped)."""
+    whole = json.dumps(entries, separators=(",", ":"), default=str).encode()
+    if len(whole) <= limit:  # nearly always: one trace's spans of a tenth of a second
+        return [whole]
     out: list[bytes] = []
     batch: list[bytes] = []
     size = 2
@@ -133,12 +138,18 @@ def _payloads(entries: list[dict[str, Any]], limit: int) -> list[bytes]:
     return out
 
 
-def _value(value: object) -> object:
-    if isinstance(value, str):
-        return value[:MAX_VALUE_CHARS]
-    if isinstance(value, tuple | list):
-        return [_value(v) for v in value[:32]]
-    return value
+def _attributes(attributes: Mapping[str, object] | None) -> dict[str, object]:
+    """Attributes with long texts cut (sequences are kept as they are: JSON lists)."""
+    if not attributes:
+        return {}
+    return {
+        k: v[:MAX_VALUE_CHARS] if type(v) is str and len(v) > MAX_VALUE_CHARS else v
+        for k, v in attributes.items()
+    }
+
+
+_STATUS = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+_KINDS = {kind: kind.name.lower() for kind in SpanKind}
 
 
 def record(span: ReadableSpan) -> dict[str, Any]:
@@ -146,36 +157,46 @@ def record(span: ReadableSpan) -> dict[str, Any]:
     ctx = span.get_span_context()
     parent = span.parent
     status = span.status
+    scope = span.instrumentation_scope
+    start = span.start_time or 0
     entry: dict[str, Any] = {
-        "trace_id": format(ctx.trace_id, "032x") if ctx else "",
-        "span_id": format(ctx.span_id, "016x") if ctx else "",
-        "parent_id": format(parent.span_id, "016x") if parent else None,
+        "trace_id": f"{ctx.trace_id:032x}" if ctx else "",
+        "span_id": f"{ctx.span_id:016x}" if ctx else "",
+        "parent_id": f"{parent.span_id:016x}" if parent else None,
         "name": span.name,
-        "kind": span.kind.name.lower(),
-        "scope": span.instrumentation_scope.name if span.instrumentation_scope else "",
-        "process": str(span.resource.attributes.get("service.name", "")),
+        "kind": _KINDS[span.kind],
+        "scope": scope.name if scope else "",
+        "process": _process(span.resource),
         "instance": _INSTANCE,
-        "start_ns": span.start_time or 0,
-        "end_ns": span.end_time or span.start_time or 0,
-        "attributes": {k: _value(v) for k, v in (span.attributes or {}).items()},
-        "status": "error"
-        if status.status_code is StatusCode.ERROR
-        else "ok"
-        if status.status_code is StatusCode.OK
-        else "unset",
+        "start_ns": start,
+        "end_ns": span.end_time or start,
+        "attributes": _attributes(span.attributes),
+        "status": _STATUS[status.status_code],
     }
     if status.description:
         entry["status_message"] = status.description[:MAX_VALUE_CHARS]
-    if span.events:
+    events = span.events
+    if events:
         entry["events"] = [
             {
                 "name": event.name,
-                "offset_ms": round(((event.timestamp or 0) - (span.start_time or 0)) / 1e6, 3),
-                "attributes": {k: _value(v) for k, v in (event.attributes or {}).items()},
+                "offset_ms": round(((event.timestamp or 0) - start) / 1e6, 3),
+                "attributes": _attributes(event.attributes),
             }
-            for event in span.events[:MAX_EVENTS]
+            for event in events[:MAX_EVENTS]
         ]
     return entry
+
+
+_PROCESS_NAMES: dict[int, str] = {}
+
+
+def _process(resource: Resource) -> str:
+    """The resource's service name (a process has one resource: looked up once)."""
+    name = _PROCESS_NAMES.get(id(resource))
+    if name is None:
+        name = _PROCESS_NAMES[id(resource)] = str(resource.attributes.get("service.name", ""))
+    return name
 
 
 _INSTANCE = f"{socket.gethostname()}-{os.getpid()}"
