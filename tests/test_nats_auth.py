@@ -12,8 +12,10 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import nats
 import pytest
+from e2e_helpers import wait_terminal
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 from tls_helpers import make_tls
@@ -24,6 +26,7 @@ from helpline.cli.settings import CliSettings
 from helpline.common.bus import Bus, NatsAuth
 from helpline.common.layout import BusLayout
 from helpline.common.settings import HelplineSettings
+from helpline.testing import HelplineUp
 
 SECRET = "s3cret-Pa55-word"
 
@@ -147,3 +150,31 @@ async def test_helpline_ups_server_beyond_loopback_wants_its_password(
     again, connection_again = embedded_nats(settings, tmp_path)
     again.stop()
     assert connection_again["nats_password"] == connection["nats_password"]
+
+
+async def test_helpline_up_beyond_loopback_its_processes_use_the_password(
+    tmp_path: Path,
+) -> None:
+    """The real `helpline up`, its nats-server on every address: the gateway (a child
+    process) and the workers (up's own) connect with the password, a ping goes through,
+    and nobody without it gets in."""
+    nats_port = free_port()
+    env = {
+        "HELPLINE_NATS_LISTEN": "0.0.0.0",
+        "HELPLINE_NATS_PORT": str(nats_port),
+        "HELPLINE_LOG_JSON": "false",
+    }
+    data = tmp_path / "data"
+    with HelplineUp(data, env) as up:
+        stored = data / PASSWORD_FILE
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+        password = stored.read_text().strip()
+        async with httpx.AsyncClient(base_url=up.url, headers=up.headers, timeout=30) as client:
+            accepted = await client.post("/api/v1/maintenance/ping", json={})
+            assert accepted.status_code == 202, accepted.text
+            record = await wait_terminal(client, accepted.json()["task_id"], 60)
+            assert record["status"] == "succeeded", record
+        url = f"nats://127.0.0.1:{nats_port}"
+        assert await refused(url)
+        assert not await refused(url, user=USER, password=password)
+    assert password not in up.log_path.read_text()
