@@ -3,6 +3,7 @@ read back by its id; links to it from the slow-request view."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,12 @@ import httpx
 import pytest
 from conftest import System, start_system, stop_system
 from e2e_helpers import eventually, wait_terminal
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from helpline.cli.natsserver import NatsServer
 from helpline.common import spanstore
+from helpline.common.bus import Bus
 from helpline.common.embedding import Embedder
 from helpline.common.observability import setup_tracing
 
@@ -152,3 +156,43 @@ async def test_views_link_trace_ids_to_the_tracing_ui_when_one_is_set(
         assert found[0]["trace_url"] == f"http://jaeger:16686/trace/{trace_id}"
     finally:
         await stop_system(system)
+
+
+async def test_the_store_keeps_spans_from_the_loop_and_from_threads_by_trace(bus: Bus) -> None:
+    """Straight against a real nats-server: spans that end on the event loop and in a worker
+    thread alike reach the stream, each trace under its own subject, in tree order."""
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    store = spanstore.SpanStore()
+    provider.add_span_processor(store)
+    store.attach(bus.nc, bus.layout.prefix)
+    tracer = provider.get_tracer("helpline.rag")
+
+    def in_thread() -> None:
+        with tracer.start_as_current_span("in a thread", attributes={"long": "x" * 2000}):
+            pass
+
+    try:
+        with tracer.start_as_current_span("root") as root:
+            await asyncio.to_thread(in_thread)  # the thread runs in a copy of this context
+            with tracer.start_as_current_span("on the loop"):
+                pass
+        with tracer.start_as_current_span("another trace") as other:
+            pass
+    finally:
+        await store.detach(bus.nc)
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+    stored = await spanstore.read(bus.js, bus.layout.prefix, trace_id)
+    assert sorted(s["name"] for s in stored) == ["in a thread", "on the loop", "root"]
+    view = spanstore.view(trace_id, stored)
+    assert [(s["name"], s["depth"]) for s in view["spans"]] == [
+        ("root", 0),
+        ("in a thread", 1),
+        ("on the loop", 1),
+    ]
+    assert view["services"] == ["rag"]
+    threaded = view["spans"][1]
+    assert len(threaded["attributes"]["long"]) == spanstore.MAX_VALUE_CHARS
+    other_id = f"{other.get_span_context().trace_id:032x}"
+    assert [s["name"] for s in await spanstore.read(bus.js, bus.layout.prefix, other_id)] == [
+        "another trace"
+    ]
