@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helpline.common.errors import BUS_ERRORS, BUS_SILENT, HelplineError, InputRejected, Overloaded
 from helpline.common.records import Status
@@ -198,8 +201,30 @@ async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse
     return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
 
 
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's own errors (404 of no route, 405, 400 of a body that is not JSON), with a
+    405's `Allow` listing every method of the path, not only the first route's."""
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    path = request.url.path
+    methods = sorted(
+        {
+            method
+            for route in request.app.router.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(path)
+            for method in route.methods or ()
+        }
+    )
+    return JSONResponse(
+        {"detail": f"{request.method} is not allowed here; allowed: {', '.join(methods)}"},
+        status_code=405,
+        headers={"Allow": ", ".join(methods)},
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the table's handlers (and the validation one) on `app`."""
     app.exception_handler(RequestValidationError)(invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     for error in RESPONSES:
         app.add_exception_handler(error, respond)

@@ -2,7 +2,7 @@
 
 FastAPI's own document gets three corrections: a 422 is our body (`ValidationErrorBody`:
 `detail` and `errors`, each with `field` and `message`), not FastAPI's default schema;
-every route that takes a body may answer 413; and every resource's tag is described.
+every route that takes a body may answer 400 (not JSON) and 413; and every resource's tag is described.
 The security scheme (`apiKey`, HTTP bearer) and 401/403/429 come from the routers' guards.
 """
 
@@ -62,12 +62,14 @@ def corrected(app: FastAPI) -> dict[str, Any]:
     too_large = _json_response(
         "The body is over HELPLINE_MAX_BODY_BYTES (refused before it is read).", "ErrorBody"
     )
+    not_json = _json_response("The body is not JSON (or not UTF-8).", "ErrorBody")
     for item in schema.get("paths", {}).values():
         for operation in item.values():
             responses = operation.setdefault("responses", {})
             if "422" in responses:
                 responses["422"] = invalid
             if "requestBody" in operation:
+                responses.setdefault("400", not_json)
                 responses.setdefault("413", too_large)
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
 
 from helpline.common.messages import Answer, RenderMode
 from helpline.common.observability import current_trace_id
@@ -27,6 +35,16 @@ Brand = Annotated[
 #: without `urlsplit` (a tenth of its time; a 10,000-URL batch is checked on the gateway's
 #: event loop, while questions wait). Anything else takes the full check.
 _PLAIN_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:[/?#][^\s]*)?")
+
+
+#: How the document describes a URL field: what `_PLAIN_HTTP_URL` accepts as it is (other
+#: http(s) URLs with a host are accepted too). No `format: uri`: a path in plain Unicode, as
+#: people paste it, is accepted and percent-encoded when fetched.
+URL_SCHEMA: dict[str, Any] = {
+    "pattern": "^" + _PLAIN_HTTP_URL.pattern + "$",
+    "maxLength": 2048,
+}
+HttpUrlText = Annotated[str, Field(json_schema_extra=URL_SCHEMA)]
 
 
 def check_http_url(value: str) -> str:
@@ -48,6 +66,17 @@ def _check_url_parts(value: str) -> str:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer: 8 and 8.0, never true or "8" (pydantic's lax int takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a whole number")
+    return value
+
+
+#: A request body's integer, as JSON Schema means it.
+Whole = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,16 +86,24 @@ RENDER = Field(
     description="Browser rendering: auto (only pages with scripts and little text), always, never.",
 )
 
+
+def _number(value: Any) -> Any:
+    """JSON Schema's number: never true or "5" (pydantic's lax float takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number")
+    return value
+
+
+#: Seconds from now after which the task is not run any more.
+Deadline = Annotated[float, Field(gt=0, le=7 * 24 * 3600), BeforeValidator(_number)]
 DEADLINE = Field(
     default=None,
-    gt=0,
-    le=7 * 24 * 3600,
     description="Seconds from now after which the task is not run any more (status expired).",
 )
 
 
 class PageBody(Body):
-    url: str = Field(description="An absolute http(s) URL.")
+    url: str = Field(description="An absolute http(s) URL.", json_schema_extra=URL_SCHEMA)
     brand: Brand
 
     @field_validator("url")
@@ -76,8 +113,8 @@ class PageBody(Body):
 
 
 class CrawlRequest(PageBody):
-    max_pages: int = Field(default=100, ge=1, le=10_000)
-    max_depth: int = Field(default=3, ge=0, le=20)
+    max_pages: Whole = Field(default=100, ge=1, le=10_000)
+    max_depth: Whole = Field(default=3, ge=0, le=20)
     include: list[str] | None = Field(
         default=None, max_length=100, description="Path globs to follow."
     )
@@ -85,29 +122,29 @@ class CrawlRequest(PageBody):
         default=None, max_length=100, description="Path globs to skip."
     )
     priority: Priority = Priority.NORMAL
-    deadline_s: float | None = DEADLINE
+    deadline_s: Deadline | None = DEADLINE
     render: RenderMode = RENDER
 
 
 class ScrapeRequest(PageBody):
     priority: Priority = Priority.NORMAL
-    deadline_s: float | None = DEADLINE
+    deadline_s: Deadline | None = DEADLINE
     render: RenderMode = RENDER
 
 
 class ScrapeBatchRequest(Body):
-    urls: list[str] = Field(
+    urls: list[HttpUrlText] = Field(
         min_length=1, max_length=10_000, description="Pages to index, each a child task."
     )
     brand: Brand
-    max_concurrent: int = Field(
+    max_concurrent: Whole = Field(
         default=5, ge=1, le=100, description="Pages fetched at once, across replicas."
     )
-    delay_ms: int = Field(
+    delay_ms: Whole = Field(
         default=0, ge=0, le=60_000, description="Least time between two fetches' starts."
     )
     priority: Priority = Priority.LOW
-    deadline_s: float | None = DEADLINE
+    deadline_s: Deadline | None = DEADLINE
     render: RenderMode = RENDER
 
     @field_validator("urls")
@@ -130,10 +167,13 @@ class EmbedDocument(Body):
         | None
     ) = None
     title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
-    url: str | None = Field(
+    url: HttpUrlText | None = Field(
         default=None, description="Where the text lives, if anywhere; cited as the source."
     )
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200_000)]
+    text: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=200_000, pattern=r"\S"),
+    ]
     brand: Brand
 
     @field_validator("url")
@@ -143,25 +183,43 @@ class EmbedDocument(Body):
 
 
 class EmbedRequest(Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "documents": [
+                        {
+                            "id": "faq-reset",
+                            "title": "Resetting the router",
+                            "text": "Hold the reset button for 12 seconds.",
+                            "brand": "acme",
+                        }
+                    ]
+                }
+            ]
+        },
+    )
+
     documents: list[EmbedDocument] = Field(min_length=1, max_length=1000)
     priority: Priority = Priority.LOW
-    deadline_s: float | None = DEADLINE
+    deadline_s: Deadline | None = DEADLINE
 
 
 class QueryRequest(Body):
     question: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000, pattern=r"\S")
     ]
     brand: Brand | None = None
-    top_k: int = Field(default=5, ge=1, le=20)
+    top_k: Whole = Field(default=5, ge=1, le=20)
     priority: Priority = Field(
         default=Priority.CRITICAL, description="A customer is waiting: critical."
     )
-    cache: bool = Field(
+    cache: StrictBool = Field(
         default=True,
         description="false: neither read nor write the answer cache (a fresh answer).",
     )
-    stream: bool = Field(
+    stream: StrictBool = Field(
         default=False,
         description="Answer as server-sent events (sources, delta..., done) instead of JSON.",
     )
@@ -169,10 +227,10 @@ class QueryRequest(Body):
 
 class MaintenanceRequest(Body):
     priority: Priority = Priority.NORMAL
-    delay_ms: int = Field(
+    delay_ms: Whole = Field(
         default=0, ge=0, le=60_000, description="Make the ping take this long (load tests)."
     )
-    deadline_s: float | None = DEADLINE
+    deadline_s: Deadline | None = DEADLINE
 
 
 class Accepted(BaseModel):
@@ -310,17 +368,19 @@ class ValidationErrorBody(BaseModel):
 
 
 class KeyRequest(Body):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"\S")
+    ]
     scopes: list[Scope] = Field(min_length=1, description="query, submit, admin (all three).")
     brands: list[Brand] | None = Field(
         default=None,
         max_length=1000,
         description="The brands the key may use; null: every brand.",
     )
-    rate_per_minute: int | None = Field(
+    rate_per_minute: (
+        Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_whole_number)] | None
+    ) = Field(
         default=None,
-        ge=0,
-        le=1_000_000,
         description="Requests a minute, shared by every gateway replica; null: the "
         "gateway's default (HELPLINE_DEFAULT_RATE_PER_MINUTE); 0: not limited.",
     )

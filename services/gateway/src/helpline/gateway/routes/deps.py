@@ -58,4 +58,6 @@ def accepted_response(request: Request, record: TaskRecord) -> JSONResponse:
 
 def valid_key(task_id: str) -> bool:
     """Whether `task_id` can be a bucket key at all (anything else is simply not found)."""
-    return 0 < len(task_id) <= 128 and all(c.isalnum() or c in "-_" for c in task_id)
+    return 0 < len(task_id) <= 128 and all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in task_id
+    )

@@ -16,10 +16,14 @@ from fastapi.responses import HTMLResponse
 
 from helpline.common import spanstore
 from helpline.gateway import requestlog
+from helpline.gateway.auth import GUARDED, requires
 from helpline.gateway.errors import GatewayStarting, NotFound
+from helpline.gateway.keys import Scope
 from helpline.gateway.schemas import ErrorBody
 
-router = APIRouter(prefix="/traces", tags=["traces"])
+router = APIRouter(
+    prefix="/traces", tags=["traces"], dependencies=[requires(Scope.ADMIN)], responses={**GUARDED}
+)
 page = APIRouter(tags=["traces"])
 
 TraceId = Annotated[
