@@ -410,3 +410,35 @@ class KeyView(BaseModel):
 
 class KeyCreated(KeyView):
     key: str = Field(description="The key itself: shown this once, stored only hashed.")
+
+
+class QueueView(BaseModel):
+    kind: str
+    priority: str
+    pending: int = Field(description="Tasks waiting.")
+    in_flight: int = Field(description="Delivered and not yet acknowledged.")
+    redelivered: int
+    oldest_age_s: float | None = Field(description="Age of the oldest waiting task.")
+
+
+class WorkerView(BaseModel):
+    service: str
+    replicas: list[str]
+    replica_count: int
+    concurrency: int = Field(description="Tasks its replicas may run at once.")
+    busy: int = Field(description="Tasks running now.")
+    last_seen: str | None
+    batch_yielding: bool = Field(description="Batch work holding back for questions.")
+    batch_yielded_s: float
+
+
+class OpenBreaker(BreakerView):
+    replica: str
+
+
+class SystemStatus(BaseModel):
+    status: str = Field(description="ok, degraded (a breaker is open) or down (no streams).")
+    bus: dict[str, Any] = Field(description="The connection: server, state, streams_present.")
+    queues: list[QueueView]
+    workers: list[WorkerView]
+    open_breakers: list[OpenBreaker]

@@ -10,24 +10,24 @@ from helpline.gateway import views
 from helpline.gateway.auth import GUARDED, requires
 from helpline.gateway.keys import Scope
 from helpline.gateway.routes.deps import TasksDep
-from helpline.gateway.schemas import ReplicaBreakers
+from helpline.gateway.schemas import QueueView, ReplicaBreakers, SystemStatus, WorkerView
 
 router = APIRouter(tags=["status"], dependencies=[requires(Scope.ADMIN)], responses={**GUARDED})
 
 
-@router.get("/queues")
+@router.get("/queues", response_model=list[QueueView])
 async def queue_view(tasks: TasksDep) -> list[dict[str, Any]]:
     """Per kind and priority: pending, in flight, redelivered, oldest waiting task's age."""
     return await views.queues(tasks.bus)
 
 
-@router.get("/workers")
+@router.get("/workers", response_model=list[WorkerView])
 async def worker_view(tasks: TasksDep) -> list[dict[str, Any]]:
     """Per service: replicas seen through heartbeats, configured concurrency, busy, last seen."""
     return views.workers(await tasks.replicas())
 
 
-@router.get("/system/status")
+@router.get("/system/status", response_model=SystemStatus)
 async def system_status(tasks: TasksDep) -> dict[str, Any]:
     """Health, queues, workers, open breakers and the bus, in one view."""
     replicas = await tasks.replicas()
