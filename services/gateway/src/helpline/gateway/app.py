@@ -16,7 +16,15 @@ from helpline.gateway.keys import KeyStore
 from helpline.gateway.limits import BoundedRequests
 from helpline.gateway.ratelimit import RATE_HEADERS, RateLimiter
 from helpline.gateway.requestlog import RequestLog, TraceLinks
-from helpline.gateway.routes import API, API_PREFIX, CONTRACT, METRICS, PROBES, TRACE_PAGE
+from helpline.gateway.routes import (
+    API,
+    API_PREFIX,
+    CONSOLE,
+    CONTRACT,
+    METRICS,
+    PROBES,
+    TRACE_PAGE,
+)
 from helpline.gateway.settings import GatewaySettings
 from helpline.gateway.tasks import Tasks
 from helpline.gateway.telemetry import RequestTelemetry
@@ -47,12 +55,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(CONTRACT)
     app.include_router(METRICS)
     app.include_router(TRACE_PAGE)
+    app.include_router(CONSOLE)
 
     errors.install(app)
 
     # Inside the tracing middleware (added after it, so it runs within the request's span).
     templates = {id(r): API_PREFIX + getattr(r, "path", "") for a in API for r in a.routes}
-    for router in (PROBES, CONTRACT, METRICS, TRACE_PAGE):
+    for router in (PROBES, CONTRACT, METRICS, TRACE_PAGE, CONSOLE):
         templates.update({id(r): getattr(r, "path", "") for r in router.routes})
     app.add_middleware(
         RequestTelemetry,

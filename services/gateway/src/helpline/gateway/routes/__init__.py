@@ -7,6 +7,7 @@ from fastapi import APIRouter
 
 from helpline.gateway.routes import (
     cache,
+    console,
     contract,
     dlq,
     keys,
@@ -37,3 +38,4 @@ PROBES = probes.router
 CONTRACT = contract.router
 METRICS = metrics.router
 TRACE_PAGE = traces.page
+CONSOLE = console.router
