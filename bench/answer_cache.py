@@ -38,9 +38,11 @@ QUESTIONS = [
 
 
 async def measure(
-    base_url: str, concurrency: int, requests: int, *, cache: bool
+    base_url: str, concurrency: int, requests: int, *, cache: bool, key: str
 ) -> dict[str, float]:
-    return await query_load(base_url, concurrency, requests, QUESTIONS, brand="acme", cache=cache)
+    return await query_load(
+        base_url, concurrency, requests, QUESTIONS, brand="acme", cache=cache, key=key
+    )
 
 
 async def http_floor(base_url: str, requests: int) -> dict[str, float]:
@@ -89,10 +91,10 @@ def main() -> None:
             results = {}
             for concurrency in (1, 8):
                 results[f"hit, concurrency {concurrency}"] = asyncio.run(
-                    measure(up.url, concurrency, args.requests, cache=True)
+                    measure(up.url, concurrency, args.requests, cache=True, key=up.admin_key)
                 )
                 results[f"miss (cache: false), concurrency {concurrency}"] = asyncio.run(
-                    measure(up.url, concurrency, args.requests // 4, cache=False)
+                    measure(up.url, concurrency, args.requests // 4, cache=False, key=up.admin_key)
                 )
             stats = client.get("/api/v1/cache/stats").json()
             floor = asyncio.run(http_floor(up.url, args.requests))

@@ -41,7 +41,7 @@ from helpline.cli.natsserver import NatsServer
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.vectors.edge import OPTIMIZE_QUIET_S
 from helpline.embedder.app import MAINTAIN_EVERY_S
-from helpline.testing import HelplineUp, ServiceProcess, serve_site
+from helpline.testing import TEST_ADMIN_KEY, HelplineUp, ServiceProcess, bearer, serve_site
 
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
 SERVICES = ("gateway", "scraper", "embedder", "rag", "maintenance")
@@ -240,24 +240,29 @@ class Sampler:
 # --- the system under test -------------------------------------------------------------
 
 
+#: What a system yields: the gateway's URL, the root processes by pid, the admin key.
+System = tuple[str, dict[int, str], str]
+
+
 @contextlib.contextmanager
-def helpline_up(data: Path, env: dict[str, str]) -> Iterator[tuple[str, dict[int, str]]]:
+def helpline_up(data: Path, env: dict[str, str]) -> Iterator[System]:
     with HelplineUp(data, env) as up:
         assert up.process is not None
-        yield up.url, {up.process.pid: "helpline up"}
+        yield up.url, {up.process.pid: "helpline up"}, up.admin_key
 
 
 @contextlib.contextmanager
-def services_apart(data: Path, env: dict[str, str]) -> Iterator[tuple[str, dict[int, str]]]:
+def services_apart(data: Path, env: dict[str, str]) -> Iterator[System]:
     with NatsServer(data / "nats") as nats, contextlib.ExitStack() as stack:
         roots = {nats.pid: "nats-server"}
         gateway = ""
         for service in SERVICES:
-            process = stack.enter_context(ServiceProcess(service, nats.url, data / service, env))
+            own = {**env, "HELPLINE_ADMIN_KEY": TEST_ADMIN_KEY} if service == "gateway" else env
+            process = stack.enter_context(ServiceProcess(service, nats.url, data / service, own))
             roots[process.pid] = service
             if service == "gateway":
                 gateway = f"http://127.0.0.1:{process.port}"
-        yield gateway, roots
+        yield gateway, roots, TEST_ADMIN_KEY
 
 
 def crawl(client: httpx.Client, site: str, brand: str, max_pages: int) -> dict:
@@ -373,9 +378,9 @@ def main() -> None:
         data.mkdir(parents=True, exist_ok=True)
         (data / ".memory-bench").touch()
         site = stack.enter_context(serve_site(manual))
-        url, roots = stack.enter_context(system(data, env))
+        url, roots, key = stack.enter_context(system(data, env))
         sampler = stack.enter_context(Sampler(roots=roots).running())
-        client = stack.enter_context(httpx.Client(base_url=url, timeout=60))
+        client = stack.enter_context(httpx.Client(base_url=url, timeout=60, headers=bearer(key)))
         time.sleep(STEADY_WINDOW_S + 2)
         rounds.append(("start", time.monotonic() - sampler.started))
         for number in range(1, args.rounds + 1):

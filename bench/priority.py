@@ -78,7 +78,7 @@ def latencies(client: httpx.Client, count: int) -> list[float]:
 
 
 @contextmanager
-def asking_meanwhile(url: str) -> Iterator[list[float]]:
+def asking_meanwhile(up: HelplineUp) -> Iterator[list[float]]:
     """Questions one at a time from a thread of its own, for as long as the block runs;
     yields the list their latencies (ms) are put in."""
     out: list[float] = []
@@ -86,7 +86,7 @@ def asking_meanwhile(url: str) -> Iterator[list[float]]:
     stop = threading.Event()
 
     def ask() -> None:
-        with httpx.Client(base_url=url, timeout=60) as asker:
+        with up.client(60) as asker:
             while not stop.is_set():
                 out.extend(latencies(asker, 1))
                 asked.set()
@@ -139,7 +139,7 @@ def main() -> None:
         urls = [f"{site}/{PAGES[i % len(PAGES)]}?rev={i}" for i in range(args.backlog)]
         # Questions keep coming while the batch is submitted (one big request to the
         # gateway that answers them too).
-        with asking_meanwhile(up.url) as meanwhile:
+        with asking_meanwhile(up) as meanwhile:
             submit_started = time.perf_counter()
             batch = client.post(
                 "/api/v1/scrape/batch",

@@ -194,7 +194,15 @@ def measure(
     assert up.process is not None
     before = process_cpu(up.process.pid)
     figures = asyncio.run(
-        query_load(up.url, concurrency, len(questions), questions, brand=BRAND, cache=cache)
+        query_load(
+            up.url,
+            concurrency,
+            len(questions),
+            questions,
+            brand=BRAND,
+            cache=cache,
+            key=up.admin_key,
+        )
     )
     after = process_cpu(up.process.pid)
     for role, spent in after.items():
@@ -292,7 +300,7 @@ def probe_while_optimizing(
     with HelplineUp(probe_data, {**env, "HELPLINE_LOG_LEVEL": "INFO"}) as up:
 
         async def run() -> None:
-            connection = Connection(up.url)
+            connection = Connection(up.url, key=up.admin_key)
             try:
                 while optimizing(index) and len(during) < PROBE_QUESTIONS:
                     if not _rebuilding(up):

@@ -49,7 +49,7 @@ from helpline.common.messages import MaintenanceTask, new_task_id
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.subjects import Kind, bucket
 from helpline.common.taskstore import TaskStore
-from helpline.testing import ServiceProcess
+from helpline.testing import TEST_ADMIN_KEY, ServiceProcess
 
 BENCH = Path(__file__).resolve().parent
 CONNECTIONS = 64
@@ -130,7 +130,7 @@ async def rest_throughput(nats_url: str, port: int, n: int) -> float:
     terminal = Terminal()
     await terminal.start(nats_url)
     started = time.perf_counter()
-    submitted = await submit_pings(f"http://127.0.0.1:{port}", n, CONNECTIONS)
+    submitted = await submit_pings(f"http://127.0.0.1:{port}", n, CONNECTIONS, key=TEST_ADMIN_KEY)
     last = await terminal.wait_for(submitted)
     await terminal.stop()
     return n / (last - started)
@@ -335,7 +335,12 @@ def main() -> None:
         with NatsServer(root / "nats") as server:
             env = {"HELPLINE_LOG_LEVEL": "WARNING", "HELPLINE_MAINTENANCE_CONCURRENCY": "64"}
             with (
-                ServiceProcess("gateway", server.url, root / "gw", env) as gateway,
+                ServiceProcess(
+                    "gateway",
+                    server.url,
+                    root / "gw",
+                    {**env, "HELPLINE_ADMIN_KEY": TEST_ADMIN_KEY},
+                ) as gateway,
                 ServiceProcess("maintenance", server.url, root / "mt", env) as worker,
             ):
                 pids = {
