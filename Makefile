@@ -7,7 +7,7 @@ export UV_LINK_MODE ?= copy
 # process would otherwise compile every module it imports, seconds per service start.
 export UV_COMPILE_BYTECODE ?= 1
 
-.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render bench-auth deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -53,6 +53,9 @@ bench-crawl: install
 
 bench-render: install
 	$(UV) run python bench/render.py
+
+bench-auth: install
+	$(UV) run python bench/auth.py $(ARGS)
 
 deploy-check: install
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/validate.sh
