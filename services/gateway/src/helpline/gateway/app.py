@@ -49,6 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.rate_limiter = None
     app.state.queries_in_flight = 0
     app.state.max_inflight_queries = settings.max_inflight_queries
+    app.state.min_refresh_s = settings.min_refresh_s
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)

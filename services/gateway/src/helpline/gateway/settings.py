@@ -35,6 +35,9 @@ class GatewaySettings(HelplineSettings):
     max_body_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="Largest request body; beyond it 413."
     )
+    min_refresh_s: int = Field(
+        default=300, ge=1, description="The shortest refresh_s a source may have."
+    )
     max_inflight_queries: int = Field(
         default=256, ge=1, description="Questions one replica waits on at once; beyond it 429."
     )
