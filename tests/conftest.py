@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -34,6 +37,71 @@ from helpline.testing import TEST_ADMIN_KEY, bearer, serve_site, slow_route
 
 SITE = Path(__file__).parent / "site"
 
+#: An API key as the gateway makes them, or as tests and `helpline up` make admin keys.
+KEY_SHAPE = re.compile(r"hl_[0-9a-f]{16}_[A-Za-z0-9_\-]{43}|hl_[A-Za-z0-9_\-]{43}")
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({})))
+
+
+class KeyWatch(logging.Handler):
+    """Every log record of the run, looked at for an API key (message, arguments, extras)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extras = " ".join(str(v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
+            text = f"{record.getMessage()} {record.exc_text or ''} {extras}"
+        except Exception:  # a record that cannot be formatted says nothing here
+            return
+        if "hl_" in text and KEY_SHAPE.search(text):
+            self.leaks.append(f"{record.name}: {text[:300]}")
+
+
+KEYS_IN_LOGS = KeyWatch()
+_WATCHED: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = logging.getLogger()
+    root.addHandler(KEYS_IN_LOGS)
+    # INFO reaches the handlers (access-log lines among them), not only warnings.
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_for_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where the run's child processes log (under the session's temporary folder)."""
+    _WATCHED["logs"] = tmp_path_factory.getbasetemp()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The whole run's logs, in this process and in every child's log file, and its
+    recorded spans hold no API key; a leak fails the run."""
+    leaks = list(KEYS_IN_LOGS.leaks)
+    base = _WATCHED.get("logs")
+    if isinstance(base, Path) and base.exists():
+        for log_file in base.rglob("*.log"):
+            with contextlib.suppress(OSError):
+                for line in log_file.read_text(errors="replace").splitlines():
+                    if "hl_" in line and KEY_SHAPE.search(line):
+                        leaks.append(f"{log_file.name}: {line[:300]}")
+    exporter = _WATCHED.get("spans")
+    if isinstance(exporter, InMemorySpanExporter):
+        for span in exporter.get_finished_spans():
+            text = f"{span.name} {dict(span.attributes or {})}"
+            if "hl_" in text and KEY_SHAPE.search(text):
+                leaks.append(f"span {text[:300]}")
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("API keys found in the run's logs or spans:", red=True)
+            for leak in leaks[:20]:
+                reporter.write_line(f"  {leak}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture(scope="session")
 def spans() -> InMemorySpanExporter:
@@ -41,6 +109,7 @@ def spans() -> InMemorySpanExporter:
     provider = setup_tracing("helpline-tests", otlp_endpoint=None, record=True)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _WATCHED["spans"] = exporter
     return exporter
 
 
