@@ -135,6 +135,9 @@ class BusLayout:
             # One entry per key (its limit's state and when it was last used), deleted with
             # the key.
             Bucket.RATES: 0.0,
+            # Sources last until deleted; a lease's expiry is in its value (`leases`).
+            Bucket.SOURCES: 0.0,
+            Bucket.LEASES: 0.0,
         }[name]
         return api.KeyValueConfig(
             bucket=self.bucket(name),

@@ -183,6 +183,9 @@ def _gateway(g: _Grants) -> None:
     g.kv_write(Bucket.TASKS, Bucket.CRAWLS, Bucket.CANCELS, Bucket.KEYS, Bucket.RATES)
     g.watch(Bucket.TASKS, Bucket.CRAWLS, Bucket.GENERATIONS, Bucket.KEYS, Bucket.RATES)
     g.watch(Bucket.REPLICAS)
+    g.kv_read(Bucket.SOURCES)  # sources: created, listed, changed, deleted
+    g.kv_write(Bucket.SOURCES)
+    g.watch(Bucket.SOURCES)
     # Clearing the answer cache.
     g.publish.add(f"{_API}.STREAM.PURGE.{g.kv_stream(Bucket.ANSWERS)}")
 
@@ -222,6 +225,11 @@ def _maintenance(g: _Grants) -> None:
     g.kv_read(Bucket.TASKS, Bucket.CRAWLS)
     g.kv_write(Bucket.TASKS, Bucket.CRAWLS)
     g.watch(Bucket.TASKS, Bucket.CRAWLS)
+    # Starts each due source's crawl, one replica at a time (the lease), and notes the run.
+    g.submit(Kind.CRAWL)
+    g.kv_read(Bucket.SOURCES, Bucket.LEASES)
+    g.kv_write(Bucket.SOURCES, Bucket.LEASES)
+    g.watch(Bucket.SOURCES)
 
 
 _SERVICE_GRANTS = {

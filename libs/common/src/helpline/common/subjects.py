@@ -127,6 +127,8 @@ class Bucket(StrEnum):
     GENERATIONS = "generations"  # per brand: the index generation answers are keyed by
     KEYS = "keys"  # API keys, hashed (the gateway's `auth`)
     RATES = "rates"  # per API key: its rate limit's state (the gateway's `ratelimit`)
+    SOURCES = "sources"  # sites crawled on a schedule (`sources`)
+    LEASES = "leases"  # who holds a replicated job, until when (`leases`)
 
 
 def bucket(name: str, prefix: str = PREFIX) -> str:
