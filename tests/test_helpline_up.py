@@ -83,6 +83,22 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
         assert up.process is not None
         nats_children = children_of(up.process.pid)
         assert nats_children, "helpline up runs its own nats-server"
+        # The admin key up made: owner-only in the data dir, its place logged, never itself.
+        key_file = data_dir / "admin-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert str(key_file) in up.log_path.read_text()
+        assert up.admin_key not in up.log_path.read_text()
+        assert httpx.get(f"{up.url}/api/v1/tasks", timeout=10).status_code == 401
+        # The CLI finds the key there (HELPLINE_DATA_DIR) by itself.
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "helpline"), "task", crawl_id],
+            env={**os.environ, "HELPLINE_DATA_DIR": str(data_dir), "HELPLINE_API_URL": up.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert '"status": "succeeded"' in cli.stdout
         # Once started, up's process and the gateway's froze what startup loaded.
         log = up.log_path.read_text()
         assert log.count("objects from startup frozen") == 2, log[-2000:]
@@ -100,6 +116,7 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
         assert up.process is not None
         commands = [command_line(p) for p in children_of(up.process.pid)]
         assert not any(" run " in c for c in commands), commands
+        # The same key after a restart (up.client() sends what the file holds).
         after = client.get(f"/api/v1/tasks/{crawl_id}").json()
         assert after == before
         answer = ask(client)
