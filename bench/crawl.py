@@ -67,7 +67,7 @@ async def ours(base: str, concurrency: int, processes: int, max_pages: int) -> d
                 url = await queue.get()
                 try:
                     page = await fetcher.fetch(url)
-                    doc, chunks = await parser.parse(
+                    doc, chunks, _ = await parser.parse(
                         page.url, page.text, page.body if page.is_pdf else None, MAX_CHARS, OVERLAP
                     )
                 except Exception:
