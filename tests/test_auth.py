@@ -51,6 +51,11 @@ SCOPES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys"): "admin",
     ("DELETE", "/api/v1/keys/{key_id}"): "admin",
+    ("POST", "/api/v1/sources"): "submit",
+    ("GET", "/api/v1/sources"): "query",
+    ("GET", "/api/v1/sources/{source_id}"): "query",
+    ("PATCH", "/api/v1/sources/{source_id}"): "submit",
+    ("DELETE", "/api/v1/sources/{source_id}"): "submit",
 }
 #: Routes whose body names a brand, with a body that is valid but for another brand's key.
 BRANDED: dict[tuple[str, str], dict[str, Any]] = {
@@ -140,6 +145,20 @@ async def test_a_brand_limited_key_sees_only_its_brands(system: System, docs_sit
         assert answer.status_code == 200, answer.text
         assert answer.json()["sources"], question
         assert all("reset.html" not in s["url"] for s in answer.json()["sources"]), question
+    # A key of several brands searches all of them, and only them (the store filters by any).
+    several = await make_key(admin, scopes=["query"], brands=["acme", "initech"])
+    answer = await admin.post(
+        "/api/v1/query",
+        json={"question": "How long do I hold the reset button?"},
+        headers=bearer(several),
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sources"]
+    assert all("reset.html" not in s["url"] for s in answer.json()["sources"])
+    everyone = await admin.post(
+        "/api/v1/query", json={"question": "How long do I hold the reset button?", "cache": False}
+    )
+    assert any("reset.html" in s["url"] for s in everyone.json()["sources"])
     refused = await admin.post(
         "/api/v1/query", json={"question": "reset?", "brand": "globex"}, headers=bearer(acme)
     )
