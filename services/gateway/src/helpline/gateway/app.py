@@ -114,8 +114,13 @@ class GatewayComponent:
         await self.tracker.start()
         keys = self.keys = KeyStore(bus)
         await keys.follow()
-        if self.settings.admin_key is not None:
-            await keys.bootstrap(self.settings.admin_key.get_secret_value())
+        admin_key = self.settings.admin_key.get_secret_value() if self.settings.admin_key else ""
+        if admin_key:
+            await keys.bootstrap(admin_key)
+        elif not keys.all():
+            log.warning(
+                "no API key exists and HELPLINE_ADMIN_KEY is unset: nobody can call the API"
+            )
         self.app.state.rate_limiter = RateLimiter(bus, self.settings.default_rate_per_minute)
         self.app.state.keys = keys
         self.app.state.tasks = self.tasks
