@@ -388,3 +388,21 @@ async def test_a_flood_of_questions_gets_429s_and_memory_stays_bounded(
         assert grown_mb < 100, grown_mb
     finally:
         await stop_system(system)
+
+
+async def test_concurrent_requests_of_one_key_spend_its_allowance_exactly(
+    two_replicas: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    """Thirty requests at once, on two replicas, of a key allowed ten: ten pass, no more, no
+    fewer (each replica settles its waiting requests with one write at a time)."""
+    a, b = two_replicas
+    key = await make_key(a, scopes=["submit"], rate_per_minute=10)
+    responses = await asyncio.gather(
+        *((a, b)[n % 2].get("/api/v1/tasks", headers=bearer(key)) for n in range(30))
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 10 + [429] * 20
+    remaining = sorted(
+        int(r.headers["ratelimit-remaining"]) for r in responses if r.status_code == 200
+    )
+    assert remaining == list(range(10))

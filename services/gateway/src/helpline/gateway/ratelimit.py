@@ -6,13 +6,15 @@ may spend a whole minute's at once. Its state is the theoretical arrival time (`
 its next request, kept in the `rates` bucket under the key's id and changed only by
 compare-and-swap, so replicas share one limit. A replica remembers the revision it last
 wrote: while it is the only one serving a key, an allowed request costs one round trip
-(the update); a refused one costs none.
+(the update); a refused one costs none. Requests of one key that arrive while its write is in
+flight are settled together by the next write.
 
 Keys with no limit (rate 0) are only noted as used, at most once a minute per replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -69,53 +71,102 @@ class RateLimiter:
         #: Per key id: the state this replica last read or wrote, and its revision.
         self._seen: dict[str, tuple[float, int]] = {}
         self._noted: dict[str, float] = {}
+        #: Per key id: requests waiting for the write in flight to finish.
+        self._waiting: dict[str, list[asyncio.Future[Verdict]]] = {}
+        self._settling: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def check(self, key: ApiKey) -> Verdict:
-        """Spend one request of `key`'s allowance, or say when there is one again."""
+        """Spend one request of `key`'s allowance, or say when there is one again.
+
+        Requests of one key that arrive while its state is being written wait and are
+        settled together by the next write (one compare-and-swap for all of them), rather
+        than each racing the others for the same revision.
+        """
         rate = key.rate(self.default_per_minute)
         if rate <= 0:
             await self._note_use(key.id)
             return UNLIMITED
+        waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key.id, []).append(waiter)
+        if key.id not in self._settling:
+            self._settling.add(key.id)
+            task = asyncio.create_task(self._settle(key.id, rate))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await waiter
+
+    async def _settle(self, key_id: str, rate: int) -> None:
+        """Settle the key's waiting requests, a write per group, until none wait."""
+        try:
+            while waiting := self._waiting.pop(key_id, None):
+                try:
+                    verdicts = await self._spend(key_id, rate, len(waiting))
+                except BaseException as exc:
+                    for waiter in waiting:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for waiter, verdict in zip(waiting, verdicts, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(verdict)
+        finally:
+            self._settling.discard(key_id)
+
+    async def _spend(self, key_id: str, rate: int, count: int) -> list[Verdict]:
+        """`count` requests in turn against the key's allowance, written once."""
         interval = WINDOW_S / rate
         kv = await self._bus.buckets.get(Bucket.RATES)
-        seen = self._seen.get(key.id)
+        seen = self._seen.get(key_id)
         for _ in range(ATTEMPTS):
             if seen is None:
-                stored = await kv_get(kv, key.id)
+                stored = await kv_get(kv, key_id)
                 seen = (json.loads(stored[0])["tat"], stored[1]) if stored else (0.0, 0)
             tat, revision = seen
             now = time.time()
-            new_tat = max(tat, now) + interval
-            if new_tat - now > WINDOW_S:
-                self._seen[key.id] = seen
-                return Verdict(
-                    allowed=False,
-                    limit=rate,
-                    remaining=0,
-                    reset_s=max(tat - now, 0.0),
-                    retry_after_s=new_tat - WINDOW_S - now,
+            verdicts = []
+            for _ in range(count):
+                new_tat = max(tat, now) + interval
+                if new_tat - now > WINDOW_S:
+                    verdicts.append(
+                        Verdict(
+                            allowed=False,
+                            limit=rate,
+                            remaining=0,
+                            reset_s=max(tat - now, 0.0),
+                            retry_after_s=new_tat - WINDOW_S - now,
+                        )
+                    )
+                    continue
+                tat = new_tat
+                verdicts.append(
+                    Verdict(
+                        allowed=True,
+                        limit=rate,
+                        remaining=int((now + WINDOW_S - tat) / interval),
+                        reset_s=tat - now,
+                    )
                 )
-            value = json.dumps({"tat": new_tat, "used": now}).encode()
+            if tat == seen[0]:
+                return verdicts  # all refused: nothing to write
+            value = json.dumps({"tat": tat, "used": now}).encode()
             try:
                 written = (
-                    await kv.update(key.id, value, last=revision)
+                    await kv.update(key_id, value, last=revision)
                     if revision
-                    else await kv.create(key.id, value)
+                    else await kv.create(key_id, value)
                 )
             except KeyWrongLastSequenceError:
                 seen = None  # another replica spent some: read again
                 continue
-            self._seen[key.id] = (new_tat, written)
-            return Verdict(
-                allowed=True,
-                limit=rate,
-                remaining=int((now + WINDOW_S - new_tat) / interval),
-                reset_s=new_tat - now,
-            )
-        self._seen.pop(key.id, None)
-        # Contention this heavy is many replicas serving one key at once: let it through
-        # rather than fail a request the limit may well allow.
-        return Verdict(allowed=True, limit=rate, remaining=0, reset_s=WINDOW_S)
+            self._seen[key_id] = (tat, written)
+            return verdicts
+        self._seen.pop(key_id, None)
+        # Contention this heavy is many replicas serving one key at once: let them through
+        # rather than fail requests the limit may well allow.
+        return [Verdict(allowed=True, limit=rate, remaining=0, reset_s=WINDOW_S)] * count
 
     async def _note_use(self, key_id: str) -> None:
         now = time.time()
