@@ -42,6 +42,8 @@ class SourceRun(BaseModel):
     task_id: str
     due_at: datetime
     started_at: datetime
+    #: The maintenance replica that started it (the lease's holder).
+    started_by: str | None = None
 
 
 class Source(BaseModel):
@@ -196,12 +198,14 @@ class SourceStore:
         """The sources whose next run is due at `now`, longest waiting first."""
         return sorted((s for s in await self.all() if s.next_due <= now), key=lambda s: s.next_due)
 
-    async def note_run(self, source: Source, task_id: str, now: datetime) -> Source | None:
+    async def note_run(
+        self, source: Source, task_id: str, now: datetime, *, by: str | None = None
+    ) -> Source | None:
         """Record that the run due at `source.next_due` started as `task_id`, and when the
         next is due; nothing if the source changed its due time (or went) meanwhile."""
         due_at = source.next_due
 
-        run = SourceRun(task_id=task_id, due_at=due_at, started_at=now)
+        run = SourceRun(task_id=task_id, due_at=due_at, started_at=now, started_by=by)
 
         def noted(current: Source) -> Source | None:
             if current.last_run is not None and current.last_run.due_at >= due_at:

@@ -15,6 +15,7 @@ from helpline.gateway.routes import (
     probes,
     query,
     requests,
+    sources,
     status,
     submit,
     tasks,
@@ -33,6 +34,8 @@ API: tuple[APIRouter, ...] = (
     requests.router,
     traces.router,
     keys.router,
+    sources.writer,
+    sources.reader,
 )
 PROBES = probes.router
 CONTRACT = contract.router

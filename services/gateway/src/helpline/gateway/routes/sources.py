@@ -1,0 +1,206 @@
+"""Sources: sites crawled again every `refresh_s` by the maintenance service.
+
+Created, changed and deleted with the `submit` scope, read with `query`; a brand-limited
+key sees and changes only its brands' sources (others are simply not found).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from helpline.common.errors import InputRejected
+from helpline.common.messages import RenderMode, utcnow
+from helpline.common.records import Status
+from helpline.common.sources import Source, SourceStore, new_source
+from helpline.gateway.auth import GUARDED, Caller, check_brand, requires, visible
+from helpline.gateway.errors import NotFound
+from helpline.gateway.keys import ApiKey, Scope
+from helpline.gateway.routes.deps import TasksDep, valid_key
+from helpline.gateway.schemas import RENDER, Body, Brand, ErrorBody, PageBody, Whole
+from helpline.gateway.tasks import Tasks
+
+#: The longest refresh_s: thirty days.
+MAX_REFRESH_S = 30 * 24 * 3600
+_REFRESH = Field(description="Seconds between two crawls (at least HELPLINE_MIN_REFRESH_S).")
+_INCLUDE = Field(default=None, max_length=100, description="Path globs to follow.")
+_EXCLUDE = Field(default=None, max_length=100, description="Path globs to skip.")
+
+reader = APIRouter(tags=["sources"], dependencies=[requires(Scope.QUERY)], responses={**GUARDED})
+writer = APIRouter(tags=["sources"], dependencies=[requires(Scope.SUBMIT)], responses={**GUARDED})
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
+
+
+class SourceRequest(PageBody):
+    refresh_s: Whole = _REFRESH
+    max_pages: Whole = Field(default=100, ge=1, le=10_000)
+    max_depth: Whole = Field(default=3, ge=0, le=20)
+    include: list[str] | None = _INCLUDE
+    exclude: list[str] | None = _EXCLUDE
+    render: RenderMode = RENDER
+
+
+class SourcePatch(Body):
+    refresh_s: Whole | None = Field(default=None, description=_REFRESH.description)
+    max_pages: Whole | None = Field(default=None, ge=1, le=10_000)
+    max_depth: Whole | None = Field(default=None, ge=0, le=20)
+    include: list[str] | None = _INCLUDE
+    exclude: list[str] | None = _EXCLUDE
+    render: RenderMode | None = None
+
+
+class LastCrawl(BaseModel):
+    """A source's last scheduled crawl, as its task record tells it."""
+
+    task_id: str
+    due_at: datetime
+    started_at: datetime
+    started_by: str | None = Field(description="The maintenance replica that started it.")
+    status: Status | None = Field(description="None: its record is gone (expired).")
+    finished_at: datetime | None = None
+    pages_ok: int | None = None
+    pages_failed: int | None = None
+    chunks_indexed: int | None = None
+
+
+class SourceView(BaseModel):
+    id: str
+    url: str
+    brand: Brand
+    refresh_s: int
+    max_pages: int
+    max_depth: int
+    include: list[str]
+    exclude: list[str]
+    render: RenderMode
+    created_at: datetime
+    updated_at: datetime
+    next_due: datetime = Field(description="When the next crawl starts (within seconds).")
+    last_crawl: LastCrawl | None
+
+
+class SourceList(BaseModel):
+    items: list[SourceView]
+    next_cursor: str | None = Field(default=None, description="Always null: one page holds all.")
+
+
+def _store(tasks: Tasks) -> SourceStore:
+    return SourceStore(tasks.bus.buckets)
+
+
+def _check_refresh(request: Request, refresh_s: int) -> None:
+    floor = int(getattr(request.app.state, "min_refresh_s", 300))
+    if not floor <= refresh_s <= MAX_REFRESH_S:
+        raise InputRejected(
+            f"refresh_s must be from {floor} to {MAX_REFRESH_S} seconds", field="refresh_s"
+        )
+
+
+async def _view(tasks: Tasks, source: Source) -> SourceView:
+    last = None
+    if source.last_run is not None:
+        run = source.last_run
+        record = await tasks.store.get(run.task_id)
+        result = (record.result or {}) if record else {}
+        last = LastCrawl(
+            task_id=run.task_id,
+            due_at=run.due_at,
+            started_at=run.started_at,
+            started_by=run.started_by,
+            status=record.status if record else None,
+            finished_at=record.finished_at if record else None,
+            pages_ok=result.get("pages_ok"),
+            pages_failed=result.get("pages_failed"),
+            chunks_indexed=result.get("chunks_indexed"),
+        )
+    return SourceView(
+        **source.model_dump(exclude={"last_run"}),
+        last_crawl=last,
+    )
+
+
+async def _visible(tasks: Tasks, source_id: str, caller: ApiKey) -> Source:
+    source = await _store(tasks).get(source_id) if valid_key(source_id) else None
+    if source is None or not visible(caller, source.brand):
+        raise NotFound(f"no source with id {source_id!r}")
+    return source
+
+
+@writer.post("/sources", status_code=201, response_model=SourceView)
+async def create_source(
+    body: SourceRequest, request: Request, response: Response, tasks: TasksDep, caller: Caller
+) -> SourceView:
+    """Crawl a site now and again every `refresh_s`, at low priority; its first crawl starts
+    within seconds."""
+    check_brand(caller, body.brand)
+    _check_refresh(request, body.refresh_s)
+    source = await _store(tasks).create(
+        new_source(
+            body.url,
+            body.brand,
+            body.refresh_s,
+            max_pages=body.max_pages,
+            max_depth=body.max_depth,
+            include=body.include,
+            exclude=body.exclude,
+            render=body.render,
+        )
+    )
+    response.headers["Location"] = f"{request.base_url}api/v1/sources/{source.id}"
+    return await _view(tasks, source)
+
+
+@reader.get("/sources", response_model=SourceList)
+async def list_sources(
+    tasks: TasksDep,
+    caller: Caller,
+    brand: Annotated[str | None, Query(max_length=100)] = None,
+) -> SourceList:
+    """Every source (of `brand`; a brand-limited key: of its brands), oldest first."""
+    if brand is not None:
+        check_brand(caller, brand)
+    sources = [s for s in await _store(tasks).all(brand) if visible(caller, s.brand)]
+    return SourceList(items=[await _view(tasks, s) for s in sources])
+
+
+@reader.get("/sources/{source_id}", response_model=SourceView, responses=NOT_FOUND)
+async def get_source(source_id: str, tasks: TasksDep, caller: Caller) -> SourceView:
+    """One source, with how its last crawl went."""
+    return await _view(tasks, await _visible(tasks, source_id, caller))
+
+
+@writer.patch("/sources/{source_id}", response_model=SourceView, responses=NOT_FOUND)
+async def change_source(
+    source_id: str, body: SourcePatch, request: Request, tasks: TasksDep, caller: Caller
+) -> SourceView:
+    """Change a source's refresh or crawl options; a new `refresh_s` moves its next crawl to
+    that long after the last one started."""
+    await _visible(tasks, source_id, caller)
+    update = body.model_dump(exclude_unset=True, exclude_none=True)
+    if "refresh_s" in update:
+        _check_refresh(request, update["refresh_s"])
+
+    def changed(current: Source) -> Source:
+        now = utcnow()
+        fields: dict[str, Any] = {**update, "updated_at": now}
+        if "refresh_s" in update and current.last_run is not None:
+            following = current.last_run.started_at.timestamp() + update["refresh_s"]
+            fields["next_due"] = datetime.fromtimestamp(max(following, now.timestamp()), now.tzinfo)
+        return current.model_copy(update=fields)
+
+    source = await _store(tasks).change(source_id, changed)
+    if source is None:
+        raise NotFound(f"no source with id {source_id!r}")
+    return await _view(tasks, source)
+
+
+@writer.delete("/sources/{source_id}", status_code=204, responses=NOT_FOUND)
+async def delete_source(source_id: str, tasks: TasksDep, caller: Caller) -> Response:
+    """Stop crawling a source. Its pages stay in the index (removing them is not built yet)."""
+    await _visible(tasks, source_id, caller)
+    if not await _store(tasks).delete(source_id):
+        raise NotFound(f"no source with id {source_id!r}")
+    return Response(status_code=204)
