@@ -8,13 +8,16 @@ import logging
 import time
 
 from helpline.common.bus import Bus
+from helpline.common.leases import Lease
 from helpline.common.messages import MaintenanceTask, derived_id
 from helpline.common.runtime import retry_policy
+from helpline.common.sources import SCHEDULE_LEASE
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
 from helpline.maintenance.handlers import build_consumers
 from helpline.maintenance.settings import MaintenanceSettings
+from helpline.maintenance.sources import holder_name, schedule_sources
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class MaintenanceComponent:
     def __init__(self, settings: MaintenanceSettings) -> None:
         self.settings = settings
         self._schedule: asyncio.Task[None] | None = None
+        self._sources: asyncio.Task[None] | None = None
+        self._lease: Lease | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return build_consumers(
@@ -52,10 +57,22 @@ class MaintenanceComponent:
         every = self.settings.maintenance_reconcile_every_s
         if every > 0:
             self._schedule = asyncio.create_task(schedule(TaskStore(bus), "reconcile", every))
+        sources_every = self.settings.maintenance_sources_every_s
+        if sources_every > 0:
+            self._lease = Lease(
+                bus.buckets, SCHEDULE_LEASE, holder_name(), self.settings.maintenance_lease_ttl_s
+            )
+            self._sources = asyncio.create_task(schedule_sources(bus, self._lease, sources_every))
 
     async def stop(self) -> None:
-        if self._schedule is not None:
-            self._schedule.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._schedule
-            self._schedule = None
+        for task in (self._schedule, self._sources):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._schedule = self._sources = None
+        if self._lease is not None:
+            # Handed back at once: another replica takes the schedule without waiting a TTL.
+            with contextlib.suppress(Exception):
+                await self._lease.release()
+            self._lease = None
