@@ -47,10 +47,18 @@ textBox.addEventListener("click", (event) => {
   target?.focus();
 });
 
+// Enter asks (Shift+Enter: a new line), as in a chat box.
+form.question.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  }
+});
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const question = form.question.value.trim();
-  if (!question) return;
+  if (!question || button.disabled) return;
   const brand = form.brand.value.trim() || null;
   sessionStorage.setItem("helpline-brand", brand || "");
   let text = "";

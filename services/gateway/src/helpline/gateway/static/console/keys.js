@@ -24,7 +24,8 @@ export async function show() {
         h("td", {}, k.brands ? k.brands.join(", ") : "every brand"),
         h("td", { title: when(k.created_at) }, ago(k.created_at)),
         h("td", {}, k.last_used_at ? ago(k.last_used_at) : "never"),
-        h("td", {}, h("button", { type: "button", onclick: () => revoke(k) }, "Revoke")),
+        // The bootstrap admin key is set by HELPLINE_ADMIN_KEY; the API refuses to revoke it.
+        h("td", {}, k.id === "admin" ? "" : h("button", { type: "button", class: "danger", onclick: () => revoke(k) }, "Revoke")),
       ),
     ),
   );

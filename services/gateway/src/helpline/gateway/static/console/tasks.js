@@ -24,7 +24,7 @@ function bar(task) {
 
 function cancelButton(task) {
   if (TERMINAL.has(task.status)) return "";
-  return h("button", { type: "button", class: "cancel", onclick: () => cancel(task.task_id) }, "Cancel");
+  return h("button", { type: "button", class: "cancel danger", onclick: () => cancel(task.task_id) }, "Cancel");
 }
 
 async function cancel(id) {
