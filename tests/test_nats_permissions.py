@@ -176,6 +176,8 @@ async def test_each_service_as_its_own_user_does_its_whole_job(
             nats_password=PASSWORDS[service],
             # Scheduled reconciling: maintenance submits its own tasks and reads the ledger.
             maintenance_reconcile_every_s=0.5,
+            # Sources: maintenance holds the schedule's lease and starts their crawls.
+            maintenance_sources_every_s=0.2,
         )
 
     store = open_store(url=None, data_dir=tmp_path, collection="helpline", dim=model.dim)
@@ -225,6 +227,22 @@ async def run_the_flow(client: httpx.AsyncClient, site: str) -> None:
     brand = {"brand": "acme"}
     await finished("crawl", {"url": f"{site}/index.html", "max_pages": 6, **brand})
     await finished("scrape", {"url": f"{site}/privacy.html", **brand})
+    # A source: the gateway keeps it, maintenance starts its crawl, the scraper crawls it.
+    made = await client.post(
+        "/api/v1/sources",
+        json={"url": f"{site}/index.html", "max_pages": 3, "refresh_s": 300, **brand},
+    )
+    assert made.status_code == 201, made.text
+    source = f"/api/v1/sources/{made.json()['id']}"
+
+    async def source_crawled() -> bool:
+        last = (await client.get(source)).json()["last_crawl"]
+        return bool(last) and last["status"] == "succeeded"
+
+    assert await eventually(source_crawled, timeout_s=60)
+    assert (await client.get("/api/v1/sources")).status_code == 200
+    assert (await client.patch(source, json={"refresh_s": 600})).status_code == 200
+    assert (await client.delete(source)).status_code == 204
     await finished("scrape/batch", {"urls": [f"{site}/terms.html"], **brand})
     await finished("embed", {"documents": [{"text": "Hold reset for ten seconds.", **brand}]})
     # A page that never answers in time: retried, then dead-lettered; replayed.
