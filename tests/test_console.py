@@ -151,6 +151,13 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
             batch.get_by_label("Delay (ms)").fill("60000")
             batch.get_by_role("button", name="Scrape batch").click()
             batch_id = submitted_task(page, "batch-form")
+            # A text embedded from the form is a task that succeeds.
+            embed = page.locator("#embed-form")
+            embed.get_by_label("Title").fill("Night mode")
+            embed.get_by_label("Brand").fill("acme")
+            embed.get_by_label("Text").fill("Night mode dims every light on the X200 after 22:00.")
+            embed.get_by_role("button", name="Embed").click()
+            embed_id = submitted_task(page, "embed-form")
             page.goto(f"{up.url}/#tasks/{batch_id}")
             page.locator("#task-detail").get_by_role("button", name="Cancel").click()
             expect(page.locator(f"#task-list tr[data-task='{batch_id}']")).to_have_attribute(
@@ -220,6 +227,12 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
 
             # That query-only key is offered Ask alone, at a phone's width.
             phone = browser.new_page(viewport={"width": 390, "height": 844})
+            # A wrong key: the API's reason, and the sign-in form again.
+            phone.goto(up.url + "/")
+            phone.get_by_label("API key").fill("hl_" + "x" * 43)
+            phone.get_by_role("button", name="Sign in").click()
+            expect(phone.get_by_role("alert")).to_contain_text("not valid")
+            expect(phone.get_by_label("API key")).to_be_visible()
             sign_in(phone, up.url, agent_key)
             ptabs = phone.get_by_role("navigation", name="Panels").get_by_role("link")
             expect(ptabs.filter(visible=True)).to_have_count(1)
@@ -238,6 +251,7 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
                 headers={"Authorization": f"Bearer {agent_key}"},
             )
             assert revoked.status_code == 401
+            assert client.get(f"/api/v1/tasks/{embed_id}").json()["status"] == "succeeded"
         finally:
             browser.close()
     (out / "figures.json").write_text(json.dumps(figures))

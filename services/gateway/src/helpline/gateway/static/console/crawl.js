@@ -9,7 +9,8 @@ function body(form) {
     else if (el.type === "number") data[el.name] = Number(el.value);
     else data[el.name] = el.value.trim();
   }
-  return data;
+  // The embed route takes documents; this form makes one.
+  return form.dataset.path === "/embed" ? { documents: [data] } : data;
 }
 
 for (const form of document.querySelectorAll("#crawl form")) {
