@@ -124,6 +124,11 @@ class PageState(Message):
     title: str = ""
     # Kept for crawl pages only (None: not kept), so a 304 still leads to the linked pages.
     links: list[str] | None = None
+    # Written by the embedder when the page's chunks are indexed (the documents listing).
+    brand: str | None = None
+    fetched_at: datetime | None = None
+    indexed_at: datetime | None = None
+    task_id: str | None = None  # the scrape that indexed this version
 
 
 class ChunkBatch(TaskMessage):

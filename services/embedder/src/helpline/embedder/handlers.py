@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpline.common.answercache import bump_generation
 from helpline.common.bus import Bus
-from helpline.common.messages import ChunkBatch
+from helpline.common.messages import ChunkBatch, utcnow
 from helpline.common.pagestate import PageStates
 from helpline.common.subjects import Kind
 from helpline.common.taskpool import TaskConsumer
@@ -27,7 +27,15 @@ def build_consumers(
             # Only now is the page in the index: the next re-scrape may ask "changed since?".
             state = batch.page_state
             if state is not None:
-                state = state.model_copy(update={"chunks": len(batch.chunks)})
+                state = state.model_copy(
+                    update={
+                        "chunks": len(batch.chunks),
+                        "brand": batch.brand,
+                        "fetched_at": batch.fetched_at,
+                        "indexed_at": utcnow(),
+                        "task_id": batch.report_task_id,
+                    }
+                )
             await pages.save(batch.page_key, state)
         return result
 
