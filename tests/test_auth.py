@@ -56,6 +56,7 @@ SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/sources/{source_id}"): "query",
     ("PATCH", "/api/v1/sources/{source_id}"): "submit",
     ("DELETE", "/api/v1/sources/{source_id}"): "submit",
+    ("GET", "/api/v1/documents"): "query",
 }
 #: Routes whose body names a brand, with a body that is valid but for another brand's key.
 BRANDED: dict[tuple[str, str], dict[str, Any]] = {

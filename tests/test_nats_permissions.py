@@ -275,6 +275,7 @@ async def run_the_flow(client: httpx.AsyncClient, site: str) -> None:
         "metrics/slow-requests",
         "metrics/errors",
         "keys",
+        "documents",
     ):
         response = await client.get(f"/api/v1/{view}")
         assert response.status_code == 200, (view, response.text)

@@ -11,6 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from conftest import start_system, stop_system
+from e2e_helpers import wait_terminal
+from test_auth import make_key
+
 from helpline.cli.natsserver import NatsServer
 from helpline.common.bus import Bus
 from helpline.common.embedding import Embedder
@@ -26,8 +30,6 @@ from helpline.common.sources import (
 )
 from helpline.common.subjects import Bucket, Kind, tasks_wildcard
 from helpline.testing import ServiceProcess, bearer
-from tests.conftest import start_system, stop_system
-from tests.test_auth import make_key
 
 
 async def eventually(check: Any, timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
@@ -292,3 +294,94 @@ async def test_two_replicas_start_each_due_run_once_also_when_the_holder_is_kill
     # The stream holds each run once too: nothing consumes crawls here.
     info = await bus.js.stream_info(bus.layout.task_stream(Kind.CRAWL))
     assert info.state.messages == len(published)
+
+
+async def test_documents_are_listed_by_brand_and_source_in_pages(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder, docs_site: str
+) -> None:
+    system = await start_system(
+        nats_server.url, prefix, tmp_path, model, maintenance_sources_every_s=0.2
+    )
+    client = system.client
+    try:
+        crawl = await client.post(
+            "/api/v1/crawl",
+            json={"url": f"{docs_site}/index.html", "brand": "acme", "max_pages": 8},
+        )
+        scrape = await client.post(
+            "/api/v1/scrape", json={"url": f"{docs_site}/privacy.html", "brand": "globex"}
+        )
+        for response in (crawl, scrape):
+            record = await wait_terminal(client, response.json()["task_id"])
+            assert record["status"] == "succeeded", record
+        crawled = (await client.get(f"/api/v1/tasks/{crawl.json()['task_id']}")).json()
+        pages_ok = crawled["result"]["pages_ok"]
+
+        everything = (await client.get("/api/v1/documents", params={"limit": 1000})).json()
+        assert everything["next_cursor"] is None
+        items = everything["items"]
+        acme = [d for d in items if d["brand"] == "acme"]
+        assert len(acme) == pages_ok
+        assert [d["url"] for d in items if d["brand"] == "globex"] == [f"{docs_site}/privacy.html"]
+        assert [d["url"] for d in items] == sorted(d["url"] for d in items)
+        for document in items:
+            assert document["chunks"] >= 1, document
+            assert document["title"]
+            assert document["fetched_at"], document
+            assert document["indexed_at"], document
+            assert document["last_modified"], document  # the test site sends it
+        firewall = next(d for d in acme if d["url"].endswith("/config/firewall.html"))
+        assert firewall["task_id"]
+        assert (await client.get(f"/api/v1/tasks/{firewall['task_id']}")).json()["kind"] == "scrape"
+
+        # Pages of two: every document once, in the same order.
+        walked: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/api/v1/documents", params=params)).json()
+            assert len(page["items"]) <= 2
+            walked += [d["id"] for d in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert walked == [d["id"] for d in items]
+
+        # By brand; by source (its brand's pages under its root URL).
+        by_brand = (await client.get("/api/v1/documents", params={"brand": "globex"})).json()
+        assert [d["brand"] for d in by_brand["items"]] == ["globex"]
+        source = (
+            await client.post(
+                "/api/v1/sources",
+                json={
+                    "url": f"{docs_site}/config/firewall.html",
+                    "brand": "acme",
+                    "refresh_s": 3600,
+                },
+            )
+        ).json()
+        in_source = (await client.get("/api/v1/documents", params={"source": source["id"]})).json()[
+            "items"
+        ]
+        expected = [d["url"] for d in acme if d["url"].startswith(f"{docs_site}/config/")]
+        assert expected
+        assert [d["url"] for d in in_source] == expected
+
+        # Bad input names its field; a brand-limited key sees only its brand's documents.
+        for params, field in (({"cursor": "nonsense!"}, "cursor"), ({"limit": 0}, "limit")):
+            response = await client.get("/api/v1/documents", params=params)
+            assert response.status_code == 422, response.text
+            assert any(field in e["field"] for e in response.json()["errors"]), response.json()
+        missing = await client.get("/api/v1/documents", params={"source": "nope"})
+        assert missing.status_code == 404
+        globex = bearer(await make_key(client, scopes=["query"], brands=["globex"]))
+        seen = (await client.get("/api/v1/documents", headers=globex)).json()["items"]
+        assert [d["brand"] for d in seen] == ["globex"]
+        hidden = await client.get(
+            "/api/v1/documents", params={"source": source["id"]}, headers=globex
+        )
+        assert hidden.status_code == 404
+        refused = await client.get("/api/v1/documents", params={"brand": "acme"}, headers=globex)
+        assert refused.status_code == 403
+    finally:
+        await stop_system(system)

@@ -186,6 +186,7 @@ def _gateway(g: _Grants) -> None:
     g.kv_read(Bucket.SOURCES)  # sources: created, listed, changed, deleted
     g.kv_write(Bucket.SOURCES)
     g.watch(Bucket.SOURCES)
+    g.watch(Bucket.PAGES)  # the documents listing
     # Clearing the answer cache.
     g.publish.add(f"{_API}.STREAM.PURGE.{g.kv_stream(Bucket.ANSWERS)}")
 

@@ -10,6 +10,7 @@ from helpline.gateway.routes import (
     console,
     contract,
     dlq,
+    documents,
     keys,
     metrics,
     probes,
@@ -36,6 +37,7 @@ API: tuple[APIRouter, ...] = (
     keys.router,
     sources.writer,
     sources.reader,
+    documents.router,
 )
 PROBES = probes.router
 CONTRACT = contract.router

@@ -1,0 +1,87 @@
+"""Indexed documents, as the `pages` bucket remembers them (`pagestate`), listed in pages.
+
+Listed by URL (then key), so a page keeps its place when it is fetched again; the cursor is
+the last item's place. A source's documents are its brand's pages under its root URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from helpline.common.errors import InputRejected
+from helpline.common.kvscan import kv_entries
+from helpline.common.messages import PageState
+from helpline.common.subjects import Bucket
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from helpline.common.kv import Buckets
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str  # its key in the `pages` bucket
+    state: PageState
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    items: list[Document]
+    next_cursor: str | None
+
+
+def encode_cursor(document: Document) -> str:
+    raw = json.dumps([document.state.url, document.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The place a cursor stands for; a cursor not made here is refused (field `cursor`)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        url, key = json.loads(raw)
+        if isinstance(url, str) and isinstance(key, str):
+            return url, key
+    except (ValueError, TypeError):
+        pass
+    raise InputRejected("not a cursor this list gave", field="cursor")
+
+
+def under(root_url: str) -> Callable[[str], bool]:
+    """Whether a URL lies under `root_url`'s folder (a crawl's own pages)."""
+    folder = root_url.split("#", 1)[0].split("?", 1)[0]
+    scheme_end = folder.find("://") + 3
+    if "/" in folder[scheme_end:]:
+        folder = folder[: folder.rindex("/") + 1]
+    else:
+        folder += "/"
+    return lambda url: url.startswith(folder) or url == folder.rstrip("/")
+
+
+async def list_documents(
+    buckets: Buckets,
+    *,
+    keep: Callable[[PageState], bool],
+    limit: int,
+    cursor: str | None = None,
+) -> DocumentPage:
+    """The indexed pages `keep` accepts, by URL, `limit` at a time from after `cursor`."""
+    after = decode_cursor(cursor) if cursor else None
+    found: dict[str, Document] = {}
+    async for entry in kv_entries(await buckets.get(Bucket.PAGES)):
+        try:
+            state = PageState.model_validate_json(entry.value)
+        except ValueError:
+            continue
+        if keep(state):
+            found[entry.key] = Document(entry.key, state)
+    ordered = sorted(found.values(), key=lambda d: (d.state.url, d.id))
+    if after is not None:
+        ordered = [d for d in ordered if (d.state.url, d.id) > after]
+    items = ordered[:limit]
+    more = len(ordered) > limit
+    return DocumentPage(items, encode_cursor(items[-1]) if more and items else None)
