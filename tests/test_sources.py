@@ -94,6 +94,7 @@ async def test_sources_api(
         url = f"{docs_site}/config/"
         for body, field in (
             ({"url": url, "brand": "acme", "refresh_s": 59}, "refresh_s"),
+            ({"url": url, "brand": "acme", "refresh_s": 0}, "refresh_s"),
             ({"url": url, "brand": "acme", "refresh_s": 31 * 24 * 3600}, "refresh_s"),
             ({"url": "ftp://x/", "brand": "acme", "refresh_s": 60}, "url"),
             ({"url": url, "brand": "a b", "refresh_s": 60}, "brand"),
@@ -106,6 +107,9 @@ async def test_sources_api(
             assert response.status_code == 422, (body, response.text)
             fields = [e["field"] for e in response.json()["errors"]]
             assert any(field in f for f in fields), (body, response.json())
+            # One shape for every 422 (the document's `FieldError`).
+            for error in response.json()["errors"]:
+                assert set(error) == {"field", "location", "message", "type"}, error
 
         created = await client.post(
             "/api/v1/sources",
@@ -368,10 +372,17 @@ async def test_documents_are_listed_by_brand_and_source_in_pages(
         assert [d["url"] for d in in_source] == expected
 
         # Bad input names its field; a brand-limited key sees only its brand's documents.
-        for params, field in (({"cursor": "nonsense!"}, "cursor"), ({"limit": 0}, "limit")):
+        for params, field in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit")):
             response = await client.get("/api/v1/documents", params=params)
             assert response.status_code == 422, response.text
             assert any(field in e["field"] for e in response.json()["errors"]), response.json()
+        # Any cursor is a place in the order: one not made here starts somewhere, no error.
+        middle = items[len(items) // 2]
+        resumed = await client.get(
+            "/api/v1/documents", params={"cursor": f"{middle['id']}:{middle['url']}"}
+        )
+        assert [d["id"] for d in resumed.json()["items"]] == walked[len(items) // 2 + 1 :]
+        assert (await client.get("/api/v1/documents", params={"cursor": "z"})).status_code == 200
         missing = await client.get("/api/v1/documents", params={"source": "nope"})
         assert missing.status_code == 404
         globex = bearer(await make_key(client, scopes=["query"], brands=["globex"]))

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, BeforeValidator, Field
 
-from helpline.common.errors import InputRejected
 from helpline.common.messages import RenderMode, utcnow
 from helpline.common.records import Status
 from helpline.common.sources import Source, SourceStore, new_source
@@ -20,12 +20,28 @@ from helpline.gateway.auth import GUARDED, Caller, check_brand, requires, visibl
 from helpline.gateway.errors import NotFound
 from helpline.gateway.keys import ApiKey, Scope
 from helpline.gateway.routes.deps import TasksDep, valid_key
-from helpline.gateway.schemas import RENDER, Body, Brand, ErrorBody, PageBody, Whole
+from helpline.gateway.schemas import RENDER, Body, Brand, ErrorBody, PageBody, _whole_number
 from helpline.gateway.tasks import Tasks
 
 #: The longest refresh_s: thirty days.
 MAX_REFRESH_S = 30 * 24 * 3600
-_REFRESH = Field(description="Seconds between two crawls (at least HELPLINE_MIN_REFRESH_S).")
+#: The floor the document states: HELPLINE_MIN_REFRESH_S's default (a lowered floor, as in
+#: tests, accepts more than the document promises, never less).
+DOCUMENTED_MIN_REFRESH_S = 300
+# The constraints before the whole-number check, so the document states them as JSON Schema
+# (after it, pydantic writes them as its own `ge`/`le`, which checkers ignore).
+RefreshS = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_REFRESH_S,
+        description="Seconds between two crawls, at least HELPLINE_MIN_REFRESH_S (300 unless set).",
+        json_schema_extra={"minimum": DOCUMENTED_MIN_REFRESH_S},
+    ),
+    BeforeValidator(_whole_number),
+]
+MaxPages = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(_whole_number)]
+MaxDepth = Annotated[int, Field(ge=0, le=20), BeforeValidator(_whole_number)]
 _INCLUDE = Field(default=None, max_length=100, description="Path globs to follow.")
 _EXCLUDE = Field(default=None, max_length=100, description="Path globs to skip.")
 
@@ -35,18 +51,18 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
 
 
 class SourceRequest(PageBody):
-    refresh_s: Whole = _REFRESH
-    max_pages: Whole = Field(default=100, ge=1, le=10_000)
-    max_depth: Whole = Field(default=3, ge=0, le=20)
+    refresh_s: RefreshS
+    max_pages: MaxPages = 100
+    max_depth: MaxDepth = 3
     include: list[str] | None = _INCLUDE
     exclude: list[str] | None = _EXCLUDE
     render: RenderMode = RENDER
 
 
 class SourcePatch(Body):
-    refresh_s: Whole | None = Field(default=None, description=_REFRESH.description)
-    max_pages: Whole | None = Field(default=None, ge=1, le=10_000)
-    max_depth: Whole | None = Field(default=None, ge=0, le=20)
+    refresh_s: RefreshS | None = None
+    max_pages: MaxPages | None = None
+    max_depth: MaxDepth | None = None
     include: list[str] | None = _INCLUDE
     exclude: list[str] | None = _EXCLUDE
     render: RenderMode | None = None
@@ -92,10 +108,17 @@ def _store(tasks: Tasks) -> SourceStore:
 
 
 def _check_refresh(request: Request, refresh_s: int) -> None:
-    floor = int(getattr(request.app.state, "min_refresh_s", 300))
-    if not floor <= refresh_s <= MAX_REFRESH_S:
-        raise InputRejected(
-            f"refresh_s must be from {floor} to {MAX_REFRESH_S} seconds", field="refresh_s"
+    floor = int(getattr(request.app.state, "min_refresh_s", DOCUMENTED_MIN_REFRESH_S))
+    if refresh_s < floor:
+        # As a body that does not validate: the same 422, field and location named.
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "refresh_s"),
+                    "msg": f"must be at least {floor} seconds (HELPLINE_MIN_REFRESH_S)",
+                    "type": "greater_than_equal",
+                }
+            ]
         )
 
 
