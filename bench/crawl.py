@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from helpline.common.guard import AllowList
 from helpline.common.messages import CrawlScope
 from helpline.scraper.fetch import Fetcher
-from helpline.scraper.guard import AllowList
 from helpline.scraper.parsing import Parser
 from helpline.scraper.urls import in_scope
 from helpline.testing import HelplineUp, serve_site_process

@@ -33,11 +33,11 @@ from pathlib import Path
 from results import capture
 
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
+from helpline.common.guard import AllowList
 from helpline.common.messages import utcnow
 from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.extract import parse_html
 from helpline.scraper.fetch import FetchResult
-from helpline.scraper.guard import AllowList
 from helpline.scraper.render import Renderer, visible_text_length
 from helpline.scraper.shells import assess
 from helpline.testing import serve_site

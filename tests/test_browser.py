@@ -25,12 +25,12 @@ from helpline.cli.natsserver import NatsServer, free_port
 from helpline.common.breaker import BreakerPolicy, CircuitBreaker
 from helpline.common.embedding import Embedder
 from helpline.common.errors import Retryable
+from helpline.common.guard import AllowList
 from helpline.common.messages import utcnow
 from helpline.common.processes import group_members, marked_processes
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import FetchResult
-from helpline.scraper.guard import AllowList
 from helpline.scraper.render import Renderer
 from helpline.testing import serve_site
 
@@ -377,7 +377,7 @@ def test_a_killed_scraper_leaves_no_browser(site: str, chromium: str) -> None:
         from helpline.common.breaker import BreakerPolicy, CircuitBreaker
         from helpline.common.messages import utcnow
         from helpline.scraper.fetch import FetchResult
-        from helpline.scraper.guard import AllowList
+        from helpline.common.guard import AllowList
         from helpline.scraper.browser import BrowserOptions, BrowserPool
         from helpline.scraper.render import Renderer
 

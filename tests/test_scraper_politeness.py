@@ -20,10 +20,10 @@ from e2e_helpers import wait_terminal
 
 from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
+from helpline.common.guard import AllowList
 from helpline.common.runtime import Host
 from helpline.scraper.app import ScraperComponent
 from helpline.scraper.fetch import Fetcher
-from helpline.scraper.guard import AllowList
 from helpline.scraper.politeness import Politeness, Robots
 from helpline.scraper.settings import ScraperSettings
 

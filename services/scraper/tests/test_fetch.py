@@ -17,15 +17,10 @@ import httpx
 import pytest
 
 from helpline.common.errors import BlockedAddress, Permanent, Retryable
+from helpline.common.guard import AllowList
+from helpline.common.httpguard import GuardedTransport, parse_retry_after
 from helpline.scraper.bodies import decode_body
-from helpline.scraper.fetch import (
-    DEFAULT_USER_AGENT,
-    Fetcher,
-    GuardedTransport,
-    Validators,
-    parse_retry_after,
-)
-from helpline.scraper.guard import AllowList
+from helpline.scraper.fetch import DEFAULT_USER_AGENT, Fetcher, Validators
 
 LOOPBACK = AllowList.parse("127.0.0.1")
 PAGE = (

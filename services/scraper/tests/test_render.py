@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from helpline.common.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from helpline.common.guard import AllowList
 from helpline.common.messages import RenderMode, utcnow
 from helpline.scraper.browser import BrowserOptions, BrowserPool, BrowserUnavailable
 from helpline.scraper.extract import parse_html
 from helpline.scraper.fetch import FetchResult
-from helpline.scraper.guard import AllowList
 from helpline.scraper.render import Renderer, needs_browser, visible_text_length
 from helpline.scraper.shells import assess, main_text_chars
 

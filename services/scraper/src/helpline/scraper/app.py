@@ -6,12 +6,12 @@ import asyncio
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
+from helpline.common.guard import AllowList
 from helpline.common.runtime import retry_policy
 from helpline.common.subjects import Bucket
 from helpline.common.taskpool import TaskConsumer
 from helpline.scraper.browser import BrowserOptions, BrowserPool
 from helpline.scraper.fetch import Fetcher
-from helpline.scraper.guard import AllowList
 from helpline.scraper.handlers import ChunkingLimits, Scraper, build_consumers
 from helpline.scraper.parsing import Parser
 from helpline.scraper.politeness import Politeness

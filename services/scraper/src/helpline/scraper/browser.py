@@ -36,6 +36,7 @@ from playwright.async_api import (
 from playwright.async_api import Error as PlaywrightError
 
 from helpline.common.errors import Permanent, Retryable
+from helpline.common.guard import AllowList
 from helpline.common.processes import (
     find_process_group,
     group_memory_bytes,
@@ -43,7 +44,6 @@ from helpline.common.processes import (
     kill_marked,
     pdeathsig_script,
 )
-from helpline.scraper.guard import AllowList
 from helpline.scraper.routing import GuardedRouter, RenderState
 
 _LAUNCH_ARGS = (

@@ -21,8 +21,8 @@ import httpx
 from playwright.async_api import BrowserContext, Request, Route, WebSocketRoute
 
 from helpline.common.errors import BlockedAddress, HelplineError, Permanent
-from helpline.scraper.fetch import GuardedTransport
-from helpline.scraper.guard import AllowList, resolve_checked
+from helpline.common.guard import AllowList, resolve_checked
+from helpline.common.httpguard import GuardedTransport
 
 # What text extraction never needs; skipping them also keeps the guard's work small.
 _SKIPPED_RESOURCES = frozenset({"image", "media", "font"})

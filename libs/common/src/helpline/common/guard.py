@@ -1,4 +1,5 @@
-"""The SSRF guard: the scraper connects only to public addresses, or to hosts allowed by name."""
+"""The SSRF guard: connect only to public addresses, or to hosts allowed by name (the scraper's
+fetches and the webhooks' deliveries)."""
 
 from __future__ import annotations
 

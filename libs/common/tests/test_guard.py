@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from helpline.common.errors import BlockedAddress, Permanent, Retryable
-from helpline.scraper.guard import AllowList, is_public, resolve_checked
+from helpline.common.guard import AllowList, is_public, resolve_checked
 
 NOTHING = AllowList.parse("")
 
