@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -115,9 +118,40 @@ def spans() -> InMemorySpanExporter:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """One real nats-server (JetStream) for the session; tests isolate by prefix."""
-    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+    """One real nats-server (JetStream) for the session; tests isolate by prefix.
+
+    Its memory store is budgeted explicitly (nats-server's default is 75% of the machine's
+    memory, so a leak of streams would fail on a small CI machine only): every in-memory
+    stream with a byte limit (the request log, the trace store) reserves that limit, and
+    the `prefix` fixture drops a test's streams when it ends."""
+    with NatsServer(tmp_path_factory.mktemp("nats"), max_memory_store=TEST_MEMORY_STORE) as server:
         yield server
+
+
+#: The session server's memory store: a handful of systems alive at once, each reserving
+#: the request log's and the trace store's byte limits, with room to spare.
+TEST_MEMORY_STORE = 3 * 1024**3
+
+
+def drop_streams(nats_url: str, prefix: str) -> None:
+    """Delete every stream and bucket of `prefix` on the server (their reservations too).
+    Run in a thread of its own: it is called from fixture teardown, outside the test's loop."""
+
+    async def drop() -> None:
+        upper = prefix.upper().replace(".", "_")
+        owned = (f"{upper}_", f"KV_{upper}_", f"OBJ_{upper}_")
+        connection = await nats.connect(nats_url, name=f"drop-{prefix}")
+        try:
+            js = connection.jetstream()
+            for info in await js.streams_info():
+                name = info.config.name or ""
+                if name.upper().startswith(owned):
+                    await js.delete_stream(name)
+        finally:
+            await connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, drop()).result(timeout=30)
 
 
 @pytest.fixture
@@ -138,9 +172,11 @@ def model() -> Embedder:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """Each test gets its own subjects, streams and buckets."""
-    return f"t{uuid.uuid4().hex[:10]}"
+def prefix(nats_server: NatsServer) -> Iterator[str]:
+    """Each test gets its own subjects, streams and buckets, deleted when it ends."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_streams(nats_server.url, name)
 
 
 @pytest.fixture(scope="session")

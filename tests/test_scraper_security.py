@@ -6,6 +6,7 @@ loopback address, so every way of spelling or reaching it must be refused before
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import zlib
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import System, start_system, stop_system
+from conftest import System, drop_streams, start_system, stop_system
 from e2e_helpers import wait_terminal
 
 from helpline.cli.natsserver import NatsServer
@@ -165,16 +166,15 @@ def hostile(canary: Server) -> Iterator[Server]:
 async def shared(
     nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, model: Embedder
 ) -> AsyncIterator[System]:
+    prefix = "tsec" + str(time.monotonic_ns())[-8:]
     system = await start_system(
-        nats_server.url,
-        "tsec" + str(time.monotonic_ns())[-8:],
-        Path(tmp_path_factory.mktemp("security")),
-        model,
+        nats_server.url, prefix, Path(tmp_path_factory.mktemp("security")), model
     )
     try:
         yield system
     finally:
         await stop_system(system)
+        await asyncio.to_thread(drop_streams, nats_server.url, prefix)
 
 
 async def scrape(system: System, url: str) -> dict[str, Any]:

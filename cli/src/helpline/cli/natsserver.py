@@ -88,6 +88,7 @@ class NatsServer:
         sync_always: bool = False,
         password: str | None = None,
         config: str = "",
+        max_memory_store: int | None = None,
     ):
         self.store_dir = store_dir
         # JetStream writes reach the OS at once but are fsynced every 2 minutes by default:
@@ -98,6 +99,9 @@ class NatsServer:
         self.port = port or free_port(host)
         self.password = password
         self.config = config
+        # JetStream's budget for in-memory streams, in bytes (the server's default: 75% of
+        # the machine's memory). A stream with a byte limit reserves all of it up front.
+        self.max_memory_store = max_memory_store
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = store_dir / "nats-server.log"
 
@@ -122,7 +126,10 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir / "nats-server.conf"
         sync = ', sync_interval: "always"' if self.sync_always else ""
-        text = f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} {sync} }}\n"
+        memory = (
+            "" if self.max_memory_store is None else f", max_memory_store: {self.max_memory_store}"
+        )
+        text = f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} {sync}{memory} }}\n"
         if self.password is not None:
             user, password = json.dumps(USER), json.dumps(self.password)
             text += f"authorization {{ user: {user}, password: {password} }}\n"
