@@ -229,7 +229,9 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"which, comma-separated: {', '.join(CONFIGS)}"
+        "--configs",
+        default=",".join(CONFIGS),
+        help="which, comma-separated: " + ", ".join(CONFIGS).replace("%", "%%"),
     )
     args = parser.parse_args()
     if args.store_cost:
