@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -91,14 +92,14 @@ def test_restart_keeps_index_and_task_records(tmp_path: Path, docs_site: str) ->
         assert httpx.get(f"{up.url}/api/v1/tasks", timeout=10).status_code == 401
         # The CLI finds the key there (HELPLINE_DATA_DIR) by itself.
         cli = subprocess.run(
-            [str(Path(sys.executable).parent / "helpline"), "task", crawl_id],
+            [str(Path(sys.executable).parent / "helpline"), "task", crawl_id, "--json"],
             env={**os.environ, "HELPLINE_DATA_DIR": str(data_dir), "HELPLINE_API_URL": up.url},
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert cli.returncode == 0, cli.stderr
-        assert '"status": "succeeded"' in cli.stdout
+        assert json.loads(cli.stdout)["status"] == "succeeded"
         # Once started, up's process and the gateway's froze what startup loaded.
         log = up.log_path.read_text()
         assert log.count("objects from startup frozen") == 2, log[-2000:]

@@ -13,7 +13,7 @@ from helpline.common.serving.settings import ServingSettings
 class CliSettings(ServingSettings):
     api_url: str = Field(
         default="",
-        description="Gateway base URL for `crawl` and `ask` (default: http://HTTP_HOST:HTTP_PORT).",
+        description="The gateway the CLI's commands call (default: http://HTTP_HOST:HTTP_PORT).",
     )
     admin_key: SecretStr | None = Field(
         default=None,
