@@ -57,6 +57,13 @@ SCOPES: dict[tuple[str, str], str] = {
     ("PATCH", "/api/v1/sources/{source_id}"): "submit",
     ("DELETE", "/api/v1/sources/{source_id}"): "submit",
     ("GET", "/api/v1/documents"): "query",
+    ("POST", "/api/v1/webhooks"): "submit",
+    ("GET", "/api/v1/webhooks"): "submit",
+    ("GET", "/api/v1/webhooks/{webhook_id}"): "submit",
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): "submit",
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): "submit",
+    ("POST", "/api/v1/webhooks/{webhook_id}/test"): "submit",
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): "submit",
 }
 #: Routes whose body names a brand, with a body that is valid but for another brand's key.
 BRANDED: dict[tuple[str, str], dict[str, Any]] = {
@@ -65,6 +72,11 @@ BRANDED: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/scrape/batch"): {"urls": ["http://127.0.0.1:9/"], "brand": "globex"},
     ("POST", "/api/v1/embed"): {"documents": [{"text": "x", "brand": "globex"}]},
     ("POST", "/api/v1/query"): {"question": "what?", "brand": "globex"},
+    ("POST", "/api/v1/webhooks"): {
+        "url": "http://127.0.0.1:9/",
+        "events": ["task.failed"],
+        "brand": "globex",
+    },
 }
 
 

@@ -65,7 +65,7 @@ WORKS = {
     "scraper": (subjects.Kind.SCRAPE, subjects.Kind.CRAWL),
     "embedder": (subjects.Kind.EMBED,),
     "rag": (subjects.Kind.QUERY,),
-    "maintenance": (subjects.Kind.MAINTENANCE,),
+    "maintenance": (subjects.Kind.MAINTENANCE, subjects.Kind.WEBHOOK),
 }
 CONSUMER = re.compile(
     rf"^({'|'.join(k.value for k in subjects.Kind)})-({'|'.join(p.value for p in subjects.Priority)})$"

@@ -33,6 +33,7 @@ WORKED_BY = {
     Kind.EMBED: "embedder",
     Kind.QUERY: "rag",
     Kind.MAINTENANCE: "maintenance",
+    Kind.WEBHOOK: "maintenance",
 }
 
 

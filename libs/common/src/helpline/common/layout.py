@@ -138,6 +138,9 @@ class BusLayout:
             # Sources last until deleted; a lease's expiry is in its value (`leases`).
             Bucket.SOURCES: 0.0,
             Bucket.LEASES: 0.0,
+            # Webhooks last until deleted; their deliveries as long as task records.
+            Bucket.WEBHOOKS: 0.0,
+            Bucket.DELIVERIES: self.task_record_ttl_s,
         }[name]
         return api.KeyValueConfig(
             bucket=self.bucket(name),

@@ -201,6 +201,18 @@ class MaintenanceTask(TaskMessage):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class WebhookTask(TaskMessage):
+    """One event for one webhook, delivered signed (`webhooks`); the same `message_id` (its
+    `webhook-id` header) and body on every attempt. The secret is read at delivery, never
+    carried on the bus."""
+
+    webhook_id: str
+    message_id: str
+    event: str
+    body: str
+    brand: str | None = None
+
+
 class EventType(StrEnum):
     CREATED = "created"
     STARTED = "started"
@@ -273,4 +285,5 @@ TASK_MODELS: dict[Kind, type[TaskMessage]] = {
     Kind.EMBED: ChunkBatch,
     Kind.QUERY: QueryTask,
     Kind.MAINTENANCE: MaintenanceTask,
+    Kind.WEBHOOK: WebhookTask,
 }

@@ -187,6 +187,11 @@ def _gateway(g: _Grants) -> None:
     g.kv_write(Bucket.SOURCES)
     g.watch(Bucket.SOURCES)
     g.watch(Bucket.PAGES)  # the documents listing
+    # Webhooks: registered, listed, changed, deleted, followed for the tracker's
+    # announcements; their deliveries started (listed as pending) and listed.
+    g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)
+    g.kv_write(Bucket.WEBHOOKS, Bucket.DELIVERIES)
+    g.watch(Bucket.WEBHOOKS, Bucket.DELIVERIES)
     # Clearing the answer cache.
     g.publish.add(f"{_API}.STREAM.PURGE.{g.kv_stream(Bucket.ANSWERS)}")
 
@@ -231,6 +236,10 @@ def _maintenance(g: _Grants) -> None:
     g.kv_read(Bucket.SOURCES, Bucket.LEASES)
     g.kv_write(Bucket.SOURCES, Bucket.LEASES)
     g.watch(Bucket.SOURCES)
+    # Delivers webhooks: reads each one's secret, notes every attempt.
+    g.work(Kind.WEBHOOK)
+    g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)
+    g.kv_write(Bucket.DELIVERIES)
 
 
 _SERVICE_GRANTS = {

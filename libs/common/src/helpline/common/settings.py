@@ -145,6 +145,29 @@ class HelplineSettings(BaseSettings):
         return self.trace_store if self.trace_store is not None else not self.otlp_endpoint
 
 
+class WebhookAddressSettings(BaseSettings):
+    """Which receivers webhooks may reach (read at registration and at every delivery)."""
+
+    model_config = SettingsConfigDict(env_prefix="HELPLINE_", extra="ignore")
+
+    webhook_allowed_hosts: str | None = Field(
+        default=None,
+        description="Hosts or CIDRs webhook receivers may be at although not public "
+        "(comma-separated); unset, HELPLINE_SCRAPER_ALLOWED_HOSTS.",
+    )
+    scraper_allowed_hosts: str = Field(
+        default="",
+        description="Hosts or CIDRs exempt from the public-address rule (comma-separated), e.g. 127.0.0.1.",
+    )
+
+    @property
+    def webhook_allowed(self) -> str:
+        """The allow list webhook receivers are checked against."""
+        if self.webhook_allowed_hosts is not None:
+            return self.webhook_allowed_hosts
+        return self.scraper_allowed_hosts
+
+
 class StoreSettings(BaseSettings):
     """The vector store and the embedding model, shared by the embedder and rag."""
 

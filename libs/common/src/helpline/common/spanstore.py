@@ -61,6 +61,7 @@ _SERVICE_OF_KIND = {
     Kind.EMBED: "embedder",
     Kind.QUERY: "rag",
     Kind.MAINTENANCE: "maintenance",
+    Kind.WEBHOOK: "maintenance",
 }
 _HTTP_SCOPES = ("opentelemetry.instrumentation.fastapi", "opentelemetry.instrumentation.asgi")
 _TASK_SPAN = re.compile(r"\.tasks\.(?P<kind>[a-z]+)\.[a-z]+ process$")

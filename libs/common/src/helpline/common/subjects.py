@@ -11,6 +11,7 @@ class Kind(StrEnum):
     EMBED = "embed"
     QUERY = "query"
     MAINTENANCE = "maintenance"
+    WEBHOOK = "webhook"  # one signed delivery to a webhook (`webhooks`), worked by maintenance
 
 
 class Priority(StrEnum):
@@ -129,6 +130,8 @@ class Bucket(StrEnum):
     RATES = "rates"  # per API key: its rate limit's state (the gateway's `ratelimit`)
     SOURCES = "sources"  # sites crawled on a schedule (`sources`)
     LEASES = "leases"  # who holds a replicated job, until when (`leases`)
+    WEBHOOKS = "webhooks"  # webhook subscriptions with their signing secrets (`webhooks`)
+    DELIVERIES = "deliveries"  # per webhook: its recent deliveries (`webhooks`)
 
 
 def bucket(name: str, prefix: str = PREFIX) -> str:

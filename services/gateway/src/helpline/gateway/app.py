@@ -9,8 +9,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from helpline.common.bus import Bus
+from helpline.common.guard import AllowList
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
+from helpline.common.webhooks import Announcer, DeliveryLog, WebhookStore
 from helpline.gateway import errors, openapi
 from helpline.gateway.keys import KeyStore
 from helpline.gateway.limits import BoundedRequests
@@ -50,6 +52,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.queries_in_flight = 0
     app.state.max_inflight_queries = settings.max_inflight_queries
     app.state.min_refresh_s = settings.min_refresh_s
+    app.state.webhooks = None
+    app.state.webhook_allow = AllowList.parse(settings.webhook_allowed)
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(PROBES)
@@ -99,6 +103,7 @@ class GatewayComponent:
         self.tracker: Tracker | None = None
         self.store: TaskStore | None = None
         self.keys: KeyStore | None = None
+        self.webhooks: WebhookStore | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
         return []
@@ -110,7 +115,11 @@ class GatewayComponent:
         await store.follow()
         self.tasks = Tasks(bus, store, answer_cache=self.settings.answer_cache)
         await self.tasks.start()
+        webhooks = self.webhooks = WebhookStore(bus.buckets)
+        await webhooks.follow()
+        announcer = Announcer(webhooks, store, DeliveryLog(bus.buckets))
         self.tracker = Tracker(bus, store, batch=self.settings.tracker_batch)
+        self.tracker.announcer = announcer
         await self.tracker.start()
         keys = self.keys = KeyStore(bus)
         await keys.follow()
@@ -125,17 +134,22 @@ class GatewayComponent:
         self.app.state.keys = keys
         self.app.state.tasks = self.tasks
         self.app.state.request_log = RequestLog(bus)
+        self.app.state.webhooks = announcer
 
     async def stop(self) -> None:
         self.app.state.tasks = None
         self.app.state.request_log = None
         self.app.state.keys = None
+        self.app.state.webhooks = None
         if self.keys is not None:
             await self.keys.stop()
             self.keys = None
         if self.tracker is not None:
             await self.tracker.stop()
             self.tracker = None
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+            self.webhooks = None
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 
-from helpline.common.settings import HelplineSettings
+from helpline.common.settings import HelplineSettings, WebhookAddressSettings
 
 
-class GatewaySettings(HelplineSettings):
+class GatewaySettings(HelplineSettings, WebhookAddressSettings):
     query_timeout_s: float = Field(
         default=10.0, description="How long a query may take before 504."
     )

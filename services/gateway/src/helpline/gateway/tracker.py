@@ -13,6 +13,11 @@ created it counts the child, and a batch adds all the children it counted to eac
 in one compare-and-swap. The parent finishes when every page it claimed has finished. If
 that update fails after the ledger was written (a timeout, a crash in between), the
 parent is recounted from the ledger (`recount`) instead of being left short.
+
+Webhooks. Every terminal state the tracker applies, a parent's included, is announced here
+and nowhere else (`webhooks.Announcer.task_finished`), before the events are acknowledged;
+an outcome applied again announces again under the same derived delivery ids, which the
+task store and the bus turn into nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from helpline.common.messages import EventType, TaskEvent, utcnow
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord, apply_event
 from helpline.common.taskstore import TaskStore
+from helpline.common.webhooks import Announcer
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -148,6 +154,8 @@ class Tracker:
         self._puller: Puller | None = None
         self._loop: asyncio.Task[None] | None = None
         self._brands: dict[str, str | None] = {}
+        #: Announces terminal states to webhooks (`webhooks.Announcer`); None: nobody listens.
+        self.announcer: Announcer | None = None
 
     async def start(self) -> None:
         """Bind the shared durable consumer and start applying events."""
@@ -252,7 +260,13 @@ class Tracker:
         if not any(e.type.outcome for e in events):
             return applied
         record = updated or await self.store.get(task_id)
-        if record is None or not record.status.terminal or not record.parent_id:
+        if record is None or not record.status.terminal:
+            return applied
+        if self.announcer is not None:
+            # Also for an outcome seen again (its first announcement may have failed): the
+            # deliveries' ids are derived from the task and its state, so they go out once.
+            await self.announcer.task_finished(record)
+        if not record.parent_id:
             return applied
         ok = record.status is Status.SUCCEEDED
         chunks = int((record.result or {}).get("chunks_indexed", 0)) if ok else 0
@@ -312,5 +326,7 @@ class Tracker:
             ),
         )
         if updated is not None and updated.status.terminal:
+            if self.announcer is not None:
+                await self.announcer.task_finished(updated)
             await self.crawls.mark_closed(parent_id)
         return updated

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import time
 
+from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
+from helpline.common.guard import AllowList
 from helpline.common.leases import Lease
 from helpline.common.messages import MaintenanceTask, derived_id
 from helpline.common.runtime import retry_policy
@@ -18,6 +20,7 @@ from helpline.common.taskstore import TaskStore
 from helpline.maintenance.handlers import build_consumers
 from helpline.maintenance.settings import MaintenanceSettings
 from helpline.maintenance.sources import holder_name, schedule_sources
+from helpline.maintenance.webhooks import Deliverer, build_consumer, retry_for
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,21 @@ class MaintenanceComponent:
         self._schedule: asyncio.Task[None] | None = None
         self._sources: asyncio.Task[None] | None = None
         self._lease: Lease | None = None
+        self._deliverer: Deliverer | None = None
 
     def consumers(self, bus: Bus) -> list[TaskConsumer]:
-        return build_consumers(
+        s = self.settings
+        self._deliverer = Deliverer(
             bus,
-            concurrency=self.settings.maintenance_concurrency,
-            policy=retry_policy(self.settings),
+            AllowList.parse(s.webhook_allowed),
+            retry_for(s.webhook_backoff_base_s, s.webhook_backoff_cap_s, s.webhook_max_attempts),
+            BreakerPolicy(failures=s.webhook_breaker_failures, open_s=s.webhook_breaker_open_s),
+            timeout_s=s.webhook_timeout_s,
         )
+        return [
+            *build_consumers(bus, concurrency=s.maintenance_concurrency, policy=retry_policy(s)),
+            build_consumer(bus, self._deliverer, concurrency=s.webhook_concurrency),
+        ]
 
     async def start(self, bus: Bus) -> None:
         every = self.settings.maintenance_reconcile_every_s
@@ -71,6 +82,9 @@ class MaintenanceComponent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._schedule = self._sources = None
+        if self._deliverer is not None:
+            await self._deliverer.aclose()
+            self._deliverer = None
         if self._lease is not None:
             # Handed back at once: another replica takes the schedule without waiting a TTL.
             with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ from helpline.gateway.routes import (
     submit,
     tasks,
     traces,
+    webhooks,
 )
 
 API_PREFIX = "/api/v1"
@@ -38,6 +39,7 @@ API: tuple[APIRouter, ...] = (
     sources.writer,
     sources.reader,
     documents.router,
+    webhooks.router,
 )
 PROBES = probes.router
 CONTRACT = contract.router

@@ -6,8 +6,10 @@ import * as tasks from "./tasks.js";
 import * as crawl from "./crawl.js";
 import * as ops from "./ops.js";
 import * as keys from "./keys.js";
+import * as sources from "./sources.js";
+import * as documents from "./documents.js";
 
-const PANELS = { ask, tasks, crawl, ops, keys };
+const PANELS = { ask, tasks, crawl, sources, documents, ops, keys };
 const tabs = document.getElementById("tabs");
 const signin = document.getElementById("signin");
 let allowed = [];

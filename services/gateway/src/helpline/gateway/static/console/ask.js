@@ -5,7 +5,7 @@ const form = document.getElementById("ask-form");
 const article = document.getElementById("answer");
 const textBox = document.getElementById("answer-text");
 const meta = document.getElementById("answer-meta");
-const list = document.getElementById("sources");
+const list = document.getElementById("answer-sources");
 const button = document.getElementById("ask-button");
 
 // The answer's text with each [n] a link to source n (text nodes only: nothing is parsed as HTML).
