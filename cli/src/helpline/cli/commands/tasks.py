@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,24 +21,21 @@ FAILED_SHOWN = 10
 
 
 def follow(gateway: Gateway, task_id: str, *, quiet: bool) -> dict[str, Any]:
-    """Poll the task until it ends; unless `quiet`, with a progress bar on stderr."""
-    if quiet:
-        while True:
-            record: dict[str, Any] = gateway.get(f"/tasks/{task_id}")
-            if record["status"] in TERMINAL_STATUSES:
-                return record
-            time.sleep(POLL_S)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
+    """Poll the task until it ends; unless `quiet`, with a progress bar on stderr. Ctrl-C
+    stops waiting, not the task."""
     try:
+        if quiet:
+            return _poll(gateway, task_id, lambda record: None)
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=err) as bar:
             job = bar.add_task("queued", total=None)
-            while True:
-                record = gateway.get(f"/tasks/{task_id}")
+
+            def show(record: dict[str, Any]) -> None:
                 progress = record.get("progress") or {}
                 bar.update(
                     job,
@@ -45,12 +43,20 @@ def follow(gateway: Gateway, task_id: str, *, quiet: bool) -> dict[str, Any]:
                     total=progress.get("total") or None,
                     description=f"{record['kind']} {record['status']}",
                 )
-                if record["status"] in TERMINAL_STATUSES:
-                    return record
-                time.sleep(POLL_S)
+
+            return _poll(gateway, task_id, show)
     except KeyboardInterrupt:
         err.print(f"stopped waiting; the task goes on: helpline task {task_id} --wait")
         raise typer.Exit(130) from None
+
+
+def _poll(gateway: Gateway, task_id: str, show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    while True:
+        record: dict[str, Any] = gateway.get(f"/tasks/{task_id}")
+        show(record)
+        if record["status"] in TERMINAL_STATUSES:
+            return record
+        time.sleep(POLL_S)
 
 
 def outcome(record: dict[str, Any]) -> ExitCode:
