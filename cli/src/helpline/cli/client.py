@@ -112,7 +112,14 @@ class Gateway:
             self.refused(response)
         if not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            fail(
+                ExitCode.UNREACHABLE,
+                f"{self.url} answered {response.status_code} without JSON: is "
+                "HELPLINE_API_URL a Helpline gateway?",
+            )
 
     def events(self, path: str, body: Any) -> Iterator[tuple[str, Any]]:
         """A POST answered with server-sent events: (event, data) as each arrives."""
