@@ -350,6 +350,7 @@ async def test_blocked_receivers_are_refused_at_registration_and_at_delivery(
     # address): the delivery checks again and refuses, without a retry.
     store = WebhookStore(hooks.host.bus.buckets)
     await store.change(hook["id"], lambda w: w.model_copy(update={"url": blocked.url("/hook")}))
+    await asyncio.sleep(0.3)  # the deliverer follows the bucket: the change arrives in ms
     sent = await hooks.client.post(f"/api/v1/webhooks/{hook['id']}/test")
     record = await wait_terminal(hooks.client, sent.json()["task_id"])
     assert record["status"] == "failed"

@@ -252,6 +252,10 @@ class WebhookStore:
                 await self._watch
             self._watch = None
 
+    async def current(self, webhook_id: str) -> Webhook | None:
+        """The webhook as followed, or read from the bucket if not followed (yet)."""
+        return self._known.get(webhook_id) or await self.get(webhook_id)
+
     def any(self) -> bool:
         """Whether any webhook is followed (most deployments have none: nothing to do)."""
         return bool(self._known)

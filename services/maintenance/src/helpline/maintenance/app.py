@@ -65,6 +65,8 @@ class MaintenanceComponent:
         ]
 
     async def start(self, bus: Bus) -> None:
+        if self._deliverer is not None:
+            await self._deliverer.start()
         every = self.settings.maintenance_reconcile_every_s
         if every > 0:
             self._schedule = asyncio.create_task(schedule(TaskStore(bus), "reconcile", every))

@@ -94,7 +94,12 @@ class Deliverer:
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
         )
 
+    async def start(self) -> None:
+        """Follow the webhooks (a change or a deletion is seen within milliseconds)."""
+        await self.webhooks.follow()
+
     async def aclose(self) -> None:
+        await self.webhooks.stop()
         await self.client.aclose()
 
     async def deliver(self, task: WebhookTask, ctx: TaskContext) -> Result:
@@ -105,7 +110,7 @@ class Deliverer:
             event=WebhookEvent(task.event),
             created_at=task.created_at or utcnow(),
         )
-        webhook = await self.webhooks.get(task.webhook_id)
+        webhook = await self.webhooks.current(task.webhook_id)
         if webhook is None:
             await self._note(entry, ctx, DeliveryStatus.FAILED, error="the webhook was deleted")
             raise Permanent("the webhook was deleted before its delivery")
