@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -355,3 +357,67 @@ def test_keys(env: dict[str, str]) -> None:
     revoked = cli(as_agent, "documents", "list")
     assert revoked.code == 4, revoked
     assert "401" in revoked.err, revoked
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver on loopback: its URL, and the deliveries it got (204 to each)."""
+    got: list[dict[str, Any]] = []
+
+    class Receive(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got.append({"headers": dict(self.headers), "body": json.loads(body)})
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receive)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks", got
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_webhooks(env: dict[str, str], receiver: tuple[str, list[dict[str, Any]]]) -> None:
+    url, got = receiver
+    made = cli(env, "webhooks", "add", url, "--event", "task.failed", "--brand", "acme", "--json")
+    assert made.code == 0, made
+    webhook = made.json()
+    assert webhook["events"] == ["task.failed"]
+    assert webhook["secret"].startswith("whsec_")
+    listed = cli(env, "webhooks", "list", "--json").json()
+    assert webhook["id"] in [w["id"] for w in listed["items"]]
+    assert all("secret" not in w for w in listed["items"])
+    changed = cli(
+        env, "webhooks", "update", webhook["id"], "--event", "crawl.completed", "--every-brand"
+    )
+    assert changed.code == 0, changed
+    shown = cli(env, "webhooks", "show", webhook["id"], "--json").json()
+    assert shown["events"] == ["crawl.completed"]
+    assert shown["brand"] is None
+    # A ping, followed to its end: the receiver got it, and the deliveries say so.
+    ping = cli(env, "webhooks", "test", webhook["id"], "--wait", "--json")
+    assert ping.code == 0, ping
+    assert ping.json()["status"] == "succeeded"
+    assert [d["body"]["type"] for d in got] == ["ping"]
+    assert "webhook-signature" in {k.lower() for k in got[0]["headers"]}
+    sent = cli(env, "webhooks", "deliveries", webhook["id"], "--json").json()["items"]
+    assert sent[0]["event"] == "ping"
+    assert sent[0]["status_code"] == 204
+    table = cli(env, "webhooks", "deliveries", webhook["id"])
+    assert "ping" in table.out, table
+    # A receiver the guard refuses: 422 naming url.
+    blocked = cli(env, "webhooks", "add", "http://10.1.2.3/hooks", "--event", "task.failed")
+    assert blocked.code == 2, blocked
+    assert "url:" in blocked.err, blocked
+    assert cli(env, "webhooks", "delete", webhook["id"]).code == 0
+    missing = cli(env, "webhooks", "show", webhook["id"])
+    assert missing.code == 2, missing
+    assert "404" in missing.err, missing

@@ -10,6 +10,7 @@ from helpline.cli.commands import ask, ops, submit, tasks
 from helpline.cli.commands.documents import documents
 from helpline.cli.commands.keys import keys
 from helpline.cli.commands.sources import sources
+from helpline.cli.commands.webhooks import webhooks
 
 PANELS: dict[str, tuple[Callable[..., None], ...]] = {
     "Work": (submit.scrape, submit.batch, submit.crawl, submit.embed, ask.ask),
@@ -27,3 +28,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(sources, name="sources", rich_help_panel="Resources")
     app.add_typer(documents, name="documents", rich_help_panel="Resources")
     app.add_typer(keys, name="keys", rich_help_panel="Resources")
+    app.add_typer(webhooks, name="webhooks", rich_help_panel="Resources")
