@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -49,6 +50,12 @@ SLICE = 256
 def task_id_for(kind: Kind, idempotency_key: str | None) -> str:
     """A fresh id, or the one an Idempotency-Key always maps to."""
     return derived_id("idem", str(kind), idempotency_key) if idempotency_key else new_task_id()
+
+
+def place(record: TaskRecord) -> str:
+    """A record's place in the listing's order, as text that sorts like it: its creation
+    time (UTC, fixed width) and id. A page's cursor is the last place it showed."""
+    return f"{record.created_at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ}|{record.task_id}"
 
 
 class Tasks:
@@ -186,12 +193,15 @@ class Tasks:
         status: Status | None,
         limit: int,
         brands: set[str] | None = None,
-    ) -> list[TaskRecord]:
-        """Newest first, only of `brands` when given; one pass over the bucket (records are
-        kept `task_record_ttl_s`)."""
+        parent: str | None = None,
+        before: str | None = None,
+    ) -> tuple[list[TaskRecord], str | None]:
+        """Newest first (ties by id), only of `brands` and children of `parent` when given,
+        those whose `place` is before `before`; one pass over the bucket (records are kept
+        `task_record_ttl_s`). Also the place to go on from, when more remain."""
         wanted = [
             f'"{name}":"{value}"'.encode()
-            for name, value in (("kind", kind), ("status", status))
+            for name, value in (("kind", kind), ("status", status), ("parent_id", parent))
             if value
         ]
         found = await self.store.scan(match=lambda raw: all(w in raw for w in wanted))
@@ -200,10 +210,13 @@ class Tasks:
             for r in found
             if (kind is None or r.kind is kind)
             and (status is None or r.status is status)
+            and (parent is None or r.parent_id == parent)
             and (brands is None or r.brand in brands)
+            and (before is None or place(r) < before)
         ]
-        records.sort(key=lambda r: r.created_at, reverse=True)
-        return records[:limit]
+        records.sort(key=place, reverse=True)
+        page = records[:limit]
+        return page, (place(page[-1]) if len(records) > limit else None)
 
     async def cancel(self, record: TaskRecord) -> list[str]:
         """Cancel a task and, for a parent, its unfinished children; returns the ids cancelled."""
