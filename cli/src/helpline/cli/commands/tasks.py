@@ -104,11 +104,11 @@ def _duration_s(record: dict[str, Any]) -> float | None:
 
 
 def failed_children(gateway: Gateway, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """A parent's children that failed (among the 1,000 newest tasks), with their reasons."""
-    recent: list[dict[str, Any]] = gateway.get("/tasks", limit=1000)
-    return [
-        t for t in recent if t.get("parent_id") == record["task_id"] and t["status"] == "failed"
-    ]
+    """A parent's children that failed, with their reasons (a gateway without the `parent`
+    filter ignores it: then among the 1,000 newest failed tasks)."""
+    parent = record["task_id"]
+    failed: list[dict[str, Any]] = gateway.get("/tasks", parent=parent, status="failed", limit=1000)
+    return [t for t in failed if t.get("parent_id") == parent]
 
 
 def report(gateway: Gateway, record: dict[str, Any], *, as_json: bool) -> None:
