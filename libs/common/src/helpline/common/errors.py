@@ -45,6 +45,11 @@ class Retryable(HelplineError):
         self.retry_after = retry_after
 
 
+class RanTooLong(Retryable):
+    """A task ran past its kind's longest run time (`HELPLINE_MAX_RUN_S`): it was stopped,
+    and is retried like any transient failure (dead-lettered on its last attempt)."""
+
+
 class Deferred(Retryable):
     """A dependency is known to be down (its breaker is open): wait, without spending an attempt."""
 

@@ -20,7 +20,7 @@ from helpline.common.layout import BusLayout
 from helpline.common.messages import utcnow
 from helpline.common.settings import HelplineSettings
 from helpline.common.taskpool import TaskConsumer
-from helpline.common.worker import RetryPolicy
+from helpline.common.worker import DEFAULT_MAX_RUN_S, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def retry_policy(settings: HelplineSettings) -> RetryPolicy:
         base_s=settings.backoff_base_s,
         cap_s=settings.backoff_cap_s,
         max_attempts=settings.max_deliver,
+        max_run_s={**DEFAULT_MAX_RUN_S, **settings.max_run_s},
     )
 
 

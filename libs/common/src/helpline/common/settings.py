@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from helpline.common.subjects import Kind
 
 #: Where the embedding model's CPU graph is built once and kept (`HELPLINE_MODEL_CACHE_DIR`).
 DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "helpline"
@@ -59,6 +61,25 @@ class HelplineSettings(BaseSettings):
     max_deliver: int = Field(
         default=4, description="Deliveries of a task before it is dead-lettered."
     )
+    max_run_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Longest one delivery of a task may run, by kind, in seconds, over the "
+        'defaults (JSON, e.g. {"scrape": 120}; defaults: query 60, scrape and crawl 300, '
+        "embed 600, maintenance 1800, webhook 60). A task past it is stopped, retried, and "
+        'dead-lettered on its last attempt with "ran longer than N s".',
+    )
+
+    @field_validator("max_run_s")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, float]) -> dict[str, float]:
+        kinds = {k.value for k in Kind}
+        for kind, seconds in value.items():
+            if kind not in kinds:
+                raise ValueError(f"{kind!r} is not a task kind ({', '.join(sorted(kinds))})")
+            if not seconds > 0:
+                raise ValueError(f"{kind}: must be more than 0 seconds")
+        return value
+
     backoff_base_s: float = Field(
         default=1.0, description="First retry delay; doubles each attempt."
     )

@@ -10,7 +10,9 @@ settling, so a crash in between repeats an event (harmless) rather than loses on
   open breaker (`Deferred`), kept in the `deferrals` bucket.
 - A redelivered task whose record is already terminal is acknowledged and not run.
 - A message that is not a valid task is dead-lettered at once (a poison message).
-- While a handler runs, the message's ack deadline is pushed back (`in_progress`).
+- While a handler runs, the message's ack deadline is pushed back (`in_progress`), for at
+  most its kind's longest run time (`RetryPolicy.max_run_s`): then the handler is cancelled
+  (at its next await) and the task retried, or dead-lettered with "ran longer than N s".
 - A handler cancelled by shutdown hands its message back (nak) for another replica.
 
 Which task runs when is `taskpool.TaskConsumer`'s business.
@@ -25,8 +27,8 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import NotJSMessageError
@@ -40,6 +42,7 @@ from helpline.common.errors import (
     Deferred,
     HelplineError,
     Permanent,
+    RanTooLong,
     Retryable,
     TaskCancelled,
 )
@@ -133,13 +136,33 @@ class Delivery:
             await self.msg.in_progress()
 
 
+#: Longest one delivery of a task may run, by kind (`HELPLINE_MAX_RUN_S` overrides): far
+#: beyond what the work takes when it is well (a question answers in well under a second,
+#: a page renders in seconds), short enough that a hung handler frees its slot.
+DEFAULT_MAX_RUN_S: Final[dict[str, float]] = {
+    Kind.QUERY: 60.0,
+    Kind.SCRAPE: 300.0,
+    Kind.CRAWL: 300.0,
+    Kind.EMBED: 600.0,
+    Kind.MAINTENANCE: 1800.0,
+    Kind.WEBHOOK: 60.0,
+}
+#: A kind without its own limit.
+FALLBACK_MAX_RUN_S: Final = 300.0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with equal jitter (half fixed, half random), from the attempt."""
+    """Exponential backoff with equal jitter (half fixed, half random), from the attempt;
+    and how long one delivery of each kind may run."""
 
     base_s: float = 1.0
     cap_s: float = 30.0
     max_attempts: int = 4
+    max_run_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_RUN_S))
+
+    def max_run(self, kind: Kind) -> float:
+        return self.max_run_s.get(kind, FALLBACK_MAX_RUN_S)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1`."""
@@ -294,7 +317,7 @@ async def run_task(
     ctx.keep_alive_every(ctx.bus.layout.ack_wait_s / 3)
     started = time.perf_counter()
     try:
-        result = await handler(ctx)
+        result = await _bounded(handler, ctx, policy.max_run(ctx.kind))
     except asyncio.CancelledError:
         # Shutting down: hand the message back now rather than after ack_wait.
         with contextlib.suppress(Exception):
@@ -334,6 +357,21 @@ async def run_task(
     finally:
         ctx.stop_keeping_alive()
         await ctx.settle_started()
+
+
+async def _bounded(
+    handler: Callable[[TaskContext], Awaitable[Result]], ctx: TaskContext, limit_s: float
+) -> Result:
+    """The handler's result, or `RanTooLong` once it has run `limit_s` (it is cancelled: a
+    handler stuck in a thread's call is let go, the thread finishes on its own)."""
+    bound = asyncio.timeout(limit_s)
+    try:
+        async with bound:
+            return await handler(ctx)
+    except TimeoutError:
+        if bound.expired():
+            raise RanTooLong(f"ran longer than {limit_s:g} s") from None
+        raise
 
 
 def _failed(exc: Exception) -> None:

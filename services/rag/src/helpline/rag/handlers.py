@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from helpline.common.answercache import store_answer
@@ -51,7 +52,7 @@ def build_consumers(
         return {"sources": [s.url for s in answer.sources], "answer_mode": answer.answer_mode}
 
     # A question is worth answering once; its deadline is seconds away, so no retries.
-    once = RetryPolicy(base_s=policy.base_s, cap_s=policy.cap_s, max_attempts=1)
+    once = dataclasses.replace(policy, max_attempts=1)
     # The gateway waits for the answer itself: only the outcome is reported, and it writes
     # the query's record (one event instead of two on the hot path).
     return [
