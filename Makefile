@@ -7,7 +7,7 @@ export UV_LINK_MODE ?= copy
 # process would otherwise compile every module it imports, seconds per service start.
 export UV_COMPILE_BYTECODE ?= 1
 
-.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render bench-auth deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render bench-auth bench-cluster deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -56,6 +56,9 @@ bench-render: install
 
 bench-auth: install
 	$(UV) run python bench/auth.py $(ARGS)
+
+bench-cluster: install
+	$(UV) run python bench/cluster.py $(ARGS)
 
 deploy-check: install
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/validate.sh
