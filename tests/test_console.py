@@ -100,7 +100,15 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
             page.on("response", lambda r: loaded.append(r.url))
             sign_in(page, up.url, up.admin_key)
             tabs = page.get_by_role("navigation", name="Panels").get_by_role("link")
-            assert tabs.all_inner_texts() == ["Ask", "Tasks", "Crawl", "Operations", "Keys"]
+            assert tabs.all_inner_texts() == [
+                "Ask",
+                "Tasks",
+                "Crawl",
+                "Sources",
+                "Documents",
+                "Operations",
+                "Keys",
+            ]
             # Nothing from anywhere but the gateway.
             assert all(u.startswith(up.url) for u in loaded), loaded
             weight = page.evaluate(
@@ -180,7 +188,7 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
             expect(answer).to_have_attribute("data-state", "done", timeout=WAIT_MS)
             figures["first_token_ms"] = float(answer.get_attribute("data-first-token-ms") or "nan")
             assert page.locator("#answer-text").inner_text().strip()
-            sources = page.locator("#sources li")
+            sources = page.locator("#answer-sources li")
             assert sources.count() >= 1
             cites = page.locator("#answer-text a.cite")
             if cites.count():
@@ -212,6 +220,32 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
             expect(page.locator("#task-detail")).to_contain_text(replayed)
             assert client.get(f"/api/v1/tasks/{replayed}").json()["kind"] == "scrape"
 
+            # Sources: one added from its form, listed with its schedule, its documents.
+            nav(page, "Sources").click()
+            form = page.locator("#source-form")
+            form.get_by_label("Start URL").fill(f"{site}/index.html")
+            form.get_by_label("Brand").fill("acme")
+            form.get_by_role("button", name="Add source").click()
+            expect(form.locator(".result")).to_contain_text("first crawl starts")
+            source = page.locator("#source-list tbody tr")
+            expect(source).to_have_count(1)
+            expect(source).to_contain_text("1 d")
+            # The schedule starts its first crawl on its own; the row, polled, shows it end.
+            expect(source.locator("a.status")).to_have_text("succeeded", timeout=WAIT_MS)
+            shot(page, out, "sources")
+            source.get_by_role("link", name="Documents").click()
+            documents = page.locator("#document-list tbody tr")
+            expect(documents.first).to_be_visible()
+            assert documents.count() > 1
+            # The source deleted, its pages kept.
+            nav(page, "Sources").click()
+            page.get_by_label("keep a deleted source's pages in the index").check()
+            page.once("dialog", lambda dialog: dialog.accept())
+            source.get_by_role("button", name="Delete").click()
+            expect(page.locator("#source-note")).to_contain_text("Deleted")
+            expect(source).to_have_count(0)
+            assert client.get("/api/v1/documents?brand=acme").json()["items"]
+
             # Keys: made (shown once), listed, revoked.
             nav(page, "Keys").click()
             form = page.locator("#key-form")
@@ -235,8 +269,9 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
             expect(phone.get_by_label("API key")).to_be_visible()
             sign_in(phone, up.url, agent_key)
             ptabs = phone.get_by_role("navigation", name="Panels").get_by_role("link")
-            expect(ptabs.filter(visible=True)).to_have_count(1)
-            assert ptabs.filter(visible=True).inner_text() == "Ask"
+            # Documents are readable with the query scope; nothing else is offered.
+            expect(ptabs.filter(visible=True)).to_have_count(2)
+            assert ptabs.filter(visible=True).all_inner_texts() == ["Ask", "Documents"]
             phone.goto(f"{up.url}/#ops")
             expect(phone.get_by_label("Question")).to_be_visible()
             shot(phone, out, "ask-phone")
