@@ -1,6 +1,6 @@
 """The generated NATS permissions (`helpline.common.permissions`) on a real nats-server:
 every service, as its own user and its own bus connection, does its real work through a
-whole flow (crawl, scrape, dead letter and replay, documents, questions plain and
+whole flow (webhooks, crawl, scrape, dead letter and replay, documents, questions plain and
 streamed, maintenance, cancelling, every view, the answer cache, API keys, the trace
 view) and the server refuses none of it; what a service must not do (the scraper
 answering a question, rag submitting a scrape, reading another service's inbox or the
@@ -19,6 +19,7 @@ from conftest import settings_for
 from e2e_helpers import eventually, wait_terminal
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from test_webhooks import receiving
 
 from helpline.cli.natsserver import NatsServer
 from helpline.common import spanstore, subjects
@@ -225,7 +226,24 @@ async def run_the_flow(client: httpx.AsyncClient, site: str) -> None:
         assert record["status"] == status, record
 
     brand = {"brand": "acme"}
-    await finished("crawl", {"url": f"{site}/index.html", "max_pages": 6, **brand})
+    with receiving("127.0.0.1") as receiver:
+        # Webhooks: the gateway keeps them and announces; maintenance delivers, signed.
+        made = await client.post(
+            "/api/v1/webhooks",
+            json={"url": receiver.url("/hook"), "events": ["crawl.completed"], **brand},
+        )
+        assert made.status_code == 201, made.text
+        hook = f"/api/v1/webhooks/{made.json()['id']}"
+        await finished("crawl", {"url": f"{site}/index.html", "max_pages": 6, **brand})
+        assert (await client.post(f"{hook}/test")).status_code == 202
+
+        async def delivered() -> bool:
+            items = (await client.get(f"{hook}/deliveries")).json()["items"]
+            return len(items) == 2 and {d["status"] for d in items} == {"delivered"}
+
+        assert await eventually(delivered, timeout_s=30)
+        assert len(receiver.at("/hook")) == 2
+        assert (await client.delete(hook)).status_code == 204
     await finished("scrape", {"url": f"{site}/privacy.html", **brand})
     # A source: the gateway keeps it, maintenance starts its crawl, the scraper crawls it.
     made = await client.post(

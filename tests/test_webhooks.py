@@ -29,7 +29,10 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from test_auth import make_key
 
 from helpline.cli.natsserver import NatsServer, free_port
+from helpline.common import subjects
 from helpline.common.embedding import Embedder
+from helpline.common.messages import EventType, TaskEvent
+from helpline.common.subjects import Kind
 from helpline.common.webhooks import WebhookStore
 from helpline.testing import bearer
 
@@ -135,6 +138,7 @@ async def hooks(
         webhook_max_attempts=ATTEMPTS,
         webhook_backoff_base_s=0.05,
         webhook_backoff_cap_s=2.0,
+        maintenance_sources_every_s=0.0,  # no sources here
     )
     try:
         yield running
@@ -400,3 +404,31 @@ async def test_keys_limited_to_brands_register_only_their_brands(hooks: System) 
     assert moved.status_code == 403
     query_only = bearer(await make_key(hooks.client, scopes=["query"]))
     assert (await hooks.client.get("/api/v1/webhooks", headers=query_only)).status_code == 403
+
+
+async def test_an_outcome_applied_twice_is_delivered_once(hooks: System, allowed: Receiver) -> None:
+    hook = await register(hooks, allowed.url("/once"), ["task.succeeded"])
+    sent = await hooks.client.post("/api/v1/maintenance/ping", json={})
+    task_id = sent.json()["task_id"]
+    await wait_terminal(hooks.client, task_id)
+    [first] = await eventually(lambda: allowed.at("/once"))
+    payload = verified(hook["secret"], first)
+    assert payload["data"]["task_id"] == task_id
+    assert payload["data"]["kind"] == "maintenance"
+    assert payload["data"]["status"] == "succeeded"
+    # The same outcome reported again (a redelivered event): applied (a no-op), announced
+    # again, under the same delivery id, so nothing more goes out.
+    bus = hooks.host.bus
+    again = TaskEvent(task_id=task_id, kind=Kind.MAINTENANCE, type=EventType.SUCCEEDED, attempt=1)
+    await bus.emit(again)
+
+    async def tracker_idle() -> bool:
+        info = await bus.js.consumer_info(
+            subjects.events_stream(bus.layout.prefix), subjects.TRACKER_CONSUMER
+        )
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(tracker_idle)
+    await asyncio.sleep(0.5)
+    assert len(allowed.at("/once")) == 1
+    assert len(await deliveries(hooks, hook["id"])) == 1

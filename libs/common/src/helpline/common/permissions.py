@@ -240,6 +240,7 @@ def _maintenance(g: _Grants) -> None:
     g.work(Kind.WEBHOOK)
     g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)
     g.kv_write(Bucket.DELIVERIES)
+    g.watch(Bucket.WEBHOOKS)  # followed, so a changed or deleted webhook is seen at once
 
 
 _SERVICE_GRANTS = {

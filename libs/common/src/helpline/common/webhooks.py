@@ -247,9 +247,7 @@ class WebhookStore:
 
     async def stop(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch
+            self._watch.cancel()  # not awaited: stopping never waits on the bus
             self._watch = None
 
     async def current(self, webhook_id: str) -> Webhook | None:
@@ -302,6 +300,29 @@ class DeliveryLog:
 
 
 _PAGE_COUNTS = ("chunks_indexed", "embedded", "new", "changed", "removed")
+_CRAWL_COUNTS = ("pages_ok", "pages_failed", "chunks_indexed")
+
+
+def _data(event: WebhookEvent, record: TaskRecord) -> dict[str, Any]:
+    """What an event of a finished task says (its body's `data`)."""
+    view = record.view().model_dump(mode="json")
+    result = record.result or {}
+    if event is WebhookEvent.CRAWL_COMPLETED:
+        return {
+            "task_id": record.task_id,
+            "brand": record.brand,
+            "status": str(record.status),
+            **{k: result.get(k, 0) for k in _CRAWL_COUNTS},
+            "finished_at": view["finished_at"],
+        }
+    if event is WebhookEvent.PAGE_INDEXED:
+        return {
+            "url": result["url"],
+            "brand": record.brand,
+            "task_id": record.task_id,
+            **{k: result[k] for k in _PAGE_COUNTS if k in result},
+        }
+    return view
 
 
 class Announcer:
@@ -338,40 +359,24 @@ class Announcer:
         if record.kind is Kind.WEBHOOK or not self.webhooks.any():
             return
         succeeded = record.status is Status.SUCCEEDED
-        seed = f"{record.task_id}:{record.status}"
-        view = record.view().model_dump(mode="json")
-        announced = [
-            self.announce(
-                WebhookEvent.TASK_SUCCEEDED if succeeded else WebhookEvent.TASK_FAILED,
-                view,
-                brand=record.brand,
-                seed=seed,
-            )
-        ]
         result = record.result or {}
+        events = [WebhookEvent.TASK_SUCCEEDED if succeeded else WebhookEvent.TASK_FAILED]
         if record.kind is Kind.CRAWL:
-            counts = {k: result.get(k, 0) for k in ("pages_ok", "pages_failed", "chunks_indexed")}
-            crawl = {
-                "task_id": record.task_id,
-                "brand": record.brand,
-                "status": str(record.status),
-                **counts,
-                "finished_at": view["finished_at"],
-            }
-            announced.append(
-                self.announce(WebhookEvent.CRAWL_COMPLETED, crawl, brand=record.brand, seed=seed)
-            )
+            events.append(WebhookEvent.CRAWL_COMPLETED)
         elif succeeded and "url" in result and not result.get("not_modified"):
-            page = {
-                "url": result["url"],
-                "brand": record.brand,
-                "task_id": record.task_id,
-                **{k: result[k] for k in _PAGE_COUNTS if k in result},
-            }
-            announced.append(
-                self.announce(WebhookEvent.PAGE_INDEXED, page, brand=record.brand, seed=seed)
+            events.append(WebhookEvent.PAGE_INDEXED)
+        # Who wants what, before any body is built: most finished tasks (questions) go to
+        # nobody.
+        wanted = [(e, to) for e in events if (to := self.webhooks.matching(e, record.brand))]
+        if not wanted:
+            return
+        seed = f"{record.task_id}:{record.status}"
+        await asyncio.gather(
+            *(
+                self.announce(e, _data(e, record), brand=record.brand, seed=seed, to=to)
+                for e, to in wanted
             )
-        await asyncio.gather(*announced)
+        )
 
     async def _submit(
         self,

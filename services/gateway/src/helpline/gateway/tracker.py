@@ -15,9 +15,11 @@ that update fails after the ledger was written (a timeout, a crash in between), 
 parent is recounted from the ledger (`recount`) instead of being left short.
 
 Webhooks. Every terminal state the tracker applies, a parent's included, is announced here
-and nowhere else (`webhooks.Announcer.task_finished`), before the events are acknowledged;
-an outcome applied again announces again under the same derived delivery ids, which the
-task store and the bus turn into nothing.
+and nowhere else (`webhooks.Announcer.task_finished`), after records and parents are
+written and before the events are acknowledged; a failed announcement hands its events
+back, and an outcome applied again announces again under the same derived delivery ids,
+which the task store and the bus turn into nothing. A parent finished by a recount has no
+event to hand back: it is tried three times.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class _Applied:
 
     counted: TaskRecord | None = None
     created_under: str | None = None
+    #: The terminal record an outcome event reached (to announce to webhooks).
+    finished: TaskRecord | None = None
 
 
 class Tracker:
@@ -227,23 +231,45 @@ class Tracker:
         parents: dict[str, _ParentDelta] = defaultdict(_ParentDelta)
         recount: set[str] = set()
         settle: list[Any] = []
+        applied: list[tuple[list[tuple[TaskEvent, Msg]], _Applied]] = []
         for group, outcome in zip(by_task.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.warning("task %s: events not applied: %r", group[0][0].task_id, outcome)
                 settle.extend(m.nak(delay=1.0) for _, m in group)
                 continue
+            applied.append((group, outcome))
             if outcome.counted is not None and outcome.counted.parent_id:
                 parents[outcome.counted.parent_id].add(outcome.counted)
             if outcome.created_under:
                 parents[outcome.created_under].refresh_total = True
             if any(e.type is EventType.RECOUNT for e, _ in group):
                 recount.add(group[0][0].task_id)
-            settle.extend(m.ack() for _, m in group)
         if parents:
             await asyncio.gather(*(self._update_parent(p, d) for p, d in parents.items()))
         if recount:
             await asyncio.gather(*(self.recount(p) for p in recount), return_exceptions=True)
+        # Announced last, so a webhook backlog never holds up records and parents; a failed
+        # announcement hands its events back, to be applied (a no-op) and announced again.
+        unannounced = await self._announce([o.finished for _, o in applied])
+        for group, outcome in applied:
+            failed = outcome.finished is not None and outcome.finished.task_id in unannounced
+            settle.extend(m.nak(delay=1.0) if failed else m.ack() for _, m in group)
         await asyncio.gather(*settle, return_exceptions=True)
+
+    async def _announce(self, records: list[TaskRecord | None]) -> set[str]:
+        """Announce finished tasks to webhooks; the ids of those that could not be."""
+        finished = [r for r in records if r is not None]
+        if self.announcer is None or not finished:
+            return set()
+        outcomes = await asyncio.gather(
+            *(self.announcer.task_finished(r) for r in finished), return_exceptions=True
+        )
+        failed = set()
+        for record, outcome in zip(finished, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("task %s: not announced to webhooks: %r", record.task_id, outcome)
+                failed.add(record.task_id)
+        return failed
 
     async def _apply_task(self, events: list[TaskEvent]) -> _Applied:
         """Fold a task's events into its record; says whether this call counted the task as
@@ -262,10 +288,9 @@ class Tracker:
         record = updated or await self.store.get(task_id)
         if record is None or not record.status.terminal:
             return applied
-        if self.announcer is not None:
-            # Also for an outcome seen again (its first announcement may have failed): the
-            # deliveries' ids are derived from the task and its state, so they go out once.
-            await self.announcer.task_finished(record)
+        # Also for an outcome seen again (its first announcement may have failed): the
+        # deliveries' ids are derived from the task and its state, so they go out once.
+        applied.finished = record
         if not record.parent_id:
             return applied
         ok = record.status is Status.SUCCEEDED
@@ -326,7 +351,10 @@ class Tracker:
             ),
         )
         if updated is not None and updated.status.terminal:
-            if self.announcer is not None:
-                await self.announcer.task_finished(updated)
+            # Finished here, not by an event: no event to hand back, so tried a few times.
+            for attempt in range(3):
+                if not await self._announce([updated]):
+                    break
+                await asyncio.sleep(0.2 * (attempt + 1))
             await self.crawls.mark_closed(parent_id)
         return updated

@@ -40,6 +40,17 @@ async def schedule(store: TaskStore, job: str, every_s: float) -> None:
             log.warning("scheduling %s: %r", job, exc)
 
 
+async def stopped(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it to end, cancelling again if a cancellation got lost on
+    the way (Python 3.11's `asyncio.wait_for` drops one that arrives as its inner call
+    completes; seen here as a stop that waited for ever on the sources' loop)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
 class MaintenanceComponent:
     name = "maintenance"
 
@@ -80,9 +91,7 @@ class MaintenanceComponent:
     async def stop(self) -> None:
         for task in (self._schedule, self._sources):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stopped(task)
         self._schedule = self._sources = None
         if self._deliverer is not None:
             await self._deliverer.aclose()
