@@ -7,7 +7,7 @@ export UV_LINK_MODE ?= copy
 # process would otherwise compile every module it imports, seconds per service start.
 export UV_COMPILE_BYTECODE ?= 1
 
-.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render bench-auth bench-cluster deploy-check install
+.PHONY: up test lint typecheck contracts bench-query bench-retrieval bench-cache bench-embedding bench-throughput bench-priority bench-crawl bench-render bench-auth bench-cluster bench-scale bench-soak deploy-check install
 
 install:
 	@test -x "$(UV)" || { python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }
@@ -59,6 +59,12 @@ bench-auth: install
 
 bench-cluster: install
 	$(UV) run python bench/cluster.py $(ARGS)
+
+bench-scale: install
+	$(UV) run python bench/scale.py $(ARGS)
+
+bench-soak: install
+	$(UV) run python bench/soak.py $(ARGS)
 
 deploy-check: install
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash deploy/validate.sh
