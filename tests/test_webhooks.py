@@ -40,6 +40,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TIMEOUT_S = 0.5
 ATTEMPTS = 3
+# Above the most failures in a row the module's tests cause 127.0.0.1 (the silent receiver's).
+BREAKER_FAILURES = 4
 
 
 @dataclass
@@ -133,11 +135,13 @@ async def hooks(
         f"t{uuid.uuid4().hex[:10]}",
         Path(tmp_path_factory.mktemp("webhooks")),
         model,
-        webhook_allowed_hosts="127.0.0.1",
+        webhook_allowed_hosts="127.0.0.1,127.0.0.3",
         webhook_timeout_s=TIMEOUT_S,
         webhook_max_attempts=ATTEMPTS,
         webhook_backoff_base_s=0.05,
         webhook_backoff_cap_s=2.0,
+        webhook_breaker_failures=BREAKER_FAILURES,
+        webhook_breaker_open_s=30.0,
         maintenance_sources_every_s=0.0,  # no sources here
     )
     try:
@@ -432,3 +436,33 @@ async def test_an_outcome_applied_twice_is_delivered_once(hooks: System, allowed
     await asyncio.sleep(0.5)
     assert len(allowed.at("/once")) == 1
     assert len(await deliveries(hooks, hook["id"])) == 1
+
+
+async def test_a_failing_receiver_opens_its_hosts_breaker_only(
+    hooks: System, allowed: Receiver
+) -> None:
+    with receiving("127.0.0.3") as down:
+        down.script["/down"] = [503]
+        hook = await register(hooks, down.url("/down"), ["task.failed"])
+        for _ in range(2):
+            sent = await hooks.client.post(f"/api/v1/webhooks/{hook['id']}/test")
+            assert sent.status_code == 202
+        # Four failures in a row open 127.0.0.3's breaker: then the deliveries wait without
+        # spending attempts, and nothing more reaches the receiver.
+        await eventually(lambda: len(down.at("/down")) >= BREAKER_FAILURES)
+
+        async def waiting() -> list[dict[str, Any]]:
+            items = await deliveries(hooks, hook["id"])
+            return [d for d in items if "circuit open" in (d["error"] or "")]
+
+        held = await eventually(waiting)
+        assert "host:webhook:127.0.0.3" in held[0]["error"]
+        assert held[0]["status"] == "retrying"
+        assert held[0]["next_retry_at"] is not None
+        await asyncio.sleep(0.5)
+        assert len(down.at("/down")) == BREAKER_FAILURES
+    # Another host's deliveries go on.
+    fine = await register(hooks, allowed.url("/after"), ["task.failed"])
+    await hooks.client.post(f"/api/v1/webhooks/{fine['id']}/test")
+    [received] = await eventually(lambda: allowed.at("/after"))
+    verified(fine["secret"], received)

@@ -9,8 +9,9 @@ redirects are not followed; at most `MAX_RESPONSE_BYTES` of the answer are read.
 Timeouts, network errors, 408, 429 and 5xx are retried with exponential backoff (a
 `Retry-After` is honoured up to the cap); the last attempt is dead-lettered by the worker.
 Other answers fail the delivery at once. Timeouts, network errors and 5xx count against
-the receiving host's breaker (`host:<name>`); while it is open, deliveries wait and spend
-no attempt. Every attempt's outcome is written to the delivery's entry in `deliveries`.
+the receiving host's breaker (`host:webhook:<name>`: apart from the scraper's for the same
+host, counted with the per-site breakers in the metrics); while it is open, deliveries wait
+and spend no attempt. Every attempt's outcome is written to the delivery's entry in `deliveries`.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Deliverer:
             await self._note(entry, ctx, DeliveryStatus.FAILED, error="the webhook was deleted")
             raise Permanent("the webhook was deleted before its delivery")
         host = urlsplit(webhook.url).hostname or ""
-        breaker = self.bus.breakers.get(f"host:{host}", self.breaker_policy)
+        breaker = self.bus.breakers.get(f"host:webhook:{host}", self.breaker_policy)
         started = time.perf_counter()
         status: int | None = None
         try:
