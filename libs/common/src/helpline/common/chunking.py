@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 
 from helpline.common.messages import Chunk
@@ -21,12 +21,14 @@ _PARAGRAPH = "\n\n"
 class Block:
     """One paragraph (or list, table, code sample) and the nearest heading above it.
 
-    `page` is the PDF page it is printed on (1-based); None for web pages.
+    `page` is the PDF page it is printed on (1-based); None for web pages. `kind` (text,
+    list, table or code) only shapes the page's Markdown: chunks read every kind alike.
     """
 
     heading: str
     text: str
     page: int | None = None
+    kind: str = field(default="text", compare=False)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import PageState
+from helpline.common.pagestate import PageStates, page_state_key
 from helpline.common.subjects import Bucket
 
 if TYPE_CHECKING:
@@ -77,3 +78,29 @@ async def list_documents(
     items = ordered[:limit]
     more = len(ordered) > limit
     return DocumentPage(items, encode_cursor(items[-1]) if more and items else None)
+
+
+async def find_by_url(
+    buckets: Buckets, url: str, keep: Callable[[PageState], bool]
+) -> list[Document]:
+    """The indexed pages `keep` accepts that were requested as `url` or are indexed under
+    it (its canonical URL), one per brand at most, by brand."""
+    found: dict[str, Document] = {}
+    async for entry in kv_entries(await buckets.get(Bucket.PAGES)):
+        try:
+            state = PageState.model_validate_json(entry.value)
+        except ValueError:
+            continue
+        requested = state.brand is not None and entry.key == page_state_key(state.brand, url)
+        if (requested or state.url == url) and keep(state):
+            brand = state.brand or ""
+            # The page requested as this URL wins over another whose canonical URL it is.
+            if requested or brand not in found:
+                found[brand] = Document(entry.key, state)
+    return [found[b] for b in sorted(found)]
+
+
+async def load_document(buckets: Buckets, key: str) -> Document | None:
+    """One indexed page by its id (its key in the `pages` bucket)."""
+    state = await PageStates(buckets).load(key)
+    return None if state is None else Document(key, state)

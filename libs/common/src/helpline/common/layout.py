@@ -126,6 +126,7 @@ class BusLayout:
             Bucket.CANCELS: self.task_record_ttl_s,
             Bucket.REPLICAS: REPLICA_TTL_S,
             Bucket.PAGES: 0.0,
+            Bucket.TEXTS: 0.0,
             Bucket.HOSTS: HOSTS_TTL_S,
             Bucket.ANSWERS: self.answer_cache_ttl_s,
             # Generations never expire: a lost one would make stale answers current again.

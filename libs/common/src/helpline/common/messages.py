@@ -114,6 +114,20 @@ class Chunk(Message):
     page: int | None = None
 
 
+class LineageStep(Message):
+    """One step of how a page's indexed version came to be (`LINEAGE`), by which task."""
+
+    step: str
+    at: datetime  # when it started
+    duration_ms: float
+    task_id: str
+    trace_id: str | None = None
+
+
+#: A page's steps, in order: the scraper's three, then the embedder's two.
+LINEAGE = ("fetched", "extracted", "chunked", "embedded", "indexed")
+
+
 class PageState(Message):
     """What the scraper remembers of an indexed page, for the next re-scrape (conditional GET)."""
 
@@ -129,6 +143,10 @@ class PageState(Message):
     fetched_at: datetime | None = None
     indexed_at: datetime | None = None
     task_id: str | None = None  # the scrape that indexed this version
+    # How the indexed version came to be (`LINEAGE`'s steps that ran).
+    lineage: list[LineageStep] = Field(default_factory=list)
+    # Re-crawls in a row that missed the page (gone, or no longer linked): removed at two.
+    misses: int = 0
 
 
 class ChunkBatch(TaskMessage):
@@ -147,6 +165,8 @@ class ChunkBatch(TaskMessage):
     report_kind: Kind = Kind.SCRAPE
     page_key: str | None = None
     page_state: PageState | None = None
+    # The page's text as Markdown, stored beside its state once the chunks are indexed.
+    markdown: str | None = None
 
     def reported_as(self, kind: Kind) -> tuple[str, Kind]:
         return self.report_task_id, self.report_kind

@@ -49,3 +49,25 @@ class PageStates:
             return
         with contextlib.suppress(KeyNotFoundError):
             await kv.delete(key)
+
+
+class PageTexts:
+    """Each indexed page's extracted text as Markdown (the `texts` bucket, keyed as `pages`),
+    written with the page's state by the embedder, so it is the indexed version's."""
+
+    def __init__(self, buckets: Buckets) -> None:
+        self._buckets = buckets
+
+    async def load(self, key: str) -> str | None:
+        """The page's Markdown, or None if none was kept."""
+        current = await kv_get(await self._buckets.get(Bucket.TEXTS), key)
+        return None if current is None else current[0].decode()
+
+    async def save(self, key: str, markdown: str | None) -> None:
+        """Keep the page's Markdown; None forgets it."""
+        kv = await self._buckets.get(Bucket.TEXTS)
+        if markdown is not None:
+            await kv.put(key, markdown.encode())
+            return
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.delete(key)

@@ -192,6 +192,7 @@ def _gateway(g: _Grants) -> None:
     g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)
     g.kv_write(Bucket.WEBHOOKS, Bucket.DELIVERIES)
     g.watch(Bucket.WEBHOOKS, Bucket.DELIVERIES)
+    g.kv_read(Bucket.TEXTS)  # a document's Markdown
     # Clearing the answer cache.
     g.publish.add(f"{_API}.STREAM.PURGE.{g.kv_stream(Bucket.ANSWERS)}")
 
@@ -210,8 +211,8 @@ def _embedder(g: _Grants) -> None:
     # Embeds chunk batches; a page's batch reports as the scrape it came from.
     g.work(Kind.EMBED)
     g.emit(Kind.SCRAPE)
-    g.kv_read(Bucket.PAGES, Bucket.GENERATIONS)
-    g.kv_write(Bucket.PAGES, Bucket.GENERATIONS)
+    g.kv_read(Bucket.PAGES, Bucket.GENERATIONS, Bucket.TEXTS)
+    g.kv_write(Bucket.PAGES, Bucket.GENERATIONS, Bucket.TEXTS)
 
 
 def _rag(g: _Grants) -> None:

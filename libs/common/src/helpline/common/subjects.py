@@ -123,6 +123,7 @@ class Bucket(StrEnum):
     CANCELS = "cancels"  # cancelled task ids
     REPLICAS = "replicas"  # replica heartbeats
     PAGES = "pages"  # per indexed page: validators, chunk count, links (`pagestate`)
+    TEXTS = "texts"  # per indexed page: its extracted text as Markdown (`pagestate`)
     HOSTS = "hosts"  # per scraped host: when the next request may start
     ANSWERS = "answers"  # the answer cache (`answercache`)
     GENERATIONS = "generations"  # per brand: the index generation answers are keyed by

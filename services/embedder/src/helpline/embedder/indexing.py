@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -10,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from helpline.common.breaker import CircuitBreaker
 from helpline.common.knowledge import guarded
 from helpline.common.lexical import encode_document
-from helpline.common.messages import ChunkBatch
+from helpline.common.messages import ChunkBatch, utcnow
 from helpline.common.observability import span
 from helpline.common.vectors import IndexedPoint, VectorStore, point_id
 from helpline.embedder.batching import TextEmbedder
@@ -22,6 +25,16 @@ def point_scope(brand: str, url: str) -> str:
     """What a page's point ids are derived from: its brand and URL, so two brands indexing
     one URL never collide."""
     return f"{brand}\x1f{url}"
+
+
+@dataclass
+class IndexTimes:
+    """When a page's embedding and its writes to the store started, and how long each took."""
+
+    embed_at: datetime = field(default_factory=utcnow)
+    embed_ms: float = 0.0
+    write_at: datetime = field(default_factory=utcnow)
+    write_ms: float = 0.0
 
 
 class Indexer:
@@ -37,8 +50,10 @@ class Indexer:
         self.breaker = breaker
         self.batch_size = batch_size
 
-    async def index(self, batch: ChunkBatch) -> dict[str, Any]:
-        """Make the index hold exactly this page's chunks; returns what changed."""
+    async def index(self, batch: ChunkBatch, times: IndexTimes | None = None) -> dict[str, Any]:
+        """Make the index hold exactly this page's chunks; returns what changed (and fills
+        `times`, when given)."""
+        times = times or IndexTimes()
         existing = await guarded(
             self.breaker,
             self.store.hashes_for_url,
@@ -50,6 +65,8 @@ class Indexer:
             point_id(point_scope(batch.brand, batch.url), c.position): c for c in batch.chunks
         }
         changed = [(pid, c) for pid, c in wanted.items() if existing.get(pid) != c.content_hash]
+        times.embed_at, started = utcnow(), time.perf_counter()
+        points: list[IndexedPoint] = []
         if changed:
             attributes = {
                 "helpline.embed.texts": len(changed),
@@ -80,10 +97,14 @@ class Indexer:
                 )
                 for (pid, chunk), vector in zip(changed, vectors, strict=True)
             ]
+        times.embed_ms = (time.perf_counter() - started) * 1000
+        times.write_at, started = utcnow(), time.perf_counter()
+        if points:
             await guarded(self.breaker, self.store.upsert, points, inline=self.store.holds_gil)
         stale = [pid for pid in existing if pid not in wanted]
         if stale:
             await guarded(self.breaker, self.store.delete, stale, inline=self.store.holds_gil)
+        times.write_ms = (time.perf_counter() - started) * 1000
         new = sum(1 for pid, _ in changed if pid not in existing)
         return {
             "url": batch.url,

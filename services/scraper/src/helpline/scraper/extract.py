@@ -130,17 +130,19 @@ def _main_blocks(root: Any, url: str) -> list[Block]:
         if tag == "head":
             heading = _squash(_text(el))
             return
+        kind = "text"
         if tag in {"p", "quote"}:
             text = _squash(_text(el))
         elif tag == "list":
-            text = "\n".join(_list_lines(el, 0))
+            text, kind = "\n".join(_list_lines(el, 0)), "list"
         elif tag == "table":
             text = "\n".join(
                 " | ".join(_squash(_text(cell)) for cell in row.iterchildren("cell"))
                 for row in el.iter("row")
             )
+            kind = "table"
         elif tag == "code":
-            text = "".join(el.itertext()).strip()
+            text, kind = "".join(el.itertext()).strip(), "code"
         else:
             # Short pages come back as bare text inside <main>, around inline elements.
             loose = [el.text or ""]
@@ -154,11 +156,11 @@ def _main_blocks(root: Any, url: str) -> list[Block]:
                 loose.append(child.tail or "")
             add(_squash("".join(loose)))
             return
-        add(text)
+        add(text, kind)
 
-    def add(text: str) -> None:
+    def add(text: str, kind: str = "text") -> None:
         if text.strip():
-            blocks.append(Block(heading, text))
+            blocks.append(Block(heading, text, kind=kind))
 
     if main is not None:
         visit(main)

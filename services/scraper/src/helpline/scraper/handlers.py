@@ -6,7 +6,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
@@ -20,6 +20,7 @@ from helpline.common.messages import (
     ChunkBatch,
     CrawlTask,
     EventType,
+    LineageStep,
     PageState,
     RenderMode,
     ScrapeTask,
@@ -27,12 +28,14 @@ from helpline.common.messages import (
     derived_id,
     utcnow,
 )
+from helpline.common.observability import current_trace_id
 from helpline.common.pagestate import PageStates, page_state_key
 from helpline.common.subjects import Bucket, Kind
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskContext
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
-from helpline.scraper.parsing import Parser
+from helpline.scraper.markdown import to_markdown
+from helpline.scraper.parsing import Parser, Times
 from helpline.scraper.politeness import Politeness
 from helpline.scraper.render import Renderer, is_html
 from helpline.scraper.spans import step
@@ -135,6 +138,7 @@ class Scraper:
             if previous is not None and conditional
             else None
         )
+        fetch_at, fetch_started = utcnow(), time.perf_counter()
         try:
             if task.batch is not None and task.parent_id is not None:
                 page = await self._fetch_in_batch(task, task.batch, task.parent_id, validators)
@@ -148,6 +152,7 @@ class Scraper:
             return REPORTED_LATER
         if self.renderer is not None and task.render is RenderMode.ALWAYS and not page.not_modified:
             page = await self.renderer.maybe_render(page, task.render)
+        fetch_ms = (time.perf_counter() - fetch_started) * 1000
         ctx.checkpoint()
         if page.not_modified and previous is not None:
             if crawling:
@@ -162,7 +167,7 @@ class Scraper:
                 "unchanged": previous.chunks,
                 "removed": 0,
             }
-        doc, chunks = await self._parse(page, task.render, ctx)
+        doc, chunks, times = await self._parse(page, task.render, ctx)
         if crawling:
             await self._follow_links(task, doc.links)
         url = canonical_url(page.url, doc.canonical)
@@ -174,13 +179,14 @@ class Scraper:
             last_modified=validators.last_modified,
             title=title,
             links=doc.links[:MAX_REMEMBERED_LINKS] if crawling else None,
+            lineage=_lineage(task.task_id, fetch_at, fetch_ms, times),
         )
-        await self._submit(task, url, title, chunks, key, state, page.fetched_at)
+        await self._submit(task, url, title, chunks, key, state, page.fetched_at, to_markdown(doc))
         return REPORTED_LATER
 
     async def _parse(
         self, page: FetchResult, render: RenderMode, ctx: TaskContext
-    ) -> tuple[Document, list[Chunk]]:
+    ) -> tuple[Document, list[Chunk], Times]:
         """Extract and chunk the page; with `render=auto`, first in a browser if it is a shell."""
         judge = (
             self.renderer.pool.options.min_text_chars
@@ -189,14 +195,14 @@ class Scraper:
         )
         pdf = page.body if page.is_pdf else None
         limits = (self.limits.max_chars, self.limits.overlap_chars)
-        parsed = await self.parser.parse(page.url, page.text, pdf, *limits, judge)
+        parsed, times = await self.parser.parse_timed(page.url, page.text, pdf, *limits, judge)
         if not parsed.shell.render or self.renderer is None:
-            return parsed.doc, parsed.chunks
+            return parsed.doc, parsed.chunks, times
         log.debug("rendering %s: %s", page.url, "; ".join(parsed.shell.reasons()))
         page = await self.renderer.render(page)
         ctx.checkpoint()
-        parsed = await self.parser.parse(page.url, page.text, None, *limits)
-        return parsed.doc, parsed.chunks
+        parsed, times = await self.parser.parse_timed(page.url, page.text, None, *limits)
+        return parsed.doc, parsed.chunks, times
 
     async def _submit(
         self,
@@ -207,6 +213,7 @@ class Scraper:
         key: str,
         state: PageState | None,
         fetched_at: datetime,
+        markdown: str | None = None,
     ) -> None:
         await self.bus.submit(
             Kind.EMBED,
@@ -224,6 +231,7 @@ class Scraper:
                 notify=task.notify,
                 page_key=key,
                 page_state=state,
+                markdown=markdown,
             ),
         )
 
@@ -317,6 +325,20 @@ class Scraper:
                 elif await self.crawls.pages_claimed(task.task_id) >= task.scope.max_pages:
                     break  # a sitemap may list far more pages than the crawl may take
         return REPORTED_LATER
+
+
+def _lineage(task_id: str, fetch_at: datetime, fetch_ms: float, times: Times) -> list[LineageStep]:
+    """The scraper's steps of a page's lineage: fetched (with any rendering), extracted, chunked."""
+    trace_id = current_trace_id()
+    started, extracted, chunked = times
+    return [
+        LineageStep(step=step, at=at, duration_ms=round(ms, 3), task_id=task_id, trace_id=trace_id)
+        for step, at, ms in (
+            ("fetched", fetch_at, fetch_ms),
+            ("extracted", datetime.fromtimestamp(started / 1e9, UTC), (extracted - started) / 1e6),
+            ("chunked", datetime.fromtimestamp(extracted / 1e9, UTC), (chunked - extracted) / 1e6),
+        )
+    ]
 
 
 def build_consumers(

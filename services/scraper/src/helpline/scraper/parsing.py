@@ -141,6 +141,18 @@ class Parser:
         judge_chars: int | None = None,
     ) -> Parsed:
         """`parse_page` off the event loop; its extract and chunk spans in the current trace."""
+        return (await self.parse_timed(url, html, pdf, max_chars, overlap_chars, judge_chars))[0]
+
+    async def parse_timed(
+        self,
+        url: str,
+        html: str,
+        pdf: bytes | None,
+        max_chars: int,
+        overlap_chars: int,
+        judge_chars: int | None = None,
+    ) -> tuple[Parsed, Times]:
+        """`parse`, and when its steps ran (for the page's lineage)."""
         args = (url, html, pdf, max_chars, overlap_chars, judge_chars)
         if self._pool is None:
             parsed, times = await asyncio.to_thread(_timed_parse, *args)
@@ -149,7 +161,7 @@ class Parser:
             parsed, times = await loop.run_in_executor(self._pool, _timed_parse, *args)
         if trace.get_current_span().is_recording():
             _record_steps(parsed, times, pdf is not None)
-        return parsed
+        return parsed, times
 
     def close(self) -> None:
         if self._pool is not None:

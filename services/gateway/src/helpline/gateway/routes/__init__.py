@@ -40,6 +40,7 @@ API: tuple[APIRouter, ...] = (
     sources.reader,
     documents.router,
     webhooks.router,
+    documents.writer,
 )
 PROBES = probes.router
 CONTRACT = contract.router

@@ -1,0 +1,81 @@
+"""Taking indexed pages out of the index: a document, a source's pages, a brand's.
+
+The gateway holds no vector store (Qdrant Edge is one process's), so each page goes as an
+empty chunk batch without a page state, at `high`: the embedder deletes the page's points,
+its state and its text, and moves the brand's index generation before reporting, as for a
+page that answers 404. The caller waits for the outcomes and reports what was removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from helpline.common.documents import Document
+from helpline.common.messages import ChunkBatch, new_task_id, utcnow
+from helpline.common.records import Status
+from helpline.common.subjects import Kind, Priority
+from helpline.gateway.tasks import Tasks
+
+#: How long a removal is waited for before answering with what is still pending.
+REMOVAL_WAIT_S = 30.0
+
+
+@dataclass
+class Removal:
+    """What a removal took out of the index; `pending`: task ids not finished in time."""
+
+    documents: int = 0
+    chunks: int = 0
+    task_ids: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def removal_batch(document: Document) -> ChunkBatch:
+    """The embed task that takes `document` out of the index."""
+    task_id = new_task_id()
+    state = document.state
+    return ChunkBatch(
+        task_id=task_id,
+        priority=Priority.HIGH,
+        url=state.url,
+        title=state.title,
+        brand=state.brand or "",
+        chunks=[],
+        fetched_at=utcnow(),
+        report_task_id=task_id,
+        report_kind=Kind.EMBED,
+        page_key=document.id,
+        page_state=None,
+    )
+
+
+async def remove_documents(
+    tasks: Tasks, documents: list[Document], wait_s: float = REMOVAL_WAIT_S
+) -> Removal:
+    """Take `documents` out of the index and the answers; wait up to `wait_s` for it."""
+    removal = Removal()
+    if not documents:
+        return removal
+    records = await tasks.store.submit_many(Kind.EMBED, [removal_batch(d) for d in documents])
+    removal.task_ids = [r.task_id for r in records]
+    waiting = set(removal.task_ids)
+    deadline = time.monotonic() + wait_s
+    while waiting:
+        for task_id in list(waiting):
+            record = await tasks.store.get(task_id)
+            if record is None or not record.status.terminal:
+                continue
+            waiting.discard(task_id)
+            if record.status is Status.SUCCEEDED:
+                removal.documents += 1
+                removal.chunks += int((record.result or {}).get("removed", 0))
+            else:
+                removal.failed.append(task_id)
+        if not waiting or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    removal.pending = sorted(waiting)
+    return removal

@@ -1,0 +1,180 @@
+"""Documents, sources and brands taken out of the index (issue 19): a document's Markdown
+and lineage, deleting a document, a source's pages and a brand, each counted in the store,
+and the next answers no longer citing them. One system and one copy of the site (which
+tests change on disk) for the module; each test its own brand."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from conftest import SITE, System, drop_streams, start_system, stop_system
+from e2e_helpers import wait_terminal
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_auth import make_key
+
+from helpline.cli.natsserver import NatsServer
+from helpline.common.embedding import Embedder
+from helpline.common.messages import LINEAGE
+from helpline.testing import bearer, serve_site
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+GUIDE = """<!doctype html><html><head><title>Port guide</title></head><body><main>
+<h1>Port guide</h1>
+<h2>Opening a port</h2>
+<p>Port forwarding sends traffic from the internet to one device of your network.</p>
+<ol><li>Open Settings</li><li>Choose Firewall, then Port forwarding</li></ol>
+<h2>Well-known ports</h2>
+<table><tr><th>Port</th><th>Use</th></tr><tr><td>22</td><td>SSH</td></tr>
+<tr><td>443</td><td>HTTPS</td></tr></table>
+<h2>Resetting the rules</h2>
+<p>The command below clears every forwarding rule of the router.</p>
+<pre><code>router firewall reset --all</code></pre>
+</main></body></html>
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A copy of the test site (tests change it), with a guide page of lists, a table, code."""
+    root = tmp_path_factory.mktemp("lifecycle") / "site"
+    shutil.copytree(SITE, root)
+    (root / "guide.html").write_text(GUIDE)
+    with serve_site(root) as url:
+        yield url, root
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared(
+    nats_server: NatsServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    model: Embedder,
+    spans: InMemorySpanExporter,
+) -> AsyncIterator[System]:
+    """The system, traced (a lineage step names its trace)."""
+    prefix = "tlife" + str(time.monotonic_ns())[-8:]
+    system = await start_system(
+        nats_server.url,
+        prefix,
+        Path(tmp_path_factory.mktemp("lifecycle-data")),
+        model,
+        min_refresh_s=1,
+        maintenance_sources_every_s=0.2,
+    )
+    try:
+        yield system
+    finally:
+        await stop_system(system)
+        await asyncio.to_thread(drop_streams, nats_server.url, prefix)
+
+
+async def scrape(system: System, url: str, brand: str) -> dict[str, Any]:
+    response = await system.client.post("/api/v1/scrape", json={"url": url, "brand": brand})
+    assert response.status_code == 202, response.text
+    record = await wait_terminal(system.client, response.json()["task_id"], timeout_s=60)
+    assert record["status"] == "succeeded", record
+    return record
+
+
+async def documents(system: System, brand: str) -> list[dict[str, Any]]:
+    response = await system.client.get("/api/v1/documents", params={"brand": brand, "limit": 1000})
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def cited(system: System, question: str, brand: str) -> list[str]:
+    response = await system.client.post(
+        "/api/v1/query", json={"question": question, "brand": brand}
+    )
+    assert response.status_code == 200, response.text
+    return [s["url"] for s in response.json()["sources"]]
+
+
+async def test_a_document_shows_its_markdown_and_lineage_and_leaves_the_index_when_deleted(
+    shared: System, site: tuple[str, Path]
+) -> None:
+    base, _ = site
+    client = shared.client
+    guide_url = f"{base}/guide.html"
+    scraped = await scrape(shared, guide_url, "lin")
+    await scrape(shared, f"{base}/config/firewall.html", "lin")
+    listed = await documents(shared, "lin")
+    assert sorted(d["url"] for d in listed) == [f"{base}/config/firewall.html", guide_url]
+    guide = next(d for d in listed if d["url"] == guide_url)
+
+    detail = (await client.get(f"/api/v1/documents/{guide['id']}")).json()
+    assert detail["id"] == guide["id"]
+    assert detail["chunks"] == guide["chunks"] >= 1
+    markdown = detail["markdown"]
+    assert markdown.startswith("# Port guide\n")
+    assert "## Opening a port\n" in markdown
+    assert "1. Open Settings\n2. Choose Firewall, then Port forwarding" in markdown
+    assert "| Port | Use |\n| --- | --- |\n| 22 | SSH |\n| 443 | HTTPS |" in markdown
+    assert "```\nrouter firewall reset --all\n```" in markdown
+
+    # Lineage: the scraper's three steps under the scrape, the embedder's two under its
+    # embed task, in order, each timed.
+    lineage = detail["lineage"]
+    assert [s["step"] for s in lineage] == list(LINEAGE)
+    assert {s["task_id"] for s in lineage[:3]} == {scraped["task_id"]}
+    embed_ids = {s["task_id"] for s in lineage[3:]}
+    assert len(embed_ids) == 1
+    assert embed_ids != {scraped["task_id"]}
+    times = [s["at"] for s in lineage]
+    assert times == sorted(times)
+    assert all(s["duration_ms"] >= 0 for s in lineage)
+    assert lineage[0]["duration_ms"] > 0  # a real fetch
+    assert detail["indexed_at"] >= lineage[-1]["at"]
+    assert detail["misses"] == 0
+    # Each step names its trace: the scrape's for the scraper's steps (the embedder's task
+    # continues the trace its batch was published in).
+    assert scraped["trace_id"]
+    assert {s["trace_id"] for s in lineage[:3]} == {scraped["trace_id"]}
+    assert all(s["trace_id"] for s in lineage[3:])
+
+    # By URL, as requested; bad and unknown URLs.
+    by_url = await client.get("/api/v1/documents/by-url", params={"url": guide_url})
+    assert by_url.status_code == 200, by_url.text
+    assert by_url.json()["id"] == guide["id"]
+    bad = await client.get("/api/v1/documents/by-url", params={"url": "ftp://x"})
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == ["url"]
+    unknown = await client.get("/api/v1/documents/by-url", params={"url": f"{base}/nope.html"})
+    assert unknown.status_code == 404
+    assert (await client.get("/api/v1/documents/0123")).status_code == 404
+
+    # The guide answers a question (and the answer is cached).
+    question = "Which command clears every forwarding rule?"
+    assert guide_url in await cited(shared, question, "lin")
+
+    # Who may delete: not a query-only key, not another brand's key.
+    reader = bearer(await make_key(client, scopes=["query"]))
+    assert (
+        await client.delete(f"/api/v1/documents/{guide['id']}", headers=reader)
+    ).status_code == 403
+    other = bearer(await make_key(client, scopes=["query", "submit"], brands=["globex"]))
+    assert (
+        await client.delete(f"/api/v1/documents/{guide['id']}", headers=other)
+    ).status_code == 404
+    assert (await client.get(f"/api/v1/documents/{guide['id']}", headers=other)).status_code == 404
+
+    before = shared.knowledge.store.count("lin")
+    deleted = await client.delete(f"/api/v1/documents/{guide['id']}")
+    assert deleted.status_code == 200, deleted.text
+    body = deleted.json()
+    assert body["status"] == "removed"
+    assert body["chunks_removed"] == guide["chunks"]
+    assert shared.knowledge.store.count("lin") == before - guide["chunks"]
+    assert (await client.get(f"/api/v1/documents/{guide['id']}")).status_code == 404
+    assert [d["url"] for d in await documents(shared, "lin")] == [f"{base}/config/firewall.html"]
+    # Not served from the cache: the next answer no longer cites it.
+    assert guide_url not in await cited(shared, question, "lin")
+    assert (await client.delete(f"/api/v1/documents/{guide['id']}")).status_code == 404
