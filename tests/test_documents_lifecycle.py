@@ -178,3 +178,68 @@ async def test_a_document_shows_its_markdown_and_lineage_and_leaves_the_index_wh
     # Not served from the cache: the next answer no longer cites it.
     assert guide_url not in await cited(shared, question, "lin")
     assert (await client.delete(f"/api/v1/documents/{guide['id']}")).status_code == 404
+
+
+async def crawled_source(system: System, url: str, brand: str, **options: Any) -> dict[str, Any]:
+    """A new source, once the schedule's first crawl of it succeeded."""
+    made = await system.client.post(
+        "/api/v1/sources", json={"url": url, "brand": brand, "refresh_s": 3600, **options}
+    )
+    assert made.status_code == 201, made.text
+    source_url = f"/api/v1/sources/{made.json()['id']}"
+    deadline = time.monotonic() + 60
+    while True:
+        source: dict[str, Any] = (await system.client.get(source_url)).json()
+        last = source["last_crawl"]
+        if last and last["status"] == "succeeded":
+            return source
+        assert last is None or last["status"] not in ("failed", "cancelled", "expired"), source
+        assert time.monotonic() < deadline, source
+        await asyncio.sleep(0.1)
+
+
+async def test_deleting_a_source_removes_exactly_its_pages_unless_kept(
+    shared: System, site: tuple[str, Path]
+) -> None:
+    base, _ = site
+    client = shared.client
+    config = await crawled_source(shared, f"{base}/config/firewall.html", "src")
+    leds = await crawled_source(shared, f"{base}/troubleshooting/leds.html", "src")
+    await scrape(shared, f"{base}/privacy.html", "src")  # of the brand, of no source
+    listed = await documents(shared, "src")
+    in_config = [d for d in listed if d["url"].startswith(f"{base}/config/")]
+    in_leds = [d for d in listed if d["url"].startswith(f"{base}/troubleshooting/")]
+    assert len(in_config) == 2  # firewall and wifi
+    assert in_leds
+    question = "What does error FW-409 mean?"
+    assert f"{base}/config/firewall.html" in await cited(shared, question, "src")
+
+    # Kept: only the crawling stops.
+    count = shared.knowledge.store.count("src")
+    kept = await client.delete(f"/api/v1/sources/{leds['id']}", params={"keep_documents": True})
+    assert kept.status_code == 200, kept.text
+    assert kept.json() == {
+        "id": leds["id"],
+        "documents_removed": 0,
+        "chunks_removed": 0,
+        "documents_kept": len(in_leds),
+        "pending": [],
+    }
+    assert shared.knowledge.store.count("src") == count
+    assert (await client.get(f"/api/v1/sources/{leds['id']}")).status_code == 404
+
+    # Removed: exactly its pages' chunks, nothing of the brand's other pages.
+    chunks = sum(d["chunks"] for d in in_config)
+    deleted = await client.delete(f"/api/v1/sources/{config['id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {
+        "id": config["id"],
+        "documents_removed": 2,
+        "chunks_removed": chunks,
+        "documents_kept": 0,
+        "pending": [],
+    }
+    assert shared.knowledge.store.count("src") == count - chunks
+    left = {d["url"] for d in await documents(shared, "src")}
+    assert left == {d["url"] for d in listed} - {d["url"] for d in in_config}
+    assert not any("/config/" in url for url in await cited(shared, question, "src"))

@@ -260,7 +260,10 @@ async def run_the_flow(client: httpx.AsyncClient, site: str) -> None:
     assert await eventually(source_crawled, timeout_s=60)
     assert (await client.get("/api/v1/sources")).status_code == 200
     assert (await client.patch(source, json={"refresh_s": 600})).status_code == 200
-    assert (await client.delete(source)).status_code == 204
+    # Its pages go too: the gateway asks the embedder, which deletes points, state and text.
+    deleted = await client.delete(source)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["documents_removed"] >= 1, deleted.json()
     await finished("scrape/batch", {"urls": [f"{site}/terms.html"], **brand})
     await finished("embed", {"documents": [{"text": "Hold reset for ten seconds.", **brand}]})
     # A page that never answers in time: retried, then dead-lettered; replayed.

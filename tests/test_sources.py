@@ -199,7 +199,9 @@ async def test_sources_api(
         ).status_code == 403
 
         # Deleted: gone, and deleting again is not found.
-        assert (await client.delete(f"/api/v1/sources/{source['id']}")).status_code == 204
+        deleted = await client.delete(f"/api/v1/sources/{source['id']}")
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json()["documents_removed"] >= 1  # its pages went with it
         assert (await client.get(f"/api/v1/sources/{source['id']}")).status_code == 404
         assert (await client.delete(f"/api/v1/sources/{source['id']}")).status_code == 404
         assert (await client.get("/api/v1/sources/..")).status_code == 404

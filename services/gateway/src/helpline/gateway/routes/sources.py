@@ -11,14 +11,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
-from helpline.common.messages import RenderMode, utcnow
+from helpline.common.documents import Document, list_documents, under
+from helpline.common.messages import PageState, RenderMode, utcnow
 from helpline.common.records import Status
 from helpline.common.sources import Source, SourceStore, new_source
 from helpline.gateway.auth import GUARDED, Caller, check_brand, requires, visible
 from helpline.gateway.errors import NotFound
 from helpline.gateway.keys import ApiKey, Scope
+from helpline.gateway.removal import remove_documents
 from helpline.gateway.routes.deps import TasksDep, valid_key
 from helpline.gateway.schemas import RENDER, Body, Brand, ErrorBody, PageBody, _whole_number
 from helpline.gateway.tasks import Tasks
@@ -220,10 +223,64 @@ async def change_source(
     return await _view(tasks, source)
 
 
-@writer.delete("/sources/{source_id}", status_code=204, responses=NOT_FOUND)
-async def delete_source(source_id: str, tasks: TasksDep, caller: Caller) -> Response:
-    """Stop crawling a source. Its pages stay in the index (removing them is not built yet)."""
-    await _visible(tasks, source_id, caller)
+class SourceDeleted(BaseModel):
+    id: str
+    documents_removed: int = Field(description="Its pages taken out of the index.")
+    chunks_removed: int
+    documents_kept: int = Field(description="Its pages left indexed (keep_documents=true).")
+    pending: list[str] = Field(
+        description="Removal tasks (embed) not finished within 30 s: follow them in /tasks."
+    )
+
+
+async def source_documents(tasks: Tasks, source: Source) -> list[Document]:
+    """The indexed pages of `source`: its brand's under its root URL."""
+    inside = under(source.url)
+
+    def keep(state: PageState) -> bool:
+        return state.brand == source.brand and inside(state.url)
+
+    page = await list_documents(tasks.bus.buckets, keep=keep, limit=10**9)
+    return page.items
+
+
+@writer.delete(
+    "/sources/{source_id}",
+    response_model=SourceDeleted,
+    responses={
+        **NOT_FOUND,
+        202: {"model": SourceDeleted, "description": "Some pages still being removed after 30 s."},
+    },
+)
+async def delete_source(
+    source_id: str,
+    tasks: TasksDep,
+    caller: Caller,
+    keep_documents: Annotated[
+        bool, Query(description="Leave its pages in the index (only stop crawling).")
+    ] = False,
+) -> Any:
+    """Stop crawling a source and take its pages (its brand's under its root URL) out of the
+    index and the answers, unless `keep_documents`; says how many went."""
+    source = await _visible(tasks, source_id, caller)
     if not await _store(tasks).delete(source_id):
         raise NotFound(f"no source with id {source_id!r}")
-    return Response(status_code=204)
+    pages = await source_documents(tasks, source)
+    if keep_documents:
+        body = SourceDeleted(
+            id=source_id,
+            documents_removed=0,
+            chunks_removed=0,
+            documents_kept=len(pages),
+            pending=[],
+        )
+        return body
+    removal = await remove_documents(tasks, pages)
+    body = SourceDeleted(
+        id=source_id,
+        documents_removed=removal.documents,
+        chunks_removed=removal.chunks,
+        documents_kept=len(removal.failed),
+        pending=removal.pending,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=202 if removal.pending else 200)
