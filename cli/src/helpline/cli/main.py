@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from helpline.cli import backupcli
 from helpline.cli.client import EXIT_CODES_HELP
 from helpline.cli.commands import register
 from helpline.cli.settings import CliSettings
@@ -41,6 +42,8 @@ def run(
 
 
 register(app)
+app.command(rich_help_panel="Data")(backupcli.backup)
+app.command(rich_help_panel="Data")(backupcli.restore)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +255,22 @@ class EdgeStore(VectorStore):
         with self._shard_lock:
             return self._shard.count(request)
 
+    def export_points(self, page: int = _SCROLL_PAGE) -> Iterator[IndexedPoint]:
+        """Every point with its dense and sparse vectors and payload, `page` at a time."""
+        offset: edge.PointId | None = None
+        while True:
+            with self._shard_lock:
+                records, offset = self._shard.scroll(
+                    edge.ScrollRequest(
+                        offset=offset, limit=page, with_payload=True, with_vector=True
+                    )
+                )
+            for record in records:
+                dense, sparse = _split_vector(record.vector)
+                yield IndexedPoint(str(record.id), dense, record.payload or {}, sparse)
+            if offset is None:
+                return
+
     def close(self) -> None:
         """Flush to disk (Edge's close does) and release the folder; closing twice is harmless."""
         with self._flush_lock:
@@ -422,6 +438,15 @@ def _edge_filter(
         if value is not None
     ]
     return edge.Filter(must=conditions) if conditions else None
+
+
+def _split_vector(vector: object) -> tuple[list[float], SparseVector | None]:
+    """A record's vectors as Edge gives them (the dense list alone, or a dict of named ones)."""
+    if not isinstance(vector, dict):
+        return list(vector or []), None  # type: ignore[call-overload]
+    named = vector.get(SPARSE_VECTOR)
+    sparse = None if named is None else SparseVector(list(named.indices), list(named.values))
+    return list(vector.get("", [])), sparse
 
 
 @dataclass

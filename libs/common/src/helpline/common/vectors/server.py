@@ -6,7 +6,7 @@ use in place of a server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -185,6 +185,29 @@ class QdrantServerStore(VectorStore):
             self.collection, count_filter=_server_filter(brand=brand), exact=True
         )
         return result.count
+
+    def export_points(self, page: int = _SCROLL_PAGE) -> Iterator[IndexedPoint]:
+        """Every point with its dense and sparse vectors and payload, `page` at a time."""
+        offset: qm.ExtendedPointId | None = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, limit=page, offset=offset, with_payload=True, with_vectors=True
+            )
+            for record in records:
+                vectors = record.vector if isinstance(record.vector, dict) else {"": record.vector}
+                dense = vectors.get("")
+                if not isinstance(dense, list):
+                    dense = []  # a dense vector is a flat list of floats
+                named = vectors.get(SPARSE_VECTOR)
+                sparse = (
+                    SparseVector(list(named.indices), list(named.values))
+                    if isinstance(named, qm.SparseVector)
+                    else None
+                )
+                values = [float(v) for v in dense if isinstance(v, int | float)]
+                yield IndexedPoint(str(record.id), values, record.payload or {}, sparse)
+            if offset is None:
+                return
 
     def maintain(self) -> bool:
         """Nothing to do: a Qdrant server builds its indexes by itself."""

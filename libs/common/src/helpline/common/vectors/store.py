@@ -9,7 +9,7 @@ Qdrant's IDF modifier; see `helpline.common.lexical`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -117,6 +117,11 @@ class VectorStore(Protocol):
 
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""
+        ...
+
+    def export_points(self, page: int = _SCROLL_PAGE) -> Iterator[IndexedPoint]:
+        """Every point with its dense and sparse vectors and payload (a backup's read),
+        fetched `page` at a time."""
         ...
 
     def maintain(self) -> bool:

