@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from helpline.common.kvscan import kv_entries
-from helpline.common.messages import PageState
+from helpline.common.messages import ChunkBatch, PageState, new_task_id, utcnow
 from helpline.common.pagestate import PageStates, page_state_key
-from helpline.common.subjects import Bucket
+from helpline.common.subjects import Bucket, Kind, Priority
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -104,3 +104,24 @@ async def load_document(buckets: Buckets, key: str) -> Document | None:
     """One indexed page by its id (its key in the `pages` bucket)."""
     state = await PageStates(buckets).load(key)
     return None if state is None else Document(key, state)
+
+
+def removal_batch(document: Document, priority: Priority = Priority.HIGH) -> ChunkBatch:
+    """The embed task that takes `document` out of the index: no chunks, no page state (as for
+    a page that answers 404): the embedder deletes its points, state and text, and moves its
+    brand's index generation."""
+    task_id = new_task_id()
+    state = document.state
+    return ChunkBatch(
+        task_id=task_id,
+        priority=priority,
+        url=state.url,
+        title=state.title,
+        brand=state.brand or "",
+        chunks=[],
+        fetched_at=utcnow(),
+        report_task_id=task_id,
+        report_kind=Kind.EMBED,
+        page_key=document.id,
+        page_state=None,
+    )

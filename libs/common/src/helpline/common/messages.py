@@ -147,6 +147,10 @@ class PageState(Message):
     lineage: list[LineageStep] = Field(default_factory=list)
     # Re-crawls in a row that missed the page (gone, or no longer linked): removed at two.
     misses: int = 0
+    # The crawl that last reached the page (a source's sweep counts a miss for the others).
+    seen_by: str | None = None
+    # When the page's indexed chunks last changed (a re-crawl that embedded nothing keeps it).
+    changed_at: datetime | None = None
 
 
 class ChunkBatch(TaskMessage):

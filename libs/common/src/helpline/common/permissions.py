@@ -204,6 +204,7 @@ def _scraper(g: _Grants) -> None:
     g.submit(Kind.SCRAPE, Kind.EMBED)
     g.kv_read(Bucket.CRAWLS, Bucket.HOSTS, Bucket.PAGES)
     g.kv_write(Bucket.CRAWLS, Bucket.HOSTS)
+    g.kv_write(Bucket.PAGES)  # a crawl reached the page, or found it gone (a miss)
     g.watch(Bucket.CRAWLS)
 
 
@@ -237,6 +238,11 @@ def _maintenance(g: _Grants) -> None:
     g.kv_read(Bucket.SOURCES, Bucket.LEASES)
     g.kv_write(Bucket.SOURCES, Bucket.LEASES)
     g.watch(Bucket.SOURCES)
+    # After a run, its sweep counts misses on the source's pages and removes those missed twice.
+    g.kv_read(Bucket.PAGES)
+    g.kv_write(Bucket.PAGES)
+    g.watch(Bucket.PAGES)
+    g.submit(Kind.EMBED)
     # Delivers webhooks: reads each one's secret, notes every attempt.
     g.work(Kind.WEBHOOK)
     g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)

@@ -44,6 +44,13 @@ class SourceRun(BaseModel):
     started_at: datetime
     #: The maintenance replica that started it (the lease's holder).
     started_by: str | None = None
+    #: Once the crawl ended, its sweep (`maintenance.sources.sweep`): when, and what it found
+    #: of the source's pages: unchanged, missed (not reached or gone; kept until a second
+    #: miss in a row) and removed.
+    swept_at: datetime | None = None
+    pages_unchanged: int | None = None
+    pages_missed: int | None = None
+    pages_removed: int | None = None
 
 
 class Source(BaseModel):
@@ -197,6 +204,27 @@ class SourceStore:
     async def due(self, now: datetime) -> list[Source]:
         """The sources whose next run is due at `now`, longest waiting first."""
         return sorted((s for s in await self.all() if s.next_due <= now), key=lambda s: s.next_due)
+
+    async def note_sweep(
+        self, source_id: str, task_id: str, *, unchanged: int, missed: int, removed: int
+    ) -> Source | None:
+        """Record the sweep of run `task_id` on the source (nothing if another run is its last)."""
+
+        def noted(current: Source) -> Source | None:
+            run = current.last_run
+            if run is None or run.task_id != task_id or run.swept_at is not None:
+                return None
+            swept = run.model_copy(
+                update={
+                    "swept_at": utcnow(),
+                    "pages_unchanged": unchanged,
+                    "pages_missed": missed,
+                    "pages_removed": removed,
+                }
+            )
+            return current.model_copy(update={"last_run": swept})
+
+        return await self.change(source_id, noted)
 
     async def note_run(
         self, source: Source, task_id: str, now: datetime, *, by: str | None = None

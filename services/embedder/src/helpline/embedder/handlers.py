@@ -59,6 +59,11 @@ def build_consumers(
                         "task_id": batch.report_task_id,
                         "lineage": lineage,
                         "misses": 0,
+                        "changed_at": (
+                            utcnow()
+                            if result.get("embedded") or result.get("removed")
+                            else state.changed_at or utcnow()
+                        ),
                     }
                 )
             # The text first: a listed page always has the text of its indexed version.

@@ -12,10 +12,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from helpline.common.documents import Document
-from helpline.common.messages import ChunkBatch, new_task_id, utcnow
+from helpline.common.documents import Document, removal_batch
 from helpline.common.records import Status
-from helpline.common.subjects import Kind, Priority
+from helpline.common.subjects import Kind
 from helpline.gateway.tasks import Tasks
 
 #: How long a removal is waited for before answering with what is still pending.
@@ -31,25 +30,6 @@ class Removal:
     task_ids: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-
-
-def removal_batch(document: Document) -> ChunkBatch:
-    """The embed task that takes `document` out of the index."""
-    task_id = new_task_id()
-    state = document.state
-    return ChunkBatch(
-        task_id=task_id,
-        priority=Priority.HIGH,
-        url=state.url,
-        title=state.title,
-        brand=state.brand or "",
-        chunks=[],
-        fetched_at=utcnow(),
-        report_task_id=task_id,
-        report_kind=Kind.EMBED,
-        page_key=document.id,
-        page_state=None,
-    )
 
 
 async def remove_documents(

@@ -6,6 +6,13 @@ submits a crawl (listed as an open parent, then the record and the task), at `lo
 priority, under an id derived from the source and its due time, then noted on the source
 with its next due time. A holder killed between the two leaves the run due: the next
 holder submits the same id again, which is the same task.
+
+Once a run's crawl has ended, the holder sweeps the source's pages (its brand's under its
+root URL): a page the crawl did not reach (no longer linked nor in the sitemap) counts a
+miss, as the scraper counts one for a page that answered 404/410; a page missed by two
+crawls in a row leaves the index (an embed task, as a deleted document). A crawl that failed
+or hit `max_pages` counts no misses for pages it did not reach: it may simply not have got
+there. The sweep's counts (unchanged, missed, removed) are noted on the source's last run.
 """
 
 from __future__ import annotations
@@ -19,17 +26,25 @@ import uuid
 
 from helpline.common.bus import Bus
 from helpline.common.crawlstate import CrawlLedger
+from helpline.common.documents import list_documents, removal_batch, under
 from helpline.common.leases import Lease
-from helpline.common.messages import utcnow
+from helpline.common.messages import PageState, utcnow
+from helpline.common.pagestate import PageStates
+from helpline.common.records import Status
 from helpline.common.sources import (
+    Source,
+    SourceRun,
     SourceStore,
     crawl_task,
     run_task_id,
 )
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
 
 log = logging.getLogger(__name__)
+
+#: A page missed by this many crawls in a row leaves the index.
+MISSES_TO_REMOVE = 2
 
 
 def holder_name() -> str:
@@ -60,12 +75,71 @@ async def start_due(bus: Bus, lease: Lease) -> list[str]:
     return started
 
 
+async def sweep_ended(bus: Bus, lease: Lease) -> int:
+    """Sweep every source whose last run ended and was not swept yet; how many were."""
+    store = SourceStore(bus.buckets)
+    records = TaskStore(bus)
+    ledger = CrawlLedger(bus.buckets)
+    swept = 0
+    for source in await store.all():
+        run = source.last_run
+        if run is None or run.swept_at is not None:
+            continue
+        if not lease.held():
+            break
+        record = await records.get(run.task_id)
+        if record is not None and not record.status.terminal:
+            continue  # still crawling
+        complete = (
+            record is not None
+            and record.status is Status.SUCCEEDED
+            and await ledger.pages_claimed(run.task_id) < source.max_pages
+        )
+        await sweep(bus, source, run, complete=complete)
+        swept += 1
+    return swept
+
+
+async def sweep(bus: Bus, source: Source, run: SourceRun, *, complete: bool) -> None:
+    """Count the misses of `run` on `source`'s pages, remove those missed twice in a row, and
+    note what was found on the source."""
+    pages = PageStates(bus.buckets)
+    inside = under(source.url)
+
+    def of_source(state: PageState) -> bool:
+        return state.brand == source.brand and inside(state.url)
+
+    documents = (await list_documents(bus.buckets, keep=of_source, limit=10**9)).items
+    unchanged = missed = 0
+    gone = []
+    for document in documents:
+        state = document.state
+        reached = state.seen_by == run.task_id
+        misses = state.misses if reached or not complete else state.misses + 1
+        if misses >= MISSES_TO_REMOVE:
+            gone.append(document)
+        elif misses:
+            missed += 1
+            if misses != state.misses:
+                await pages.save(document.id, state.model_copy(update={"misses": misses}))
+        elif reached and (state.changed_at is None or state.changed_at < run.started_at):
+            unchanged += 1
+    if gone:
+        batches = [removal_batch(d, Priority.LOW) for d in gone]
+        await TaskStore(bus).submit_many(Kind.EMBED, batches)
+        log.info("source %s: %d pages missed twice, removed", source.id, len(gone))
+    await SourceStore(bus.buckets).note_sweep(
+        source.id, run.task_id, unchanged=unchanged, missed=missed, removed=len(gone)
+    )
+
+
 async def schedule_sources(bus: Bus, lease: Lease, every_s: float) -> None:
     """Look for due sources every `every_s` (and renew the lease at least thrice a TTL)."""
     tick = min(every_s, lease.ttl_s / 3)
     while True:
         try:
             if await lease.hold():
+                await sweep_ended(bus, lease)
                 await start_due(bus, lease)
         except Exception as exc:  # the bus may be down; the next look tries again
             log.warning("scheduling sources: %r", exc)

@@ -147,6 +147,11 @@ class Scraper:
         except PageGone:
             if previous is None:
                 raise
+            if crawling:
+                # A crawl's page is removed only after two crawls in a row missed it (a flaky
+                # page is not dropped at once): the source's sweep removes it (`sources`).
+                await self._seen(key, previous, task.parent_id, missed=True)
+                raise
             # Indexed before, gone now: its chunks leave the index (the embedder reports it).
             await self._submit(task, previous.url, previous.title, [], key, None, utcnow())
             return REPORTED_LATER
@@ -156,6 +161,7 @@ class Scraper:
         ctx.checkpoint()
         if page.not_modified and previous is not None:
             if crawling:
+                await self._seen(key, previous, task.parent_id)
                 await self._follow_links(task, previous.links or [])
             return {
                 "url": previous.url,
@@ -180,9 +186,25 @@ class Scraper:
             title=title,
             links=doc.links[:MAX_REMEMBERED_LINKS] if crawling else None,
             lineage=_lineage(task.task_id, fetch_at, fetch_ms, times),
+            seen_by=task.parent_id if crawling else None,
+            changed_at=previous.changed_at if previous is not None else None,
         )
         await self._submit(task, url, title, chunks, key, state, page.fetched_at, to_markdown(doc))
         return REPORTED_LATER
+
+    async def _seen(
+        self, key: str, previous: PageState, crawl_id: str | None, *, missed: bool = False
+    ) -> None:
+        """Note that crawl `crawl_id` reached the page: found (misses start again) or gone
+        (one more miss, once per crawl)."""
+        if missed:
+            again = previous.seen_by == crawl_id
+            misses = previous.misses + (0 if again else 1)
+        else:
+            misses = 0
+        if previous.seen_by != crawl_id or previous.misses != misses:
+            update = {"misses": misses, "seen_by": crawl_id}
+            await self.pages.save(key, previous.model_copy(update=update))
 
     async def _parse(
         self, page: FetchResult, render: RenderMode, ctx: TaskContext

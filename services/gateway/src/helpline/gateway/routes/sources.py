@@ -83,6 +83,14 @@ class LastCrawl(BaseModel):
     pages_ok: int | None = None
     pages_failed: int | None = None
     chunks_indexed: int | None = None
+    swept_at: datetime | None = Field(
+        default=None, description="When its pages were swept after it ended (null: not yet)."
+    )
+    pages_unchanged: int | None = Field(default=None, description="Reached, nothing embedded.")
+    pages_missed: int | None = Field(
+        default=None, description="Gone or no longer linked, kept until a second miss in a row."
+    )
+    pages_removed: int | None = Field(default=None, description="Missed twice in a row: removed.")
 
 
 class SourceView(BaseModel):
@@ -141,6 +149,10 @@ async def _view(tasks: Tasks, source: Source) -> SourceView:
             pages_ok=result.get("pages_ok"),
             pages_failed=result.get("pages_failed"),
             chunks_indexed=result.get("chunks_indexed"),
+            swept_at=run.swept_at,
+            pages_unchanged=run.pages_unchanged,
+            pages_missed=run.pages_missed,
+            pages_removed=run.pages_removed,
         )
     return SourceView(
         **source.model_dump(exclude={"last_run"}),
