@@ -256,12 +256,21 @@ def _finished_tasks(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]
     return kept
 
 
+def _page_of(payload: dict[str, Any]) -> tuple[str, str]:
+    """The page a point belongs to: its brand and URL."""
+    return str(payload.get("brand")), str(payload.get("url"))
+
+
+def _counted(point: IndexedPoint, held: Counter[tuple[str, str]]) -> IndexedPoint:
+    held[_page_of(point.payload)] += 1
+    return point
+
+
 def _inconsistent_pages(
-    pages: list[tuple[str, bytes]], points: list[IndexedPoint]
+    pages: list[tuple[str, bytes]], held: Counter[tuple[str, str]]
 ) -> tuple[set[str], set[tuple[str, str]]]:
-    """Page keys whose chunk count differs from their points, and the (brand, URL) whose
-    points go with them (those no consistent record of the same page keeps)."""
-    held = Counter((str(p.payload.get("brand")), str(p.payload.get("url"))) for p in points)
+    """Page keys whose chunk count differs from the points `held` for their page, and the
+    pages whose points go with them (those no consistent record of the same page keeps)."""
     bad_keys: set[str] = set()
     bad: set[tuple[str, str]] = set()
     good: set[tuple[str, str]] = set()
@@ -297,6 +306,7 @@ def backup(
         raise Refused(f"{target} is not empty: back up into a new folder")
     refuse_if_running(data_dir)
     buckets = (*KEPT, Bucket.TASKS) if with_tasks else KEPT
+    target.mkdir(parents=True, exist_ok=True)
     shard = edge_path(data_dir, store.collection)
     dim = edge_dim(shard) if store.qdrant_url is None else None
     vectors: VectorStore | None = None
@@ -311,30 +321,41 @@ def backup(
         dim = _MODEL_DIM
     elif dim is not None:
         vectors = open_edge(data_dir, store.collection, dim)  # held: up cannot start meanwhile
+    # Points are streamed to disk as they are read, counted per page; the few of a page
+    # found inconsistent are then filtered out of a second pass over the file.
+    unfiltered = target / f"{POINTS_FILE}.partial"
+    held: Counter[tuple[str, str]] = Counter()
     try:
         server = NatsServer(nats_store(data_dir)).start()
         try:
             read = asyncio.run(_read_buckets(server.url, settings.bus_prefix, buckets))
         finally:
             server.stop()
-        points = list(vectors.export_points()) if vectors is not None else []
+        exported = vectors.export_points() if vectors is not None else iter(())
+        _write_lines(unfiltered, (_point_line(_counted(p, held)) for p in exported))
+    except BaseException:
+        unfiltered.unlink(missing_ok=True)
+        raise
     finally:
         if vectors is not None:
             vectors.close()
     if Bucket.TASKS in read:
         read[Bucket.TASKS] = _finished_tasks(read[Bucket.TASKS])
-    bad_keys, bad_pages = _inconsistent_pages(read[Bucket.PAGES], points)
+    bad_keys, bad_pages = _inconsistent_pages(read[Bucket.PAGES], held)
     for name in (Bucket.PAGES, Bucket.TEXTS):
         read[name] = [(k, v) for k, v in read[name] if k not in bad_keys]
-    dropped_points = [
-        p for p in points if (str(p.payload.get("brand")), str(p.payload.get("url"))) in bad_pages
-    ]
-    if dropped_points:
-        gone = {p.id for p in dropped_points}
-        points = [p for p in points if p.id not in gone]
-    unrecorded = _unrecorded(read[Bucket.PAGES], points)
+    dropped_points = sum(held.pop(page) for page in bad_pages if page in held)
+    if bad_pages:
+        kept = (
+            line for line in _read_lines(unfiltered) if _page_of(line["payload"]) not in bad_pages
+        )
+        _write_lines(target / POINTS_FILE, kept)
+        unfiltered.unlink()
+    else:
+        unfiltered.rename(target / POINTS_FILE)
+    points = sum(held.values())
+    unrecorded = _unrecorded(read[Bucket.PAGES], held)
 
-    target.mkdir(parents=True, exist_ok=True)
     _write_lines(
         target / KV_FILE,
         (
@@ -343,7 +364,6 @@ def backup(
             for key, value in entries
         ),
     )
-    _write_lines(target / POINTS_FILE, (_point_line(p) for p in points))
     files = {
         name: {"sha256": _sha256(target / name), "bytes": (target / name).stat().st_size}
         for name in (KV_FILE, POINTS_FILE)
@@ -361,11 +381,11 @@ def backup(
         "collection": store.collection,
         "dim": dim,
         "model": _model_id(),
-        "counts": {"buckets": counts, "points": len(points)},
+        "counts": {"buckets": counts, "points": points},
         "with_tasks": with_tasks,
         "left_out": {
             "pages": sorted(bad_keys),
-            "points": len(dropped_points),
+            "points": dropped_points,
             "why": "chunk count differs from the points held: the next crawl fetches them again",
         },
         "points_without_page_record": unrecorded,
@@ -373,12 +393,11 @@ def backup(
     }
     (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     size = sum(f.stat().st_size for f in target.iterdir())
-    return Summary(
-        target, counts, len(points), size, time.perf_counter() - started, sorted(bad_keys)
-    )
+    return Summary(target, counts, points, size, time.perf_counter() - started, sorted(bad_keys))
 
 
-def _unrecorded(pages: list[tuple[str, bytes]], points: list[IndexedPoint]) -> int:
+def _unrecorded(pages: list[tuple[str, bytes]], held: Counter[tuple[str, str]]) -> int:
+    """Points of pages no record names (free text indexed through `POST /embed`)."""
     recorded = set()
     for _, value in pages:
         try:
@@ -387,11 +406,7 @@ def _unrecorded(pages: list[tuple[str, bytes]], points: list[IndexedPoint]) -> i
             continue
         if isinstance(state, dict):
             recorded.add((str(state.get("brand")), str(state.get("url"))))
-    return sum(
-        1
-        for p in points
-        if (str(p.payload.get("brand")), str(p.payload.get("url"))) not in recorded
-    )
+    return sum(count for page, count in held.items() if page not in recorded)
 
 
 #: all-MiniLM-L6-v2's vectors, for a Qdrant server's collection (an Edge shard says its own).
