@@ -314,10 +314,22 @@ def test_sources(env: dict[str, str], site: str) -> None:
     too_often = cli(env, *add, "--refresh-s", "5")
     assert too_often.code == 2, too_often
     assert "refresh_s:" in too_often.err, too_often
-    assert cli(env, "sources", "delete", source["id"]).code == 0
+    # Deleted, its pages (the whole site's, under its folder) kept.
+    kept = cli(env, "sources", "delete", source["id"], "--keep-documents")
+    assert kept.code == 0, kept
+    assert ": 0 documents (0 chunks) out of the index" in kept.out, kept
     missing = cli(env, "sources", "show", source["id"])
     assert missing.code == 2, missing
     assert "404" in missing.err, missing
+    # A source of one folder, deleted with its pages.
+    wifi = f"{site}/config/wifi.html"
+    config = cli(env, "sources", "add", wifi, "--brand", "acme", "--refresh-s", "3600", "--json")
+    deleted = cli(env, "sources", "delete", config.json()["id"], "--json")
+    assert deleted.code == 0, deleted
+    assert deleted.json()["documents_removed"] >= 1
+    left = cli(env, "documents", "list", "--brand", "acme", "--json").json()["items"]
+    assert not [d for d in left if "/config/" in d["url"]]
+    assert left
 
 
 def test_documents(env: dict[str, str], site: str, crawled: tuple[Run, str]) -> None:
@@ -332,6 +344,30 @@ def test_documents(env: dict[str, str], site: str, crawled: tuple[Run, str]) -> 
     assert one.code == 0, one
     assert urls[0] in one.out, one
     assert "--cursor" in one.out, one
+    # One document: by id and by URL, its lineage and its Markdown; then taken out.
+    privacy = next(d for d in listed["items"] if d["url"] == f"{site}/privacy.html")
+    detail = cli(env, "documents", "show", privacy["id"], "--json").json()
+    assert detail["url"] == privacy["url"]
+    assert "indexed" in [step["step"] for step in detail["lineage"]]
+    by_url = cli(env, "documents", "show", "--url", privacy["url"], "--json").json()
+    assert by_url["id"] == privacy["id"]
+    text = cli(env, "documents", "show", privacy["id"], "--markdown")
+    assert text.code == 0, text
+    assert text.out.strip() == (detail["markdown"] or "").strip()
+    assert text.out.strip()
+    shown = cli(env, "documents", "show", privacy["id"])
+    assert shown.code == 0, shown
+    assert "fetched" in shown.out, shown
+    assert privacy["url"] in shown.out, shown
+    both = cli(env, "documents", "show", privacy["id"], "--url", privacy["url"])
+    assert both.code == 2, both
+    removed = cli(env, "documents", "delete", privacy["id"], "--json")
+    assert removed.code == 0, removed
+    assert removed.json()["status"] == "removed"
+    assert removed.json()["chunks_removed"] == privacy["chunks"]
+    gone = cli(env, "documents", "show", privacy["id"])
+    assert gone.code == 2, gone
+    assert "404" in gone.err, gone
 
 
 def test_keys(env: dict[str, str]) -> None:

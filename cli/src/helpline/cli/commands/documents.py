@@ -1,13 +1,16 @@
-"""Documents: the pages in the index, as their last indexing left them."""
+"""Documents: the pages in the index, as their last indexing left them: listed, one shown
+(lineage, Markdown), one taken out."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markdown import Markdown
 
-from helpline.cli.client import Gateway
-from helpline.cli.output import JsonFlag, emit_json, out, table, when
+from helpline.cli.client import ExitCode, Gateway, fail
+from helpline.cli.output import JsonFlag, emit_json, fields, out, table, when
 
 documents = typer.Typer(help="The pages in the index.")
 
@@ -52,3 +55,81 @@ def list_documents(
     )
     if cursor:
         out.print(f"[dim]more: --cursor {cursor} (or --all)[/]")
+
+
+@documents.command("show")
+def show(
+    document_id: Annotated[
+        str | None, typer.Argument(help="The document's id; or --url.", show_default=False)
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="The page's URL instead of its id.")] = None,
+    brand: Annotated[
+        str | None, typer.Option(help="With --url: whose (when several brands index it).")
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print only the extracted text, as Markdown.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """One indexed page: metadata, lineage (fetched ... indexed) and its text as Markdown."""
+    if (document_id is None) == (url is None):
+        fail(ExitCode.BAD_INPUT, "give a document id or --url, one of them")
+    with Gateway.from_settings() as gateway:
+        if url is not None:
+            document = gateway.get("/documents/by-url", url=url, brand=brand)
+        else:
+            document = gateway.get(f"/documents/{document_id}")
+    if as_json:
+        emit_json(document)
+        return
+    if markdown:
+        sys.stdout.write((document.get("markdown") or "") + "\n")
+        return
+    fields(
+        [
+            ("id", document["id"]),
+            ("url", document["url"]),
+            ("title", document["title"]),
+            ("brand", document.get("brand")),
+            ("chunks", document["chunks"]),
+            ("fetched", when(document.get("fetched_at"))),
+            ("indexed", when(document.get("indexed_at"))),
+            ("task", document.get("task_id")),
+        ]
+    )
+    if document.get("lineage"):
+        out.print()
+        table(
+            document["lineage"],
+            [
+                ("step", lambda s: s["step"]),
+                ("at", lambda s: when(s["at"], short=True)),
+                ("ms", lambda s: f"{s['duration_ms']:.1f}"),
+                ("task", lambda s: s["task_id"]),
+                ("trace", lambda s: s.get("trace_id")),
+            ],
+            empty="",
+        )
+    if document.get("markdown"):
+        out.print()
+        out.print(Markdown(document["markdown"]))
+
+
+@documents.command("delete")
+def delete(
+    document_id: Annotated[str, typer.Argument(help="The document's id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Take a page out of the index and out of cached answers (a later crawl may index it
+    again); exit 1 if the removal failed."""
+    with Gateway.from_settings() as gateway:
+        removed = gateway.delete(f"/documents/{document_id}")
+    if as_json:
+        emit_json(removed)
+    elif removed["status"] == "pending":
+        task_id = removed["task_id"]
+        out.print(f"removing {removed['url']}: follow it with helpline task {task_id} --wait")
+    else:
+        out.print(f"{removed['status']} {removed['url']}: {removed['chunks_removed']} chunks")
+    if removed["status"] == "failed":
+        raise typer.Exit(int(ExitCode.FAILED))

@@ -152,11 +152,32 @@ def update(
 
 
 @sources.command("delete")
-def delete(source_id: SourceId, as_json: JsonFlag = False) -> None:
-    """Stop crawling a source (its pages stay indexed)."""
+def delete(
+    source_id: SourceId,
+    keep_documents: Annotated[
+        bool,
+        typer.Option("--keep-documents", help="Leave its pages in the index (only stop crawling)."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Stop crawling a source and take its pages (its brand's under its URL) out of the index,
+    unless --keep-documents."""
     with Gateway.from_settings() as gateway:
-        gateway.delete(f"/sources/{source_id}")
+        deleted = gateway.call(
+            "DELETE",
+            f"/sources/{source_id}",
+            params={"keep_documents": "true" if keep_documents else None},
+        )
+    deleted = deleted or {"id": source_id}  # a gateway before pages went with their source
     if as_json:
-        emit_json({"id": source_id, "deleted": True})
-    else:
-        out.print(f"deleted source {source_id}")
+        emit_json(deleted)
+        return
+    line = f"deleted source {source_id}"
+    if "documents_removed" in deleted:
+        line += (
+            f": {deleted['documents_removed']} documents ({deleted['chunks_removed']} chunks) "
+            f"out of the index, {deleted['documents_kept']} kept"
+        )
+    out.print(line)
+    for task_id in deleted.get("pending") or []:
+        out.print(f"  still removing: helpline task {task_id} --wait")
