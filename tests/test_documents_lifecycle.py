@@ -371,3 +371,62 @@ async def test_a_source_stays_fresh_changed_pages_answer_and_missed_pages_leave_
         assert f"{base}/c.html" not in [s["url"] for s in answer["sources"]]
         assert last["status"] == "succeeded"
         assert (await client.delete(source_url, params={"keep_documents": True})).status_code == 200
+
+
+async def test_brands_are_listed_and_one_is_taken_out_whole(
+    shared: System, site: tuple[str, Path]
+) -> None:
+    base, _ = site
+    client = shared.client
+    await scrape(shared, f"{base}/config/firewall.html", "gone")
+    await scrape(shared, f"{base}/config/wifi.html", "gone")
+    await scrape(shared, f"{base}/config/firewall.html", "stay")
+    await crawled_source(shared, f"{base}/privacy.html", "gone", max_depth=0)
+    text = "Hold the reset button for ten seconds to restore the factory settings."
+    embedded = await client.post(
+        "/api/v1/embed", json={"documents": [{"text": text, "brand": "gone"}]}
+    )
+    assert embedded.status_code == 202, embedded.text
+    assert (await wait_terminal(client, embedded.json()["task_id"]))["status"] == "succeeded"
+
+    pages = await documents(shared, "gone")
+    listed = {b["brand"]: b for b in (await client.get("/api/v1/brands")).json()["items"]}
+    assert listed["gone"]["documents"] == len(pages) == 3
+    assert listed["gone"]["chunks"] == sum(d["chunks"] for d in pages)
+    assert listed["gone"]["sources"] == 1
+    assert listed["gone"]["last_indexed_at"] == max(d["indexed_at"] for d in pages)
+    assert listed["stay"]["documents"] == 1
+    assert listed["stay"]["sources"] == 0
+    stay_key = bearer(await make_key(client, scopes=["query"], brands=["stay"]))
+    seen = (await client.get("/api/v1/brands", headers=stay_key)).json()["items"]
+    assert [b["brand"] for b in seen] == ["stay"]
+
+    question = "How do I restore the factory settings?"
+    assert await cited(shared, question, "gone")  # the text sent to /embed answers it
+    submitter = bearer(await make_key(client, scopes=["query", "submit"]))
+    assert (await client.delete("/api/v1/brands/gone", headers=submitter)).status_code == 403
+    bad = await client.delete("/api/v1/brands/bad*name")
+    assert bad.status_code == 422
+    assert [e["field"] for e in bad.json()["errors"]] == ["brand"]
+
+    gone_points = shared.knowledge.store.count("gone")
+    stay_points = shared.knowledge.store.count("stay")
+    assert gone_points > listed["gone"]["chunks"]  # the embedded text has no page
+    deleted = await client.delete("/api/v1/brands/gone")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {
+        "brand": "gone",
+        "sources_removed": 1,
+        "documents_removed": 3,
+        "chunks_removed": gone_points,
+        "pending": [],
+    }
+    assert shared.knowledge.store.count("gone") == 0
+    assert shared.knowledge.store.count("stay") == stay_points
+    assert await documents(shared, "gone") == []
+    assert (await client.get("/api/v1/sources", params={"brand": "gone"})).json()["items"] == []
+    brands = [b["brand"] for b in (await client.get("/api/v1/brands")).json()["items"]]
+    assert "gone" not in brands
+    assert "stay" in brands
+    assert await cited(shared, question, "gone") == []
+    assert (await client.delete("/api/v1/brands/gone")).status_code == 404

@@ -153,6 +153,19 @@ def test_count_by_brand(store: VectorStore) -> None:
     assert store.count("initech") == 0
 
 
+def test_ids_of_brand(store: VectorStore) -> None:
+    # More points than one scroll page, of two pages, beside another brand's.
+    acme = [chunk("https://docs/a", i) for i in range(200)]
+    acme += [chunk("https://docs/b", i) for i in range(100)]
+    store.upsert(acme)
+    store.upsert([chunk("https://docs/a", i, brand="globex") for i in range(500, 503)])
+
+    assert sorted(store.ids_of_brand("acme")) == sorted(p.id for p in acme)
+    assert store.ids_of_brand("initech") == []
+    store.delete(store.ids_of_brand("acme"))
+    assert (store.count("acme"), store.count("globex")) == (0, 3)
+
+
 def test_ensure_collection_is_idempotent(store: VectorStore) -> None:
     store.upsert([chunk("https://docs/a", 0)])
     store.ensure_collection()

@@ -171,6 +171,8 @@ class ChunkBatch(TaskMessage):
     page_state: PageState | None = None
     # The page's text as Markdown, stored beside its state once the chunks are indexed.
     markdown: str | None = None
+    # Delete every point of `brand` (its chunks must be empty): a brand taken out whole.
+    drop_brand: bool = False
 
     def reported_as(self, kind: Kind) -> tuple[str, Kind]:
         return self.report_task_id, self.report_kind

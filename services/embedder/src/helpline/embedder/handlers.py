@@ -25,7 +25,7 @@ def build_consumers(
         # Before the page is reported done: once it is, no stale answer may be served. A
         # redelivery bumps too: the attempt that committed the change may have died before.
         # A page taken out (no chunks, no state) bumps even with nothing found to remove.
-        gone = batch.page_key is not None and batch.page_state is None
+        gone = (batch.page_key is not None and batch.page_state is None) or batch.drop_brand
         if result.get("embedded") or result.get("removed") or gone or ctx.attempt > 1:
             await bump_generation(bus, batch.brand)
         if batch.page_key is not None:

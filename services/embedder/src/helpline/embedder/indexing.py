@@ -50,10 +50,23 @@ class Indexer:
         self.breaker = breaker
         self.batch_size = batch_size
 
+    async def drop_brand(self, brand: str, times: IndexTimes) -> dict[str, Any]:
+        """Delete every point of `brand` (a brand taken out whole)."""
+        times.write_at, started = utcnow(), time.perf_counter()
+        ids = await guarded(
+            self.breaker, self.store.ids_of_brand, brand, inline=self.store.holds_gil
+        )
+        if ids:
+            await guarded(self.breaker, self.store.delete, ids, inline=self.store.holds_gil)
+        times.write_ms = (time.perf_counter() - started) * 1000
+        return {"brand": brand, "chunks_indexed": 0, "embedded": 0, "removed": len(ids)}
+
     async def index(self, batch: ChunkBatch, times: IndexTimes | None = None) -> dict[str, Any]:
         """Make the index hold exactly this page's chunks; returns what changed (and fills
         `times`, when given)."""
         times = times or IndexTimes()
+        if batch.drop_brand:
+            return await self.drop_brand(batch.brand, times)
         existing = await guarded(
             self.breaker,
             self.store.hashes_for_url,

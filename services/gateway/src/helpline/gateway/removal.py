@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 from helpline.common.documents import Document, removal_batch
+from helpline.common.messages import ChunkBatch, new_task_id, utcnow
 from helpline.common.records import Status
-from helpline.common.subjects import Kind
+from helpline.common.subjects import Kind, Priority
 from helpline.gateway.tasks import Tasks
 
 #: How long a removal is waited for before answering with what is still pending.
@@ -36,10 +37,42 @@ async def remove_documents(
     tasks: Tasks, documents: list[Document], wait_s: float = REMOVAL_WAIT_S
 ) -> Removal:
     """Take `documents` out of the index and the answers; wait up to `wait_s` for it."""
+    return await remove(tasks, [removal_batch(d) for d in documents], wait_s)
+
+
+async def remove_brand(tasks: Tasks, brand: str, documents: list[Document]) -> Removal:
+    """Take `documents` (the brand's pages) out, then every other point of `brand` (text sent
+    to /embed, pages without a state): each page counted as a document, the rest as chunks."""
+    removal = await remove_documents(tasks, documents)
+    task_id = new_task_id()
+    rest = ChunkBatch(
+        task_id=task_id,
+        priority=Priority.HIGH,
+        url="",
+        title="",
+        brand=brand,
+        chunks=[],
+        fetched_at=utcnow(),
+        report_task_id=task_id,
+        report_kind=Kind.EMBED,
+        drop_brand=True,
+    )
+    others = await remove(tasks, [rest], REMOVAL_WAIT_S)
+    return Removal(
+        documents=removal.documents,
+        chunks=removal.chunks + others.chunks,
+        task_ids=removal.task_ids + others.task_ids,
+        pending=removal.pending + others.pending,
+        failed=removal.failed + others.failed,
+    )
+
+
+async def remove(tasks: Tasks, batches: list[ChunkBatch], wait_s: float) -> Removal:
+    """Submit removal batches and wait up to `wait_s` for their outcomes."""
     removal = Removal()
-    if not documents:
+    if not batches:
         return removal
-    records = await tasks.store.submit_many(Kind.EMBED, [removal_batch(d) for d in documents])
+    records = await tasks.store.submit_many(Kind.EMBED, batches)
     removal.task_ids = [r.task_id for r in records]
     waiting = set(removal.task_ids)
     deadline = time.monotonic() + wait_s

@@ -249,6 +249,26 @@ class EdgeStore(VectorStore):
                     note_rows(len(hashes))
                     return hashes
 
+    def ids_of_brand(self, brand: str) -> list[str]:
+        """The id of every point of `brand` (to delete a brand whole)."""
+        ids: list[str] = []
+        offset: edge.PointId | None = None
+        with store_span("scroll", self.path.name, remote=False):
+            while True:
+                with self._shard_lock:
+                    records, offset = self._shard.scroll(
+                        edge.ScrollRequest(
+                            offset=offset,
+                            limit=_SCROLL_PAGE,
+                            filter=_edge_filter(brand=brand),
+                            with_payload=False,
+                        )
+                    )
+                ids += [str(record.id) for record in records]
+                if offset is None:
+                    note_rows(len(ids))
+                    return ids
+
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""
         request = edge.CountRequest(exact=True, filter=_edge_filter(brand=brand))

@@ -179,6 +179,25 @@ class QdrantServerStore(VectorStore):
                     return hashes
                 offset = next_offset
 
+    def ids_of_brand(self, brand: str) -> list[str]:
+        """The id of every point of `brand` (to delete a brand whole)."""
+        ids: list[str] = []
+        offset: qm.ExtendedPointId | None = None
+        with store_span("scroll", self.collection, remote=True):
+            while True:
+                records, next_offset = self.client.scroll(
+                    self.collection,
+                    scroll_filter=_server_filter(brand=brand),
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=False,
+                )
+                ids += [str(record.id) for record in records]
+                if next_offset is None:
+                    note_rows(len(ids))
+                    return ids
+                offset = next_offset
+
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""
         result = self.client.count(

@@ -115,6 +115,10 @@ class VectorStore(Protocol):
         """Point id -> content_hash of every point stored for this page."""
         ...
 
+    def ids_of_brand(self, brand: str) -> list[str]:
+        """The id of every point of `brand` (to delete a brand whole)."""
+        ...
+
     def count(self, brand: str | None = None) -> int:
         """The exact number of points, only of `brand` when given."""
         ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from helpline.gateway.routes import (
+    brands,
     cache,
     console,
     contract,
@@ -41,6 +42,8 @@ API: tuple[APIRouter, ...] = (
     documents.router,
     webhooks.router,
     documents.writer,
+    brands.reader,
+    brands.admin,
 )
 PROBES = probes.router
 CONTRACT = contract.router
