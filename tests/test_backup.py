@@ -198,21 +198,29 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
     assert forced.returncode == 0, forced.stderr
     assert len(exported(target)) == second["counts"]["points"]
 
-    # Into a Qdrant server's collection (qdrant-client's local mode here), and back.
-    server_dir, elsewhere, back = (
-        tmp_path / "qdrant-server",
-        tmp_path / "cluster",
-        tmp_path / "back",
-    )
-    qdrant = {"HELPLINE_QDRANT_URL": f"path:{server_dir}"}
-    into = helpline(
-        "restore", str(folder), "--qdrant-url", qdrant["HELPLINE_QDRANT_URL"], data_dir=elsewhere
-    )
-    assert into.returncode == 0, into.stderr
-    assert exported(elsewhere, qdrant["HELPLINE_QDRANT_URL"]) == exported(source)
-    out = helpline("backup", str(back), data_dir=elsewhere, env=qdrant)
-    assert out.returncode == 0, out.stderr
+    # Into a deployment with a Qdrant server (qdrant-client's local mode here) and a NATS
+    # server of its own, running; then backed up from it, running.
+    elsewhere, back = tmp_path / "elsewhere", tmp_path / "back"
+    qdrant_url = f"path:{tmp_path / 'qdrant-server'}"
+    with NatsServer(tmp_path / "cluster") as cluster:
+        deployment = {"HELPLINE_NATS_URL": cluster.url, "HELPLINE_QDRANT_URL": qdrant_url}
+        into = helpline(
+            "restore",
+            str(folder),
+            "--qdrant-url",
+            qdrant_url,
+            data_dir=elsewhere,
+            env={"HELPLINE_NATS_URL": cluster.url},
+        )
+        assert into.returncode == 0, into.stderr
+        assert exported(elsewhere, qdrant_url) == exported(source)
+        twice = helpline("restore", str(folder), data_dir=elsewhere, env=deployment)
+        assert twice.returncode == 2
+        assert "pass --force" in twice.stderr
+        out = helpline("backup", str(back), data_dir=elsewhere, env=deployment)
+        assert out.returncode == 0, out.stderr
     assert json.loads((back / MANIFEST).read_text())["counts"] == manifest["counts"]
+    assert not elsewhere.exists()  # nothing of the embedded default was made
 
 
 def exported(data_dir: Path, url: str | None = None) -> dict[str, tuple[Any, ...]]:

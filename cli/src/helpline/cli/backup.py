@@ -21,10 +21,13 @@ backup holds for its brand and URL (a page caught between its points and its rec
 out with its points, so the next crawl fetches it again; the manifest lists them. Points with
 no page record at all are kept: free text indexed through `POST /embed` has none.
 
-Both commands refuse to run while `helpline up` uses the data dir: Qdrant Edge's WAL is
-locked by the process that has it open, and a nats-server whose configuration is the data
-dir's is found among the running processes. A live backup (through the bus, while up runs)
-and `POST /api/v1/admin/backup` are not built.
+Both commands start a nats-server on the data dir's store and stop it after, and refuse to
+run while `helpline up` uses the data dir: Qdrant Edge's WAL is locked by the process that
+has it open, and a nats-server whose configuration is the data dir's is found among the
+running processes. With HELPLINE_NATS_URL (a cluster) and HELPLINE_QDRANT_URL (a Qdrant
+server) they work on that deployment instead, running or not; points are read before page
+records, so a page indexed meanwhile is left out as inconsistent. Not built: a live backup
+of the embedded default (through the bus, while up runs) and `POST /api/v1/admin/backup`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,13 +50,16 @@ from typing import Any
 
 import nats
 import numpy as np
+from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from helpline.cli.natsserver import NatsServer
 from helpline.common import subjects
+from helpline.common.bus import NatsAuth, servers
 from helpline.common.kvscan import kv_entries
 from helpline.common.layout import BusLayout, declare
 from helpline.common.lexical import SparseVector
+from helpline.common.permissions import inbox_prefix
 from helpline.common.processes import all_pids, read_bytes
 from helpline.common.records import TERMINAL_STATUSES
 from helpline.common.settings import HelplineSettings, StoreSettings
@@ -227,13 +234,40 @@ def _write_lines(path: Path, lines: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
+# -- the bus ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def bus_url(settings: HelplineSettings, data_dir: Path) -> Iterator[str]:
+    """HELPLINE_NATS_URL's servers (a running deployment), else a nats-server started on the
+    data dir's store for the length of the block."""
+    if settings.nats_url:
+        yield settings.nats_url
+        return
+    with NatsServer(nats_store(data_dir)) as server:
+        yield server.url
+
+
+async def _connect(url: str, settings: HelplineSettings, name: str) -> Client:
+    auth = NatsAuth.from_settings(settings)
+    return await nats.connect(
+        servers=servers(url),
+        name=name,
+        user=auth.user,
+        password=auth.password,
+        tls=auth.tls_context(),
+        inbox_prefix=inbox_prefix(auth.user),
+    )
+
+
 # -- backup ----------------------------------------------------------------------------------
 
 
 async def _read_buckets(
-    url: str, prefix: str, buckets: tuple[Bucket, ...]
+    url: str, settings: HelplineSettings, buckets: tuple[Bucket, ...]
 ) -> dict[Bucket, list[tuple[str, bytes]]]:
-    nc = await nats.connect(url, name="helpline-backup")
+    prefix = settings.bus_prefix
+    nc = await _connect(url, settings, "helpline-backup")
     try:
         js = nc.jetstream()
         read: dict[Bucket, list[tuple[str, bytes]]] = {}
@@ -306,11 +340,12 @@ def backup(
     """Write a backup of the data dir `settings` name into `target` (new or empty)."""
     started = time.perf_counter()
     data_dir = Path(settings.data_dir)
-    if not nats_store(data_dir).is_dir():
+    if not settings.nats_url and not nats_store(data_dir).is_dir():
         raise Refused(f"no Helpline data in {data_dir} (no {nats_store(data_dir)})")
     if target.exists() and any(target.iterdir()):
         raise Refused(f"{target} is not empty: back up into a new folder")
-    refuse_if_running(data_dir)
+    if not settings.nats_url:
+        refuse_if_running(data_dir)
     buckets = (*KEPT, Bucket.TASKS) if with_tasks else KEPT
     target.mkdir(parents=True, exist_ok=True)
     shard = edge_path(data_dir, store.collection)
@@ -332,13 +367,12 @@ def backup(
     unfiltered = target / f"{POINTS_FILE}.partial"
     held: Counter[tuple[str, str]] = Counter()
     try:
-        server = NatsServer(nats_store(data_dir)).start()
-        try:
-            read = asyncio.run(_read_buckets(server.url, settings.bus_prefix, buckets))
-        finally:
-            server.stop()
+        # Points before records: on a running deployment, a page indexed in between then
+        # has a record without its points, and is left out as inconsistent.
         exported = vectors.export_points() if vectors is not None else iter(())
         _write_lines(unfiltered, (_point_line(_counted(p, held)) for p in exported))
+        with bus_url(settings, data_dir) as url:
+            read = asyncio.run(_read_buckets(url, settings, buckets))
     except BaseException:
         unfiltered.unlink(missing_ok=True)
         raise
@@ -467,7 +501,7 @@ async def _write_buckets(
     *,
     force: bool,
 ) -> None:
-    nc = await nats.connect(url, name="helpline-restore")
+    nc = await _connect(url, settings, "helpline-restore")
     try:
         js = nc.jetstream()
         bound = await declare(js, BusLayout.from_settings(settings))
@@ -504,7 +538,8 @@ def restore(
     started = time.perf_counter()
     manifest = read_manifest(source)
     data_dir = Path(settings.data_dir)
-    refuse_if_running(data_dir)
+    if not settings.nats_url:
+        refuse_if_running(data_dir)
     dim = int(manifest["dim"] or _MODEL_DIM)
     collection = store.collection
     entries = list(_read_lines(source / KV_FILE))
@@ -525,11 +560,8 @@ def restore(
                 f"the target's collection {collection!r} already holds {vectors.count()} points: "
                 "restore into an empty data dir, or pass --force to replace it"
             )
-        server = NatsServer(nats_store(data_dir)).start()
-        try:
-            asyncio.run(_write_buckets(server.url, settings, entries, buckets, force=force))
-        finally:
-            server.stop()
+        with bus_url(settings, data_dir) as url:
+            asyncio.run(_write_buckets(url, settings, entries, buckets, force=force))
         if force:
             vectors.delete([p.id for p in vectors.export_points()])
         batch: list[IndexedPoint] = []
