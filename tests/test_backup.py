@@ -193,6 +193,16 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
         urls = {json.loads(line)["payload"]["url"] for line in lines}
     assert state["url"] not in urls
 
+    # Qdrant Edge's files held by another process (up's, when its nats-server is elsewhere).
+    held = open_store(url=None, data_dir=source, collection="helpline", dim=384)
+    try:
+        locked = helpline("backup", str(tmp_path / "locked"), data_dir=source)
+    finally:
+        held.close()
+    assert locked.returncode == 2
+    assert "open in another process" in locked.stderr
+    assert not (tmp_path / "locked").exists()
+
     # --force replaces what the target holds: now exactly the partial backup.
     forced = helpline("restore", str(partial), "--force", data_dir=target)
     assert forced.returncode == 0, forced.stderr

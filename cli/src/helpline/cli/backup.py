@@ -103,16 +103,13 @@ class Summary:
 
     def line(self, verb: str) -> str:
         entries = ", ".join(f"{name} {count}" for name, count in self.buckets.items())
-        dropped = f"; {len(self.dropped_pages)} inconsistent pages left out" * bool(
-            self.dropped_pages
-        )
+        dropped = ""
+        if self.dropped_pages:
+            dropped = f"; {len(self.dropped_pages)} inconsistent pages left out"
         return (
             f"{verb} {self.path}: {self.points} points, entries: {entries}{dropped} "
             f"({self.bytes / 1024:.1f} KiB, {self.seconds:.2f} s)"
         )
-
-
-# -- the data dir in use ---------------------------------------------------------------------
 
 
 def edge_path(data_dir: Path, collection: str) -> Path:
@@ -234,9 +231,6 @@ def _write_lines(path: Path, lines: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
-# -- the bus ---------------------------------------------------------------------------------
-
-
 @contextmanager
 def bus_url(settings: HelplineSettings, data_dir: Path) -> Iterator[str]:
     """HELPLINE_NATS_URL's servers (a running deployment), else a nats-server started on the
@@ -258,9 +252,6 @@ async def _connect(url: str, settings: HelplineSettings, name: str) -> Client:
         tls=auth.tls_context(),
         inbox_prefix=inbox_prefix(auth.user),
     )
-
-
-# -- backup ----------------------------------------------------------------------------------
 
 
 async def _read_buckets(
@@ -347,7 +338,6 @@ def backup(
     if not settings.nats_url:
         refuse_if_running(data_dir)
     buckets = (*KEPT, Bucket.TASKS) if with_tasks else KEPT
-    target.mkdir(parents=True, exist_ok=True)
     shard = edge_path(data_dir, store.collection)
     dim = edge_dim(shard) if store.qdrant_url is None else None
     vectors: VectorStore | None = None
@@ -367,6 +357,7 @@ def backup(
     unfiltered = target / f"{POINTS_FILE}.partial"
     held: Counter[tuple[str, str]] = Counter()
     try:
+        target.mkdir(parents=True, exist_ok=True)
         # Points before records: on a running deployment, a page indexed in between then
         # has a record without its points, and is left out as inconsistent.
         exported = vectors.export_points() if vectors is not None else iter(())
@@ -459,9 +450,6 @@ def _model_id() -> str:
     except ImportError:
         return "unknown"
     return str(module.MODEL_ID)
-
-
-# -- restore ---------------------------------------------------------------------------------
 
 
 def read_manifest(source: Path) -> dict[str, Any]:
