@@ -6,10 +6,12 @@ tests change on disk) for the module; each test its own brand."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from test_auth import make_key
 from helpline.cli.natsserver import NatsServer
 from helpline.common.embedding import Embedder
 from helpline.common.messages import LINEAGE
+from helpline.gateway.freshness import refresh_task_id
 from helpline.testing import bearer, serve_site
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -430,3 +433,59 @@ async def test_brands_are_listed_and_one_is_taken_out_whole(
     assert "stay" in brands
     assert await cited(shared, question, "gone") == []
     assert (await client.delete("/api/v1/brands/gone")).status_code == 404
+
+
+async def test_a_cited_stale_page_is_scraped_again_once_however_many_answers_cite_it(
+    nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder, docs_site: str
+) -> None:
+    period = 4.0
+    system = await start_system(nats_server.url, prefix, tmp_path, model, stale_after_s=period)
+    client = system.client
+    url = f"{docs_site}/config/firewall.html"
+    try:
+        first = await scrape(system, url, "acme")
+        question = "What does error FW-409 mean?"
+        answer = (
+            await client.post("/api/v1/query", json={"question": question, "brand": "acme"})
+        ).json()
+        cited_page = next(s for s in answer["sources"] if s["url"] == url)
+        (document,) = [d for d in await documents(system, "acme") if d["url"] == url]
+        assert cited_page["fetched_at"] == document["fetched_at"]
+
+        async def scrapes() -> list[dict[str, Any]]:
+            listed = (await client.get("/api/v1/tasks", params={"kind": "scrape"})).json()
+            items = listed["items"] if isinstance(listed, dict) else listed
+            return [t for t in items if t["task_id"] != first["task_id"]]
+
+        assert await scrapes() == []  # fresh: nothing queued
+
+        # Stale now; at the start of a period, many answers (cached and not) cite it.
+        stale_from = max(time.time(), first_fetch(document) + period)
+        await asyncio.sleep(math.ceil(stale_from / period) * period + 0.05 - time.time())
+        asked_at = time.time()
+        questions = [question, question.lower(), "FW-409?", "error FW-409"]
+        replies = await asyncio.gather(
+            *(
+                client.post(
+                    "/api/v1/query",
+                    json={"question": q, "brand": "acme", "cache": i % 2 == 0},
+                )
+                for i in range(3)
+                for q in questions
+            )
+        )
+        assert time.time() - asked_at < period - 0.3  # all within the period
+        for reply in replies:
+            assert reply.status_code == 200, reply.text
+            assert url in [s["url"] for s in reply.json()["sources"]]
+        expected = refresh_task_id("acme", url, period, asked_at)
+        record = await wait_terminal(client, expected, timeout_s=30)
+        assert record["status"] == "succeeded", record
+        assert record["priority"] == "high"
+        assert [t["task_id"] for t in await scrapes()] == [expected]
+    finally:
+        await stop_system(system)
+
+
+def first_fetch(document: dict[str, Any]) -> float:
+    return datetime.fromisoformat(document["fetched_at"].replace("Z", "+00:00")).timestamp()

@@ -197,6 +197,9 @@ class Source(Message):
     title: str
     snippet: str
     score: float
+    brand: str | None = None
+    # When the cited version of the page was fetched (None: text sent to /embed, or unknown).
+    fetched_at: datetime | None = None
 
 
 class Answer(Message):

@@ -14,6 +14,7 @@ from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
 from helpline.common.webhooks import Announcer, DeliveryLog, WebhookStore
 from helpline.gateway import errors, openapi
+from helpline.gateway.freshness import Freshness
 from helpline.gateway.keys import KeyStore
 from helpline.gateway.limits import BoundedRequests
 from helpline.gateway.ratelimit import RATE_HEADERS, RateLimiter
@@ -53,6 +54,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.max_inflight_queries = settings.max_inflight_queries
     app.state.min_refresh_s = settings.min_refresh_s
     app.state.webhooks = None
+    app.state.freshness = None
     app.state.webhook_allow = AllowList.parse(settings.webhook_allowed)
     for router in API:
         app.include_router(router, prefix=API_PREFIX)
@@ -135,8 +137,12 @@ class GatewayComponent:
         self.app.state.tasks = self.tasks
         self.app.state.request_log = RequestLog(bus)
         self.app.state.webhooks = announcer
+        self.app.state.freshness = Freshness(self.tasks, self.settings.stale_after_s)
 
     async def stop(self) -> None:
+        freshness, self.app.state.freshness = self.app.state.freshness, None
+        if freshness is not None:
+            await freshness.stop()
         self.app.state.tasks = None
         self.app.state.request_log = None
         self.app.state.keys = None

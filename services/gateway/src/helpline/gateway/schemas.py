@@ -246,6 +246,9 @@ class SourceOut(BaseModel):
     title: str
     snippet: str
     score: float
+    fetched_at: datetime | None = Field(
+        default=None, description="When the cited version was fetched (null: not a web page)."
+    )
 
 
 class QueryResponse(BaseModel):

@@ -38,6 +38,11 @@ class GatewaySettings(HelplineSettings, WebhookAddressSettings):
     min_refresh_s: int = Field(
         default=300, ge=1, description="The shortest refresh_s a source may have."
     )
+    stale_after_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A cited page of no source older than this is scraped again (high, once).",
+    )
     max_inflight_queries: int = Field(
         default=256, ge=1, description="Questions one replica waits on at once; beyond it 429."
     )

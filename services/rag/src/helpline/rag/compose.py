@@ -129,6 +129,8 @@ class _Page:
     title: str
     score: float
     passages: list[str] = field(default_factory=list)
+    brand: str | None = None
+    fetched_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,11 @@ def merge_pages(hits: list[Hit]) -> list[_Page]:
         page = pages.get(url)
         if page is None:
             page = pages[url] = _Page(
-                url=url, title=str(hit.payload.get("title") or url), score=hit.score
+                url=url,
+                title=str(hit.payload.get("title") or url),
+                score=hit.score,
+                brand=hit.payload.get("brand"),
+                fetched_at=hit.payload.get("fetched_at"),
             )
         page.passages.append(str(hit.payload.get("text", "")))
     return list(pages.values())
@@ -274,6 +280,8 @@ def compose(question: str, hits: list[Hit], top_k: int) -> tuple[str, list[Sourc
                 snippets.get(i) or " ".join(sentences(page.passages[0])) or page.passages[0]
             ),
             score=round(page.score, 4),
+            brand=page.brand,
+            fetched_at=page.fetched_at,  # ISO text, parsed by the model
         )
         for i, page in enumerate(pages)
     ]

@@ -95,7 +95,10 @@ async def _answer(
         else None
     )
     answer = await _cached(tasks, key)
+    freshness = request.app.state.freshness
     if answer is not None:
+        if freshness is not None:
+            freshness.cited(answer.sources)
         result = QueryResponse.of(answer, task_id, started, cached=True)
         return event_stream(answer_events(result)) if body.stream else _json(result)
     timeout_s: float = request.app.state.query_timeout_s
@@ -106,6 +109,8 @@ async def _answer(
     answer = await tasks.ask(task, timeout_s)
     if answer.error:
         raise QueryFailed(answer.error)
+    if freshness is not None:
+        freshness.cited(answer.sources)
     return _json(QueryResponse.of(answer, task_id, started, cached=False))
 
 

@@ -31,7 +31,9 @@ def sse(event: str, data: object) -> bytes:
 
 
 def _sources_event(sources: list[Source] | list[SourceOut]) -> bytes:
-    return sse("sources", {"sources": [s.model_dump() for s in sources]})
+    # As the JSON answer shows them (times as ISO text; rag's own fields left out).
+    shown = [SourceOut.model_validate(s.model_dump()).model_dump(mode="json") for s in sources]
+    return sse("sources", {"sources": shown})
 
 
 def deltas(text: str) -> Iterator[bytes]:
