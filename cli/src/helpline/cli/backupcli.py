@@ -19,8 +19,11 @@ def backup(
         bool, typer.Option("--with-tasks", help="Keep finished task records too.")
     ] = False,
 ) -> None:
-    """Back up HELPLINE_DATA_DIR (the vector index and the buckets that hold state) while
-    helpline up is stopped. Exit 2 when refused (up running, a folder not empty)."""
+    """Back up the index and the buckets that hold state (helpline up stopped).
+
+    HELPLINE_DATA_DIR's, or those HELPLINE_NATS_URL and HELPLINE_QDRANT_URL name.
+    Exit 2 when refused: helpline up runs on the data dir, or FOLDER is not empty.
+    """
     from helpline.cli.backup import Refused
     from helpline.cli.backup import backup as run_backup
     from helpline.common.settings import HelplineSettings, StoreSettings
@@ -47,8 +50,13 @@ def restore(
         ),
     ] = None,
 ) -> None:
-    """Restore a backup into HELPLINE_DATA_DIR (stopped): checksums and format checked, an
-    existing deployment kept unless --force. Exit 2 when refused."""
+    """Restore a backup (into a stopped data dir, or a deployment).
+
+    Into HELPLINE_DATA_DIR, or the one HELPLINE_NATS_URL and HELPLINE_QDRANT_URL name.
+    Checksums and the format version are checked first.
+    Exit 2 when refused: a target that holds data (without --force), a changed file,
+    another format version, or helpline up running on the data dir.
+    """
     from helpline.cli.backup import Refused
     from helpline.cli.backup import restore as run_restore
     from helpline.common.settings import HelplineSettings, StoreSettings
