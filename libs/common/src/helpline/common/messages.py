@@ -149,6 +149,8 @@ class PageState(Message):
     misses: int = 0
     # The crawl that last reached the page (a source's sweep counts a miss for the others).
     seen_by: str | None = None
+    # The crawl whose sweep last counted a miss (a sweep done twice counts it once).
+    missed_by: str | None = None
     # When the page's indexed chunks last changed (a re-crawl that embedded nothing keeps it).
     changed_at: datetime | None = None
 

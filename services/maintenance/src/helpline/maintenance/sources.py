@@ -115,13 +115,16 @@ async def sweep(bus: Bus, source: Source, run: SourceRun, *, complete: bool) -> 
     for document in documents:
         state = document.state
         reached = state.seen_by == run.task_id
-        misses = state.misses if reached or not complete else state.misses + 1
+        # Once per run, also when a holder that died mid-sweep left it to be done again.
+        counts = complete and not reached and state.missed_by != run.task_id
+        misses = state.misses + 1 if counts else state.misses
         if misses >= MISSES_TO_REMOVE:
             gone.append(document)
         elif misses:
             missed += 1
-            if misses != state.misses:
-                await pages.save(document.id, state.model_copy(update={"misses": misses}))
+            if counts:
+                update = {"misses": misses, "missed_by": run.task_id}
+                await pages.save(document.id, state.model_copy(update=update))
         elif reached and (state.changed_at is None or state.changed_at < run.started_at):
             unchanged += 1
     if gone:

@@ -105,7 +105,8 @@ async def _answer(
     task = _query_task(body, tasks, task_id, timeout_s, key, brand, brands)
     if task.stream:
         replies = await tasks.ask_streaming(task, timeout_s)
-        return event_stream(live_events(replies, task_id, started))
+        cited = freshness.cited if freshness is not None else None
+        return event_stream(live_events(replies, task_id, started, cited))
     answer = await tasks.ask(task, timeout_s)
     if answer.error:
         raise QueryFailed(answer.error)

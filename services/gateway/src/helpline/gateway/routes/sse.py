@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from fastapi.responses import StreamingResponse
 
@@ -72,7 +72,10 @@ async def answer_events(result: QueryResponse) -> AsyncIterator[bytes]:
 
 
 async def live_events(
-    replies: AsyncIterator[AnswerPart | Answer], task_id: str, started: float
+    replies: AsyncIterator[AnswerPart | Answer],
+    task_id: str,
+    started: float,
+    cited: Callable[[list[Source]], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Rag's replies as events while they come: sources, deltas as generated, done.
 
@@ -95,6 +98,8 @@ async def live_events(
             if reply.error:
                 yield _error_event(QueryFailed(reply.error))
                 return
+            if cited is not None:
+                cited(reply.sources)  # fresh citations (`freshness`)
             if not sources_sent:
                 yield _sources_event(reply.sources)
             if streamed and "".join(streamed) != reply.answer:
