@@ -237,6 +237,19 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
             documents = page.locator("#document-list tbody tr")
             expect(documents.first).to_be_visible()
             assert documents.count() > 1
+            documents.first.locator("td:first-child a").click()
+            detail = page.locator("#document-detail")
+            expect(detail.locator("#document-markdown")).not_to_be_empty()
+            for step in ("fetched", "extracted", "chunked", "embedded", "indexed"):
+                expect(detail.locator("#document-lineage")).to_contain_text(step)
+            shot(page, out, "documents")
+            # Taken out of the index from its detail: gone from the list.
+            doc_id = page.url.rsplit("/", 1)[1]
+            page.once("dialog", lambda dialog: dialog.accept())
+            detail.get_by_role("button", name="Remove from index").click()
+            expect(detail.locator(".result")).to_contain_text("Remove", timeout=WAIT_MS)
+            expect(page.locator(f"#document-list tr[data-document='{doc_id}']")).to_have_count(0)
+            assert client.get(f"/api/v1/documents/{doc_id}").status_code == 404
             # The source deleted, its pages kept.
             nav(page, "Sources").click()
             page.get_by_label("keep a deleted source's pages in the index").check()
@@ -292,5 +305,5 @@ def test_the_console_in_chromium(tmp_path: Path, site: str) -> None:
     (out / "figures.json").write_text(json.dumps(figures))
     keep = os.environ.get("HELPLINE_CONSOLE_SCREENSHOTS")
     if keep:
-        for name in ("ask", "tasks"):
+        for name in ("ask", "tasks", "sources", "documents"):
             shutil.copy(out / f"console-{name}.png", Path(keep) / f"console-{name}.png")
