@@ -6,6 +6,7 @@ tests change on disk) for the module; each test its own brand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -440,10 +441,19 @@ async def test_a_cited_stale_page_is_scraped_again_once_however_many_answers_cit
     nats_server: NatsServer, prefix: str, tmp_path: Path, model: Embedder, docs_site: str
 ) -> None:
     period = 4.0
+    stack = contextlib.ExitStack()
     system = await start_system(nats_server.url, prefix, tmp_path, model, stale_after_s=period)
     client = system.client
     url = f"{docs_site}/config/firewall.html"
+    lamp_dir = tmp_path / "lamp"
+    lamp_dir.mkdir()
+    (lamp_dir / "x9.html").write_text(
+        page("X9 lamp", "<p>The X9 lamp blinks green while its battery charges.</p>")
+    )
     try:
+        lamp_site = stack.enter_context(serve_site(lamp_dir))
+        lamp_url = f"{lamp_site}/x9.html"
+        await scrape(system, lamp_url, "lamp")
         first = await scrape(system, url, "acme")
         question = "What does error FW-409 mean?"
         answer = (
@@ -456,13 +466,20 @@ async def test_a_cited_stale_page_is_scraped_again_once_however_many_answers_cit
         async def scrapes() -> list[dict[str, Any]]:
             listed = (await client.get("/api/v1/tasks", params={"kind": "scrape"})).json()
             items = listed["items"] if isinstance(listed, dict) else listed
-            return [t for t in items if t["task_id"] != first["task_id"]]
+            return [t for t in items if t["task_id"] != first["task_id"] and t["brand"] == "acme"]
 
         assert await scrapes() == []  # fresh: nothing queued
 
         # Stale now; at the start of a period, many answers (cached and not) cite it.
         stale_from = max(time.time(), first_fetch(document) + period)
         await asyncio.sleep(math.ceil(stale_from / period) * period + 0.05 - time.time())
+        # The lamp's page is gone from its site: the re-scrape its citation queues removes it.
+        (lamp_dir / "x9.html").unlink()
+        lamp_question = {"question": "Why does the X9 lamp blink green?", "brand": "lamp"}
+        assert lamp_url in [
+            s["url"]
+            for s in (await client.post("/api/v1/query", json=lamp_question)).json()["sources"]
+        ]
         asked_at = time.time()
         questions = [question, question.lower(), "FW-409?", "error FW-409"]
         replies = await asyncio.gather(
@@ -484,6 +501,12 @@ async def test_a_cited_stale_page_is_scraped_again_once_however_many_answers_cit
         assert record["status"] == "succeeded", record
         assert record["priority"] == "high"
         assert [t["task_id"] for t in await scrapes()] == [expected]
+        gone = refresh_task_id("lamp", lamp_url, period, asked_at)
+        assert (await wait_terminal(client, gone, timeout_s=30))["status"] == "succeeded"
+        assert await documents(system, "lamp") == []
+        assert system.knowledge.store.count("lamp") == 0
+        reply = (await client.post("/api/v1/query", json=lamp_question)).json()
+        assert lamp_url not in [s["url"] for s in reply["sources"]]
 
         # Still stale in the next period (that scrape was a 304: the cited version is the
         # same): a streamed answer queues that period's one.
@@ -500,6 +523,7 @@ async def test_a_cited_stale_page_is_scraped_again_once_however_many_answers_cit
         assert (await wait_terminal(client, following, timeout_s=30))["status"] == "succeeded"
         assert sorted(t["task_id"] for t in await scrapes()) == sorted([expected, following])
     finally:
+        stack.close()
         await stop_system(system)
 
 
