@@ -216,6 +216,11 @@ async def test_deleting_a_source_removes_exactly_its_pages_unless_kept(
     in_leds = [d for d in listed if d["url"].startswith(f"{base}/troubleshooting/")]
     assert len(in_config) == 2  # firewall and wifi
     assert in_leds
+    shown = {s["id"]: s for s in (await client.get("/api/v1/sources")).json()["items"]}
+    assert shown[config["id"]]["documents"] == 2
+    assert shown[leds["id"]]["documents"] == len(in_leds)
+    one = (await client.get(f"/api/v1/sources/{config['id']}")).json()
+    assert one["documents"] == 2
     question = "What does error FW-409 mean?"
     assert f"{base}/config/firewall.html" in await cited(shared, question, "src")
 

@@ -107,6 +107,7 @@ class SourceView(BaseModel):
     updated_at: datetime
     next_due: datetime = Field(description="When the next crawl starts (within seconds).")
     last_crawl: LastCrawl | None
+    documents: int = Field(description="Its indexed pages: its brand's under its root URL.")
 
 
 class SourceList(BaseModel):
@@ -133,7 +134,23 @@ def _check_refresh(request: Request, refresh_s: int) -> None:
         )
 
 
-async def _view(tasks: Tasks, source: Source) -> SourceView:
+async def _documents_by_source(tasks: Tasks, sources: list[Source]) -> dict[str, int]:
+    """How many indexed pages each source has (one read of the pages bucket)."""
+    counts = dict.fromkeys((s.id for s in sources), 0)
+    folders = [(s, under(s.url)) for s in sources]
+
+    brands = {s.brand for s in sources}
+    pages = await list_documents(
+        tasks.bus.buckets, keep=lambda state: state.brand in brands, limit=10**9
+    )
+    for document in pages.items:
+        for source, inside in folders:
+            if document.state.brand == source.brand and inside(document.state.url):
+                counts[source.id] += 1
+    return counts
+
+
+async def _view(tasks: Tasks, source: Source, documents: int | None = None) -> SourceView:
     last = None
     if source.last_run is not None:
         run = source.last_run
@@ -154,9 +171,12 @@ async def _view(tasks: Tasks, source: Source) -> SourceView:
             pages_missed=run.pages_missed,
             pages_removed=run.pages_removed,
         )
+    if documents is None:
+        documents = (await _documents_by_source(tasks, [source]))[source.id]
     return SourceView(
         **source.model_dump(exclude={"last_run"}),
         last_crawl=last,
+        documents=documents,
     )
 
 
@@ -201,7 +221,8 @@ async def list_sources(
     if brand is not None:
         check_brand(caller, brand)
     sources = [s for s in await _store(tasks).all(brand) if visible(caller, s.brand)]
-    return SourceList(items=[await _view(tasks, s) for s in sources])
+    counts = await _documents_by_source(tasks, sources)
+    return SourceList(items=[await _view(tasks, s, counts[s.id]) for s in sources])
 
 
 @reader.get("/sources/{source_id}", response_model=SourceView, responses=NOT_FOUND)
