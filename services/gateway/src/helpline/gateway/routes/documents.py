@@ -48,6 +48,9 @@ class DocumentView(BaseModel):
     fetched_at: datetime | None = Field(description="When the indexed version was fetched.")
     indexed_at: datetime | None
     task_id: str | None = Field(description="The scrape that indexed this version.")
+    misses: int = Field(
+        description="Re-crawls in a row that missed the page (404/410 or unlinked; removed at 2)."
+    )
 
     @classmethod
     def of(cls, document: Document) -> DocumentView:
@@ -63,6 +66,7 @@ class DocumentView(BaseModel):
             fetched_at=state.fetched_at,
             indexed_at=state.indexed_at,
             task_id=state.task_id,
+            misses=state.misses,
         )
 
 
@@ -120,7 +124,6 @@ class DocumentDetail(DocumentView):
         description="How the indexed version came to be: fetched, extracted, chunked, "
         "embedded, indexed (the steps that ran)."
     )
-    misses: int = Field(description="Re-crawls in a row that missed the page (removed at 2).")
 
 
 class DocumentRemoved(BaseModel):
@@ -140,7 +143,6 @@ async def _detail(tasks: Tasks, document: Document) -> DocumentDetail:
         **DocumentView.of(document).model_dump(),
         markdown=markdown,
         lineage=[LineageStepView(**s.model_dump()) for s in document.state.lineage],
-        misses=document.state.misses,
     )
 
 
