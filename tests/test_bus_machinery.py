@@ -18,11 +18,12 @@ from helpline.common.crawlstate import CrawlLedger, Tally
 from helpline.common.messages import EventType, MaintenanceTask, new_task_id
 from helpline.common.pulling import Puller
 from helpline.common.records import Progress, Status, TaskRecord
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.runtime import Host
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.taskstore import TaskStore
-from helpline.common.worker import RetryPolicy, TaskContext
+from helpline.common.worker import TaskContext
 from helpline.gateway.tracker import Tracker, _ParentDelta
 from helpline.maintenance.app import MaintenanceComponent
 from helpline.maintenance.settings import MaintenanceSettings

@@ -10,8 +10,9 @@ from nats.errors import NotJSMessageError
 from helpline.common.bus import Bus
 from helpline.common.layout import BusLayout
 from helpline.common.messages import EventType, MaintenanceTask, TaskEvent
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind, events_stream
-from helpline.common.worker import Delivery, RetryPolicy
+from helpline.common.worker import Delivery
 from helpline.maintenance.handlers import build_consumers
 
 

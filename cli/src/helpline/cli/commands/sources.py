@@ -7,6 +7,14 @@ from typing import Annotated, Any
 import typer
 
 from helpline.cli.client import Gateway
+from helpline.cli.commands.options import (
+    Exclude,
+    Include,
+    MaxDepth,
+    MaxPages,
+    Render,
+    request_body,
+)
 from helpline.cli.output import JsonFlag, emit_json, fields, out, seconds, table, when
 
 sources = typer.Typer(help="Sites crawled again and again, on a schedule.")
@@ -15,11 +23,6 @@ SourceId = Annotated[str, typer.Argument(help="The source's id.")]
 RefreshS = Annotated[
     int | None, typer.Option(help="Seconds between two crawls (at least the gateway's floor).")
 ]
-MaxPages = Annotated[int | None, typer.Option(help="Most pages a crawl indexes (default 100).")]
-MaxDepth = Annotated[int | None, typer.Option(help="Most links from the start (default 3).")]
-Include = Annotated[list[str] | None, typer.Option(help="A path glob to follow (repeatable).")]
-Exclude = Annotated[list[str] | None, typer.Option(help="A path glob to skip (repeatable).")]
-Render = Annotated[str | None, typer.Option(help="auto, always or never.")]
 
 
 def _last(source: dict[str, Any]) -> str:
@@ -48,10 +51,6 @@ def _show(source: dict[str, Any]) -> None:
             ("last task", last.get("task_id")),
         ]
     )
-
-
-def _body(**options: Any) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if v is not None and v != []}
 
 
 @sources.command("list")
@@ -105,7 +104,7 @@ def add(
     as_json: JsonFlag = False,
 ) -> None:
     """Crawl a site now and again every --refresh-s seconds, at low priority."""
-    body = _body(
+    body = request_body(
         url=url,
         brand=brand,
         refresh_s=refresh_s,
@@ -135,7 +134,7 @@ def update(
     as_json: JsonFlag = False,
 ) -> None:
     """Change a source's refresh or crawl options (those given; the rest stay)."""
-    body = _body(
+    body = request_body(
         refresh_s=refresh_s,
         max_pages=max_pages,
         max_depth=max_depth,

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from helpline.cli.client import ExitCode, Gateway, fail
+from helpline.cli.commands.options import (
+    Exclude,
+    Include,
+    MaxDepth,
+    MaxPages,
+    Render,
+    request_body,
+)
 from helpline.cli.commands.tasks import submitted
 from helpline.cli.output import JsonFlag
 
 Brand = Annotated[str, typer.Option(help="Whose documentation this is.")]
 Priority = Annotated[
     str | None, typer.Option(help="critical, high, normal or low (default: the API's).")
-]
-Render = Annotated[
-    str | None,
-    typer.Option(help="Browser rendering: auto (the API's default), always or never."),
 ]
 Wait = Annotated[
     bool,
@@ -28,11 +32,6 @@ Wait = Annotated[
         help="Follow the task to its end and exit by its outcome, or print its id and return.",
     ),
 ]
-
-
-def _body(**fields: Any) -> dict[str, Any]:
-    """The request body: options left unset are left out (the API's defaults apply)."""
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 def scrape(
@@ -45,7 +44,7 @@ def scrape(
 ) -> None:
     """Scrape and index one page."""
     with Gateway.from_settings() as gateway:
-        body = _body(url=url, brand=brand, priority=priority, render=render)
+        body = request_body(url=url, brand=brand, priority=priority, render=render)
         submitted(gateway, gateway.post("/scrape", body), wait=wait, as_json=as_json)
 
 
@@ -76,7 +75,7 @@ def batch(
         listed += [line.strip() for line in lines.splitlines() if line.strip()]
     if not listed:
         fail(ExitCode.BAD_INPUT, "no URLs: give them as arguments or with --file")
-    body = _body(
+    body = request_body(
         urls=listed,
         brand=brand,
         max_concurrent=max_concurrent,
@@ -91,29 +90,23 @@ def batch(
 def crawl(
     url: Annotated[str, typer.Argument(help="The start page.")],
     brand: Brand,
-    max_pages: Annotated[int | None, typer.Option(help="Most pages (default 100).")] = None,
-    max_depth: Annotated[
-        int | None, typer.Option(help="Most links from the start page (default 3).")
-    ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option(help="A path glob to follow (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="A path glob to skip (repeatable).")
-    ] = None,
+    max_pages: MaxPages = None,
+    max_depth: MaxDepth = None,
+    include: Include = None,
+    exclude: Exclude = None,
     priority: Priority = None,
     render: Render = None,
     wait: Wait = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Crawl a documentation site, with a progress bar of its pages."""
-    body = _body(
+    body = request_body(
         url=url,
         brand=brand,
         max_pages=max_pages,
         max_depth=max_depth,
-        include=include or None,
-        exclude=exclude or None,
+        include=include,
+        exclude=exclude,
         priority=priority,
         render=render,
     )
@@ -144,9 +137,9 @@ def embed(
         text = sys.stdin.read() if str(file) == "-" else _read(file)
     if text is None:
         fail(ExitCode.BAD_INPUT, "no text: give it as an argument or with --file")
-    document = _body(id=doc_id, title=title, url=url, text=text, brand=brand)
+    document = request_body(id=doc_id, title=title, url=url, text=text, brand=brand)
     with Gateway.from_settings() as gateway:
-        body = _body(documents=[document], priority=priority)
+        body = request_body(documents=[document], priority=priority)
         submitted(gateway, gateway.post("/embed", body), wait=wait, as_json=as_json)
 
 

@@ -18,9 +18,9 @@ from helpline.common.bus import Bus, NatsAuth
 from helpline.common.kv import Replicas
 from helpline.common.layout import BusLayout
 from helpline.common.messages import utcnow
+from helpline.common.retrypolicy import DEFAULT_MAX_RUN_S, RetryPolicy
 from helpline.common.settings import HelplineSettings
 from helpline.common.taskpool import TaskConsumer
-from helpline.common.worker import DEFAULT_MAX_RUN_S, RetryPolicy
 
 log = logging.getLogger(__name__)
 

@@ -29,18 +29,11 @@ from helpline.common.errors import TaskCancelled
 from helpline.common.messages import EventType, TaskMessage
 from helpline.common.observability import span
 from helpline.common.pulling import Puller
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import record_finished
 from helpline.common.urgency import BATCH_PRIORITIES
-from helpline.common.worker import (
-    Delivery,
-    Result,
-    RetryPolicy,
-    TaskContext,
-    error_of,
-    reject_poison,
-    run_task,
-)
+from helpline.common.worker import Delivery, Result, TaskContext, error_of, reject_poison, run_task
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

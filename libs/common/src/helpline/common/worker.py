@@ -24,11 +24,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from nats.errors import NotJSMessageError
@@ -56,6 +54,7 @@ from helpline.common.messages import (
     utcnow,
 )
 from helpline.common.observability import current_trace_id
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind, Priority
 
 if TYPE_CHECKING:
@@ -134,43 +133,6 @@ class Delivery:
     async def in_progress(self) -> None:
         if not self.settled:
             await self.msg.in_progress()
-
-
-#: Longest one delivery of a task may run, by kind (`HELPLINE_MAX_RUN_S` overrides): far
-#: beyond what the work takes when it is well (a question answers in well under a second,
-#: a page renders in seconds), short enough that a hung handler frees its slot.
-DEFAULT_MAX_RUN_S: Final[dict[str, float]] = {
-    Kind.QUERY: 60.0,
-    Kind.SCRAPE: 300.0,
-    Kind.CRAWL: 300.0,
-    Kind.EMBED: 600.0,
-    Kind.MAINTENANCE: 1800.0,
-    Kind.WEBHOOK: 60.0,
-}
-#: A kind without its own limit.
-FALLBACK_MAX_RUN_S: Final = 300.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with equal jitter (half fixed, half random), from the attempt;
-    and how long one delivery of each kind may run."""
-
-    base_s: float = 1.0
-    cap_s: float = 30.0
-    max_attempts: int = 4
-    max_run_s: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_RUN_S))
-
-    def max_run(self, kind: Kind) -> float:
-        return self.max_run_s.get(kind, FALLBACK_MAX_RUN_S)
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before attempt `attempt + 1`."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
-        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.cap_s))
-        return delay
 
 
 class TaskContext:

@@ -7,9 +7,10 @@ from helpline.common.bus import Bus
 from helpline.common.messages import ChunkBatch, LineageStep, utcnow
 from helpline.common.observability import current_trace_id
 from helpline.common.pagestate import PageStates, PageTexts
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind
 from helpline.common.taskpool import TaskConsumer
-from helpline.common.worker import Result, RetryPolicy, TaskContext
+from helpline.common.worker import Result, TaskContext
 from helpline.embedder.indexing import Indexer, IndexTimes
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from helpline.common.bus import Bus
 from helpline.common.messages import MaintenanceTask
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind
 from helpline.common.taskpool import TaskConsumer
-from helpline.common.worker import Result, RetryPolicy, TaskContext
+from helpline.common.worker import Result, TaskContext
 from helpline.maintenance.jobs import job_named
 
 

@@ -31,6 +31,7 @@ from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.guard import AllowList, resolve_checked
 from helpline.common.httpguard import GuardedTransport, parse_retry_after
 from helpline.common.messages import WebhookTask, utcnow
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind
 from helpline.common.taskpool import TaskConsumer
 from helpline.common.webhooks import (
@@ -41,7 +42,7 @@ from helpline.common.webhooks import (
     WebhookStore,
     signature,
 )
-from helpline.common.worker import Result, RetryPolicy, TaskContext
+from helpline.common.worker import Result, TaskContext
 
 USER_AGENT = "Helpline-Webhooks/0.1"
 #: The most of a receiver's answer that is read (the rest is never downloaded).

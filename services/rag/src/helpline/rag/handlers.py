@@ -8,9 +8,10 @@ import logging
 from helpline.common.answercache import store_answer
 from helpline.common.bus import Bus
 from helpline.common.messages import REPLY_PART_HEADER, Answer, AnswerPart, QueryTask
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Kind
 from helpline.common.taskpool import TaskConsumer
-from helpline.common.worker import Result, RetryPolicy, TaskContext, error_of
+from helpline.common.worker import Result, TaskContext, error_of
 from helpline.rag.answering import Responder
 
 log = logging.getLogger(__name__)

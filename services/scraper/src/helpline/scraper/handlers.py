@@ -30,9 +30,10 @@ from helpline.common.messages import (
 )
 from helpline.common.observability import current_trace_id
 from helpline.common.pagestate import PageStates, page_state_key
+from helpline.common.retrypolicy import RetryPolicy
 from helpline.common.subjects import Bucket, Kind
 from helpline.common.taskpool import TaskConsumer
-from helpline.common.worker import REPORTED_LATER, Result, RetryPolicy, TaskContext
+from helpline.common.worker import REPORTED_LATER, Result, TaskContext
 from helpline.scraper.fetch import Fetcher, FetchResult, PageGone, Validators
 from helpline.scraper.markdown import to_markdown
 from helpline.scraper.parsing import Parser, Times
