@@ -115,9 +115,14 @@ async def test_a_document_shows_its_markdown_and_lineage_and_leaves_the_index_wh
     assert sorted(d["url"] for d in listed) == [f"{base}/config/firewall.html", guide_url]
     guide = next(d for d in listed if d["url"] == guide_url)
     assert guide["misses"] == 0
+    # Each page's content hash: sha256 hex, one per content.
+    hashes = [d["content_hash"] for d in listed]
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in hashes), hashes
+    assert len(set(hashes)) == 2
 
     detail = (await client.get(f"/api/v1/documents/{guide['id']}")).json()
     assert detail["id"] == guide["id"]
+    assert detail["content_hash"] == guide["content_hash"]
     assert detail["chunks"] == guide["chunks"] >= 1
     markdown = detail["markdown"]
     assert markdown.startswith("# Port guide\n")
@@ -320,9 +325,10 @@ async def test_a_source_stays_fresh_changed_pages_answer_and_missed_pages_leave_
         assert second["pages_unchanged"] == 4, second
         assert (second["pages_missed"], second["pages_removed"]) == (0, 0)
         again = await documents(shared, "fresh")
-        assert [(d["id"], d["indexed_at"]) for d in again] == [
-            (d["id"], d["indexed_at"]) for d in listed
+        assert [(d["id"], d["indexed_at"], d["content_hash"]) for d in again] == [
+            (d["id"], d["indexed_at"], d["content_hash"]) for d in listed
         ]
+        assert all(d["content_hash"] for d in again)
         assert shared.knowledge.store.count("fresh") == count
 
         # The site changes: a page edited, one deleted (404), one no longer linked, one added.
@@ -372,6 +378,9 @@ async def test_a_source_stays_fresh_changed_pages_answer_and_missed_pages_leave_
             assert 1 in misses, seen_misses
             assert misses <= {0, 1, 2}, seen_misses
         assert sorted(current) == [f"{base}/{p}.html" for p in ("a", "d", "index")]
+        # The edited page's content hash moved with its text.
+        before = {d["url"]: d["content_hash"] for d in listed}
+        assert current[f"{base}/a.html"]["content_hash"] != before[f"{base}/a.html"]
         last = await next_sweep(None)
         assert sum(s["pages_removed"] or 0 for s in sweeps.values()) == 2, sweeps
         assert shared.knowledge.store.count("fresh") == sum(d["chunks"] for d in current.values())

@@ -84,6 +84,15 @@ def chunk_document(doc: Document, max_chars: int = 700, overlap_chars: int = 100
     ]
 
 
+def content_hash(chunks: list[Chunk]) -> str:
+    """A page's content hash: equal exactly when its chunks (text, page, order) are equal."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk.content_hash.encode("ascii"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def _hash(text: str, page: int | None) -> str:
     # A paragraph that moves to another page must be stored again: its citation changed.
     key = text if page is None else f"{page}\x1f{text}"

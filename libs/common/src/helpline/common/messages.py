@@ -153,6 +153,8 @@ class PageState(Message):
     missed_by: str | None = None
     # When the page's indexed chunks last changed (a re-crawl that embedded nothing keeps it).
     changed_at: datetime | None = None
+    # The indexed version's content: sha256 over its chunks' hashes in order (`chunking.content_hash`).
+    content_hash: str | None = None
 
 
 class ChunkBatch(TaskMessage):

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
-from helpline.common.chunking import Document
+from helpline.common.chunking import Document, content_hash
 from helpline.common.crawlstate import CrawlLedger
 from helpline.common.errors import Deferred, Permanent, Retryable
 from helpline.common.messages import (
@@ -189,6 +189,7 @@ class Scraper:
             lineage=_lineage(task.task_id, fetch_at, fetch_ms, times),
             seen_by=task.parent_id if crawling else None,
             changed_at=previous.changed_at if previous is not None else None,
+            content_hash=content_hash(chunks),
         )
         await self._submit(task, url, title, chunks, key, state, page.fetched_at, to_markdown(doc))
         return REPORTED_LATER

@@ -48,6 +48,10 @@ class DocumentView(BaseModel):
     fetched_at: datetime | None = Field(description="When the indexed version was fetched.")
     indexed_at: datetime | None
     task_id: str | None = Field(description="The scrape that indexed this version.")
+    content_hash: str | None = Field(
+        description="sha256 over the indexed version's chunks: equal while its text is unchanged "
+        "(null: indexed before content hashes were kept)."
+    )
     misses: int = Field(
         description="Re-crawls in a row that missed the page (404/410 or unlinked; removed at 2)."
     )
@@ -66,6 +70,7 @@ class DocumentView(BaseModel):
             fetched_at=state.fetched_at,
             indexed_at=state.indexed_at,
             task_id=state.task_id,
+            content_hash=state.content_hash,
             misses=state.misses,
         )
 
