@@ -165,3 +165,21 @@ def test_the_int8_indexing_graph_stays_close_to_the_packaged_one(
     # Built once: a second load reuses the file.
     again = Embedder.load(threads=1, int8_products=True, cache_dir=tmp_path)
     np.testing.assert_allclose(again.embed(texts[:1]), fast.embed(texts[:1]), atol=1e-5)
+
+
+def test_a_question_on_the_int8_graph_gets_one_vector_whoever_is_asked_beside_it(
+    tmp_path: Path,
+) -> None:
+    from helpline.common.knowledge import load_question_model
+    from helpline.common.settings import StoreSettings
+
+    question = "How long do I hold the reset button?"
+    others = [_words(40), "Where is my invoice?", "error FW-409 after a firmware update"]
+    batched = Embedder.load(threads=1, int8_products=True, cache_dir=tmp_path)
+    alone = batched.embed([question])[0]
+    # Batched on the int8 graph the activations share a scale: the vector moves.
+    assert not np.array_equal(batched.embed([question, *others])[0], alone)
+    model = load_question_model(StoreSettings(model_cache_dir=tmp_path))
+    assert model.one_per_call and "int8" in model.model_id
+    for mates in ([], others[:1], others):
+        np.testing.assert_array_equal(model.embed([question, *mates])[0], alone)

@@ -9,8 +9,10 @@ activations quantized per call (onnxruntime's dynamic quantization). Measured on
 0.993-0.996 of the packaged graph's. Because the activations share one scale per call, a
 text's vector then depends slightly on the texts it is batched with (cosine 0.98-0.999):
 harmless for documents, whose vectors are written once, but not for questions, which
-must rank the same whoever asks alongside; questions keep the packaged graph. The int8
-graph is built once (about 3 s) and kept in a cache folder.
+must rank the same whoever asks alongside: questions run on it one per model call
+(`one_per_call`; rag's default, `HELPLINE_QUERY_INT8`), 2.5 ms of CPU each on one thread
+against 7 on the packaged graph (10 on two threads, which spin). The int8 graph is built
+once (about 3 s) and kept in a cache folder.
 
 Memory: a run's working memory grows with its texts times the square of their width
 (attention), so a batch is bounded in padded tokens (`batch_tokens`) as well as in texts.
@@ -175,6 +177,8 @@ class Embedder:
         self._release = ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.dim = int(session.get_outputs()[0].shape[-1])
+        # Every text in a model run of its own (`load(one_per_call=True)`).
+        self.one_per_call = False
         # Set by `load(niceness=...)`: the niced threads `embed_async` runs the model in.
         self._executor: ThreadPoolExecutor | None = None
 
@@ -189,12 +193,15 @@ class Embedder:
         cache_dir: Path | None = DEFAULT_MODEL_CACHE,
         batch_tokens: int = BATCH_TOKENS,
         bounded_memory: bool = True,
+        one_per_call: bool = False,
     ) -> Embedder:
         """Load the bundled model and tokenizer; `threads` bounds onnxruntime's intra-op pool.
 
         `int8_products` (for indexing, on the CPU alone): the graph with int8 matrix
         products (`quantized_model`, kept in `cache_dir`); otherwise the packaged graph.
-        `batch_tokens`: most padded tokens in one run of the model. `bounded_memory` False
+        `batch_tokens`: most padded tokens in one run of the model. `one_per_call`: every
+        text runs alone, so its vector never depends on the texts embedded with it (what
+        questions on the int8 graph need; see the module's notes). `bounded_memory` False
         leaves onnxruntime's memory as it is by default (memory patterns on, an arena that
         never shrinks: it only grows), for comparison; see the module's notes.
 
@@ -206,9 +213,12 @@ class Embedder:
         chosen = _providers(providers)
         options = _Options(threads, chosen, None, batch_tokens, bounded_memory)
         if not int8_products or chosen != [_CPU]:
-            return cls._load_at(options, niceness)
-        with quantized_model(cache_dir) as graph:
-            return cls._load_at(options._replace(path=graph), niceness)
+            model = cls._load_at(options, niceness)
+        else:
+            with quantized_model(cache_dir) as graph:
+                model = cls._load_at(options._replace(path=graph), niceness)
+        model.one_per_call = one_per_call
+        return model
 
     @classmethod
     def _load_at(cls, options: _Options, niceness: int) -> Embedder:
@@ -276,6 +286,8 @@ class Embedder:
         """Embed texts as rows of a [len(texts), dim] array, mean-pooled and L2-normalised."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.one_per_call:
+            batch_size = 1
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out

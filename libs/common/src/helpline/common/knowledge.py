@@ -66,9 +66,18 @@ class Knowledge:
         *,
         niceness: int = 0,
         int8_products: bool = False,
+        for_questions: bool = True,
     ) -> Knowledge:
-        """Load the model, open (and prepare) the store the settings name."""
-        model = load_model(settings, niceness=niceness, int8_products=int8_products)
+        """Load the model, open (and prepare) the store the settings name.
+
+        `for_questions`: the model embeds questions (`load_question_model`); otherwise it
+        indexes, with `niceness` and `int8_products`.
+        """
+        model = (
+            load_question_model(settings)
+            if for_questions
+            else load_model(settings, niceness=niceness, int8_products=int8_products)
+        )
         store = open_store(
             url=settings.qdrant_url,
             data_dir=data_dir,
@@ -88,12 +97,28 @@ def load_model(
 ) -> Embedder:
     """The embedding model on the providers and threads the settings give; `int8_products`
     for a model that only indexes (see `embedding`)."""
-    providers = [p.strip() for p in settings.embed_providers.split(",") if p.strip()]
     return Embedder.load(
         threads=settings.embed_threads,
-        providers=providers,
+        providers=_providers(settings),
         niceness=niceness,
         int8_products=int8_products,
         cache_dir=settings.model_cache_dir,
         batch_tokens=settings.embed_batch_tokens,
     )
+
+
+def load_question_model(settings: StoreSettings) -> Embedder:
+    """The model questions are embedded with: `query_threads` threads, and with `query_int8`
+    int8 matrix products, one question per model call (see `embedding`)."""
+    return Embedder.load(
+        threads=settings.query_threads,
+        providers=_providers(settings),
+        int8_products=settings.query_int8,
+        one_per_call=settings.query_int8,
+        cache_dir=settings.model_cache_dir,
+        batch_tokens=settings.embed_batch_tokens,
+    )
+
+
+def _providers(settings: StoreSettings) -> list[str]:
+    return [p.strip() for p in settings.embed_providers.split(",") if p.strip()]

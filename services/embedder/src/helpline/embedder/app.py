@@ -30,11 +30,12 @@ class EmbedderComponent:
         # Indexing alone may use the faster int8 graph; questions need the exact one.
         int8 = settings.embed_index_int8
         self.knowledge = knowledge or Knowledge.open(
-            settings, settings.data_dir, niceness=niceness, int8_products=int8
+            settings, settings.data_dir, niceness=niceness, int8_products=int8, for_questions=False
         )
-        # Sharing a process with rag (`helpline up`): indexing gets its own model at a lower
-        # CPU priority, so a re-index never slows the questions answered beside it.
-        own_model = knowledge is not None and niceness > 0
+        # Sharing a process with rag (`helpline up`): the shared model is the questions' (one
+        # thread, one question a call); indexing gets its own, at a lower CPU priority, so a
+        # re-index never slows the questions answered beside it.
+        own_model = knowledge is not None
         self.index_model = (
             load_model(settings, niceness=niceness, int8_products=int8) if own_model else None
         )
