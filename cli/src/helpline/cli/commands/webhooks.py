@@ -13,7 +13,9 @@ from helpline.cli.output import JsonFlag, emit_json, fields, out, table, when
 webhooks = typer.Typer(help="Webhooks: receivers told when tasks end and pages are indexed.")
 
 WebhookId = Annotated[str, typer.Argument(help="The webhook's id.")]
-EVENTS = "task.succeeded, task.failed, crawl.completed or page.indexed"
+EVENTS = (
+    "task.succeeded, task.failed, crawl.completed, page.indexed, page.removed or source.refreshed"
+)
 
 
 def _show(webhook: dict[str, Any]) -> None:

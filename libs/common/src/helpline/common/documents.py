@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from helpline.common.kvscan import kv_entries
-from helpline.common.messages import ChunkBatch, PageState, new_task_id, utcnow
+from helpline.common.messages import (
+    ChunkBatch,
+    PageRemoval,
+    PageState,
+    RemovalReason,
+    new_task_id,
+    utcnow,
+)
 from helpline.common.pagestate import PageStates, page_state_key
 from helpline.common.subjects import Bucket, Kind, Priority
 
@@ -106,10 +113,16 @@ async def load_document(buckets: Buckets, key: str) -> Document | None:
     return None if state is None else Document(key, state)
 
 
-def removal_batch(document: Document, priority: Priority = Priority.HIGH) -> ChunkBatch:
+def removal_batch(
+    document: Document,
+    priority: Priority = Priority.HIGH,
+    *,
+    reason: RemovalReason = RemovalReason.DELETED,
+    source_id: str | None = None,
+) -> ChunkBatch:
     """The embed task that takes `document` out of the index: no chunks, no page state (as for
     a page that answers 404): the embedder deletes its points, state and text, and moves its
-    brand's index generation."""
+    brand's index generation. Its record keeps `reason` and `source_id` (`page.removed`)."""
     task_id = new_task_id()
     state = document.state
     return ChunkBatch(
@@ -124,4 +137,5 @@ def removal_batch(document: Document, priority: Priority = Priority.HIGH) -> Chu
         report_kind=Kind.EMBED,
         page_key=document.id,
         page_state=None,
+        removal=PageRemoval(url=state.url, brand=state.brand, reason=reason, source_id=source_id),
     )

@@ -157,6 +157,26 @@ class PageState(Message):
     content_hash: str | None = None
 
 
+class RemovalReason(StrEnum):
+    """Why a page left the index (`page.removed`'s `reason`)."""
+
+    DELETED = "deleted"  # DELETE /documents/{id}
+    SOURCE_DELETED = "source_deleted"  # its source deleted with its pages
+    BRAND_DELETED = "brand_deleted"  # its brand taken out whole
+    MISSED = "missed"  # two re-crawls of its source in a row did not reach it
+    GONE = "gone"  # it answered 404 or 410
+
+
+class PageRemoval(Message):
+    """What a removal batch takes out and why; its task record keeps it for the
+    announcement of the outcome (`page.removed`)."""
+
+    url: str
+    brand: str | None = None
+    reason: RemovalReason
+    source_id: str | None = None
+
+
 class ChunkBatch(TaskMessage):
     """Chunks of one document to embed and index; the embedder reports on `report_task_id`.
 
@@ -177,6 +197,8 @@ class ChunkBatch(TaskMessage):
     markdown: str | None = None
     # Delete every point of `brand` (its chunks must be empty): a brand taken out whole.
     drop_brand: bool = False
+    # A page taken out (no chunks, no state) by whom and why; the embedder ignores it.
+    removal: PageRemoval | None = None
 
     def reported_as(self, kind: Kind) -> tuple[str, Kind]:
         return self.report_task_id, self.report_kind

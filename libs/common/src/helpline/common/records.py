@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from helpline.common.messages import EventType, TaskError, TaskEvent, utcnow
+from helpline.common.messages import EventType, PageRemoval, TaskError, TaskEvent, utcnow
 from helpline.common.subjects import Kind, Priority
 
 
@@ -70,6 +70,8 @@ class TaskRecord(TaskView):
 
     # When the worker reported the state the record holds (orders events of one attempt).
     updated_at: datetime | None = None
+    # A removal batch's page and reason, for the announcement of its outcome (`page.removed`).
+    removal: PageRemoval | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -79,7 +81,7 @@ class TaskRecord(TaskView):
         return cls.model_validate_json(raw)
 
     def view(self) -> TaskView:
-        return TaskView.model_validate(self.model_dump(exclude={"updated_at"}))
+        return TaskView.model_validate(self.model_dump(exclude={"updated_at", "removal"}))
 
 
 def _phase(status: Status, attempts: int, at: datetime | None) -> tuple[int, int, float]:

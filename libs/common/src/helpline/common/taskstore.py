@@ -27,7 +27,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
 from helpline.common.kv import kv_get
 from helpline.common.kvscan import kv_entries
-from helpline.common.messages import TaskEvent, TaskMessage
+from helpline.common.messages import PageRemoval, TaskEvent, TaskMessage
 from helpline.common.observability import current_trace_id
 from helpline.common.records import TERMINAL_STATUSES, Status, TaskRecord
 from helpline.common.subjects import Bucket, Kind
@@ -224,6 +224,7 @@ class TaskStore:
         bus refused loses its record again: nothing is left half-way.
         """
         brand = getattr(task, "brand", None)
+        removal = getattr(task, "removal", None)
         record = TaskRecord(
             task_id=task.task_id,
             kind=kind,
@@ -231,6 +232,7 @@ class TaskStore:
             priority=task.priority,
             parent_id=task.parent_id,
             trace_id=current_trace_id(),
+            removal=removal if isinstance(removal, PageRemoval) else None,
         )
         if fresh:
             created, published = await asyncio.gather(

@@ -11,12 +11,14 @@ from the webhook and the event, so announcing an event twice (a retried tracker 
 submits one task. The secret stays in the bucket: the task carries the body only, and the
 delivering worker reads the secret when it signs.
 
-Events come from one place, the gateway's tracker (`Announcer.task_finished`): every task's
-terminal state, a crawl's completion and a page indexed. `page.removed` and
-`source.refreshed` are not announced yet: where a page's removal or a source's refresh is
-recorded as a task outcome, add the member to `WebhookEvent` and its case to
-`task_finished`; a process that does not follow the webhooks would need a followed
-`WebhookStore` for `Announcer.announce` to find them.
+Events come from two places. The gateway's tracker (`Announcer.task_finished`): every task's
+terminal state, a crawl's completion, a page indexed and a page removed. Every removal is an
+embed task that leaves a page with no chunks and no state (a document, source or brand
+deleted, a page missed by two re-crawls: its record keeps the `PageRemoval`, reason and
+source), or a scrape whose page now answers 404/410 (reported by the embedder as the scrape:
+no chunks and no page left under its URL). And the sources' schedule in maintenance, once a
+run's crawl ended and its pages were swept (`source.refreshed`); a process that does not
+follow the webhooks reads them from the bucket for each announcement (`WebhookStore.wanting`).
 """
 
 from __future__ import annotations
@@ -37,10 +39,19 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel, Field
 
+from helpline.common.documents import find_by_url, under
 from helpline.common.kv import kv_get
 from helpline.common.kvscan import kv_entries
-from helpline.common.messages import WebhookTask, derived_id, new_task_id, utcnow
+from helpline.common.messages import (
+    PageRemoval,
+    RemovalReason,
+    WebhookTask,
+    derived_id,
+    new_task_id,
+    utcnow,
+)
 from helpline.common.records import Status, TaskRecord
+from helpline.common.sources import SourceStore
 from helpline.common.subjects import Bucket, Kind, Priority
 
 if TYPE_CHECKING:
@@ -59,6 +70,8 @@ class WebhookEvent(StrEnum):
     TASK_FAILED = "task.failed"
     CRAWL_COMPLETED = "crawl.completed"
     PAGE_INDEXED = "page.indexed"
+    PAGE_REMOVED = "page.removed"
+    SOURCE_REFRESHED = "source.refreshed"
     PING = "ping"
 
 
@@ -254,6 +267,12 @@ class WebhookStore:
         """The webhook as followed, or read from the bucket if not followed (yet)."""
         return self._known.get(webhook_id) or await self.get(webhook_id)
 
+    async def wanting(self, event: WebhookEvent, brand: str | None) -> list[Webhook]:
+        """`matching` where followed; elsewhere (maintenance) read from the bucket."""
+        if self._watch is not None:
+            return self.matching(event, brand)
+        return [w for w in await self.all() if w.wants(event, brand)]
+
     def any(self) -> bool:
         """Whether any webhook is followed (most deployments have none: nothing to do)."""
         return bool(self._known)
@@ -303,10 +322,21 @@ _PAGE_COUNTS = ("chunks_indexed", "embedded", "new", "changed", "removed")
 _CRAWL_COUNTS = ("pages_ok", "pages_failed", "chunks_indexed")
 
 
-def _data(event: WebhookEvent, record: TaskRecord) -> dict[str, Any]:
+def _data(
+    event: WebhookEvent, record: TaskRecord, removal: PageRemoval | None = None
+) -> dict[str, Any]:
     """What an event of a finished task says (its body's `data`)."""
     view = record.view().model_dump(mode="json")
     result = record.result or {}
+    if event is WebhookEvent.PAGE_REMOVED and removal is not None:
+        return {
+            "url": removal.url,
+            "brand": removal.brand,
+            "source_id": removal.source_id,
+            "reason": str(removal.reason),
+            "task_id": record.task_id,
+            "chunks_removed": result.get("removed", 0),
+        }
     if event is WebhookEvent.CRAWL_COMPLETED:
         return {
             "task_id": record.task_id,
@@ -344,7 +374,7 @@ class Announcer:
         to: list[Webhook] | None = None,
     ) -> list[str]:
         """Submit `event` to every webhook that wants it (or to `to`); the delivery task ids."""
-        targets = to if to is not None else self.webhooks.matching(event, brand)
+        targets = to if to is not None else await self.webhooks.wanting(event, brand)
         if not targets:
             return []
         return list(
@@ -355,16 +385,21 @@ class Announcer:
         """A task reached a terminal state: `task.succeeded` or `task.failed` (expired and
         cancelled included, the record says which) with the record; a crawl's
         `crawl.completed` with its counts; a page indexed by a scrape or an embed task,
-        `page.indexed`. Deliveries themselves announce nothing (no loops)."""
+        `page.indexed`, or taken out, `page.removed`. Deliveries themselves announce nothing
+        (no loops)."""
         if record.kind is Kind.WEBHOOK or not self.webhooks.any():
             return
         succeeded = record.status is Status.SUCCEEDED
         result = record.result or {}
         events = [WebhookEvent.TASK_SUCCEEDED if succeeded else WebhookEvent.TASK_FAILED]
+        removal: PageRemoval | None = None
         if record.kind is Kind.CRAWL:
             events.append(WebhookEvent.CRAWL_COMPLETED)
         elif succeeded and "url" in result and not result.get("not_modified"):
-            events.append(WebhookEvent.PAGE_INDEXED)
+            page = (WebhookEvent.PAGE_INDEXED, WebhookEvent.PAGE_REMOVED)
+            if any(self.webhooks.matching(e, record.brand) for e in page):
+                removal = await self._removal(record)
+                events.append(WebhookEvent.PAGE_REMOVED if removal else WebhookEvent.PAGE_INDEXED)
         # Who wants what, before any body is built: most finished tasks (questions) go to
         # nobody.
         wanted = [(e, to) for e in events if (to := self.webhooks.matching(e, record.brand))]
@@ -373,10 +408,35 @@ class Announcer:
         seed = f"{record.task_id}:{record.status}"
         await asyncio.gather(
             *(
-                self.announce(e, _data(e, record), brand=record.brand, seed=seed, to=to)
+                self.announce(e, _data(e, record, removal), brand=record.brand, seed=seed, to=to)
                 for e, to in wanted
             )
         )
+
+    async def _removal(self, record: TaskRecord) -> PageRemoval | None:
+        """The page a succeeded page task took out of the index, or None if it indexed one.
+
+        A removal batch's record says so; a scrape's page that now answers 404/410 is
+        reported with no chunks, as a page with no text would be: removed if no page of its
+        brand is left under its URL. A removal that names no source gets the brand's source
+        whose root folder holds the page, if any."""
+        removal = record.removal
+        buckets = self.tasks.bus.buckets
+        if removal is None:
+            result = record.result or {}
+            url = str(result.get("url", ""))
+            brand = record.brand
+            if result.get("chunks_indexed") or not brand or not url.startswith("http"):
+                return None
+            if await find_by_url(buckets, url, lambda state: state.brand == brand):
+                return None
+            reason = RemovalReason.GONE if record.kind is Kind.SCRAPE else RemovalReason.DELETED
+            removal = PageRemoval(url=url, brand=brand, reason=reason)
+        if removal.source_id is None and removal.brand:
+            for source in await SourceStore(buckets).all(removal.brand):
+                if under(source.url)(removal.url):
+                    return removal.model_copy(update={"source_id": source.id})
+        return removal
 
     async def _submit(
         self,

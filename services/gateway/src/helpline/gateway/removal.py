@@ -3,7 +3,9 @@
 The gateway holds no vector store (Qdrant Edge is one process's), so each page goes as an
 empty chunk batch without a page state, at `high`: the embedder deletes the page's points,
 its state and its text, and moves the brand's index generation before reporting, as for a
-page that answers 404. The caller waits for the outcomes and reports what was removed.
+page that answers 404. The caller waits for the outcomes and reports what was removed. Each
+batch names why (and the source, where one goes with it): the tracker announces `page.removed`
+from the outcome, also for one still pending when the caller stops waiting.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from helpline.common.documents import Document, removal_batch
-from helpline.common.messages import ChunkBatch, new_task_id, utcnow
+from helpline.common.documents import Document, removal_batch, under
+from helpline.common.messages import ChunkBatch, RemovalReason, new_task_id, utcnow
 from helpline.common.records import Status
+from helpline.common.sources import Source
 from helpline.common.subjects import Kind, Priority
 from helpline.gateway.tasks import Tasks
 
@@ -34,16 +37,37 @@ class Removal:
 
 
 async def remove_documents(
-    tasks: Tasks, documents: list[Document], wait_s: float = REMOVAL_WAIT_S
+    tasks: Tasks,
+    documents: list[Document],
+    wait_s: float = REMOVAL_WAIT_S,
+    *,
+    reason: RemovalReason = RemovalReason.DELETED,
+    source: Source | None = None,
+    sources: list[Source] | None = None,
 ) -> Removal:
-    """Take `documents` out of the index and the answers; wait up to `wait_s` for it."""
-    return await remove(tasks, [removal_batch(d) for d in documents], wait_s)
+    """Take `documents` out of the index and the answers; wait up to `wait_s` for it.
+    `source`: theirs; `sources`: the one whose root holds each is its (found at announcement
+    otherwise)."""
+
+    def source_of(document: Document) -> str | None:
+        if source is not None:
+            return source.id
+        url = document.state.url
+        return next((s.id for s in sources or [] if under(s.url)(url)), None)
+
+    batches = [removal_batch(d, reason=reason, source_id=source_of(d)) for d in documents]
+    return await remove(tasks, batches, wait_s)
 
 
-async def remove_brand(tasks: Tasks, brand: str, documents: list[Document]) -> Removal:
-    """Take `documents` (the brand's pages) out, then every other point of `brand` (text sent
-    to /embed, pages without a state): each page counted as a document, the rest as chunks."""
-    removal = await remove_documents(tasks, documents)
+async def remove_brand(
+    tasks: Tasks, brand: str, documents: list[Document], sources: list[Source]
+) -> Removal:
+    """Take `documents` (the brand's pages, of `sources` or none) out, then every other point of
+    `brand` (text sent to /embed, pages without a state): each page counted as a document, the
+    rest as chunks."""
+    removal = await remove_documents(
+        tasks, documents, reason=RemovalReason.BRAND_DELETED, sources=sources
+    )
     task_id = new_task_id()
     rest = ChunkBatch(
         task_id=task_id,

@@ -12,7 +12,9 @@ root URL): a page the crawl did not reach (no longer linked nor in the sitemap) 
 miss, as the scraper counts one for a page that answered 404/410; a page missed by two
 crawls in a row leaves the index (an embed task, as a deleted document). A crawl that failed
 or hit `max_pages` counts no misses for pages it did not reach: it may simply not have got
-there. The sweep's counts (unchanged, missed, removed) are noted on the source's last run.
+there. The sweep's counts (unchanged, missed, removed) are noted on the source's last run and
+announced to webhooks with the crawl's (`source.refreshed`, once per run: its deliveries' ids
+derive from the run's task id).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from helpline.common.bus import Bus
 from helpline.common.crawlstate import CrawlLedger
 from helpline.common.documents import list_documents, removal_batch, under
 from helpline.common.leases import Lease
-from helpline.common.messages import PageState, utcnow
+from helpline.common.messages import PageState, RemovalReason, utcnow
 from helpline.common.pagestate import PageStates
-from helpline.common.records import Status
+from helpline.common.records import Status, TaskRecord
 from helpline.common.sources import (
     Source,
     SourceRun,
@@ -40,6 +42,7 @@ from helpline.common.sources import (
 )
 from helpline.common.subjects import Kind, Priority
 from helpline.common.taskstore import TaskStore
+from helpline.common.webhooks import Announcer, DeliveryLog, WebhookEvent, WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +98,21 @@ async def sweep_ended(bus: Bus, lease: Lease) -> int:
             and record.status is Status.SUCCEEDED
             and await ledger.pages_claimed(run.task_id) < source.max_pages
         )
-        await sweep(bus, source, run, complete=complete)
+        await sweep(bus, source, run, complete=complete, record=record)
         swept += 1
     return swept
 
 
-async def sweep(bus: Bus, source: Source, run: SourceRun, *, complete: bool) -> None:
-    """Count the misses of `run` on `source`'s pages, remove those missed twice in a row, and
-    note what was found on the source."""
+async def sweep(
+    bus: Bus,
+    source: Source,
+    run: SourceRun,
+    *,
+    complete: bool,
+    record: TaskRecord | None = None,
+) -> None:
+    """Count the misses of `run` on `source`'s pages, remove those missed twice in a row, note
+    what was found on the source and announce it (`record`: the run's crawl)."""
     pages = PageStates(bus.buckets)
     inside = under(source.url)
 
@@ -128,11 +138,37 @@ async def sweep(bus: Bus, source: Source, run: SourceRun, *, complete: bool) -> 
         elif reached and (state.changed_at is None or state.changed_at < run.started_at):
             unchanged += 1
     if gone:
-        batches = [removal_batch(d, Priority.LOW) for d in gone]
+        batches = [
+            removal_batch(d, Priority.LOW, reason=RemovalReason.MISSED, source_id=source.id)
+            for d in gone
+        ]
         await TaskStore(bus).submit_many(Kind.EMBED, batches)
         log.info("source %s: %d pages missed twice, removed", source.id, len(gone))
-    await SourceStore(bus.buckets).note_sweep(
-        source.id, run.task_id, unchanged=unchanged, missed=missed, removed=len(gone)
+    found = {"unchanged": unchanged, "missed": missed, "removed": len(gone)}
+    # Before the sweep is noted: a holder that dies in between announces again, under the
+    # same delivery ids.
+    await announce_refreshed(bus, source, run, record, found)
+    await SourceStore(bus.buckets).note_sweep(source.id, run.task_id, **found)
+
+
+async def announce_refreshed(
+    bus: Bus, source: Source, run: SourceRun, record: TaskRecord | None, counts: dict[str, int]
+) -> None:
+    """`source.refreshed` to the webhooks that want it: the run's crawl and sweep counts."""
+    announcer = Announcer(WebhookStore(bus.buckets), TaskStore(bus), DeliveryLog(bus.buckets))
+    result = (record.result if record is not None else None) or {}
+    data = {
+        "source_id": source.id,
+        "brand": source.brand,
+        "url": source.url,
+        "task_id": run.task_id,
+        "status": str(record.status) if record is not None else None,
+        **{k: result.get(k, 0) for k in ("pages_ok", "pages_failed", "chunks_indexed")},
+        **counts,
+        "finished_at": record.finished_at if record is not None else None,
+    }
+    await announcer.announce(
+        WebhookEvent.SOURCE_REFRESHED, data, brand=source.brand, seed=run.task_id
     )
 
 

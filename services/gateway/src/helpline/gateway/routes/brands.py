@@ -106,7 +106,7 @@ async def delete_brand(brand: BrandName, tasks: TasksDep, caller: Caller) -> Any
     if not sources and not documents:
         raise NotFound(f"no brand {brand!r} (no source, no indexed page)")
     removed_sources = sum([await store.delete(source.id) for source in sources])
-    removal = await remove_brand(tasks, brand, documents)
+    removal = await remove_brand(tasks, brand, documents, sources)
     body = BrandDeleted(
         brand=brand,
         sources_removed=removed_sources,

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
 from helpline.common.documents import Document, list_documents, under
-from helpline.common.messages import PageState, RenderMode, utcnow
+from helpline.common.messages import PageState, RemovalReason, RenderMode, utcnow
 from helpline.common.records import Status
 from helpline.common.sources import Source, SourceStore, new_source
 from helpline.gateway.auth import GUARDED, Caller, check_brand, requires, visible
@@ -308,7 +308,9 @@ async def delete_source(
             pending=[],
         )
         return body
-    removal = await remove_documents(tasks, pages)
+    removal = await remove_documents(
+        tasks, pages, reason=RemovalReason.SOURCE_DELETED, source=source
+    )
     body = SourceDeleted(
         id=source_id,
         documents_removed=removal.documents,

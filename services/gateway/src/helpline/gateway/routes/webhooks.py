@@ -37,7 +37,14 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
 #: The most deliveries one listing answers.
 MAX_DELIVERIES = 200
 
-Subscribable = Literal["task.succeeded", "task.failed", "crawl.completed", "page.indexed"]
+Subscribable = Literal[
+    "task.succeeded",
+    "task.failed",
+    "crawl.completed",
+    "page.indexed",
+    "page.removed",
+    "source.refreshed",
+]
 _URL = Field(
     description="Where deliveries are POSTed: an absolute http(s) URL at a public address "
     "(or one HELPLINE_WEBHOOK_ALLOWED_HOSTS allows).",
@@ -45,9 +52,12 @@ _URL = Field(
 )
 _EVENTS = Field(
     min_length=1,
-    max_length=4,
+    max_length=6,
     description="task.succeeded, task.failed (every kind, with the task record), "
-    "crawl.completed (the crawl's counts), page.indexed (a page's new version searchable).",
+    "crawl.completed (the crawl's counts), page.indexed (a page's new version searchable), "
+    "page.removed (a page out of the index: url, brand, source_id, reason: deleted, "
+    "source_deleted, brand_deleted, missed, gone), source.refreshed (a source's scheduled "
+    "crawl ended and its pages were swept: its counts).",
 )
 _BRAND = Field(default=None, description="Only this brand's events; null: every brand's.")
 
@@ -68,7 +78,7 @@ class WebhookPatch(Body):
         default=None, description=_URL.description, json_schema_extra=URL_SCHEMA
     )
     events: list[Subscribable] | None = Field(
-        default=None, min_length=1, max_length=4, description=_EVENTS.description
+        default=None, min_length=1, max_length=6, description=_EVENTS.description
     )
     brand: Brand | None = _BRAND
 
