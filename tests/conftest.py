@@ -212,6 +212,7 @@ def settings_for(cls: type, nats_url: str, prefix: str, data_dir: Path, **extra:
         "query_timeout_s": 10.0,
         # No scheduled maintenance unless a test asks: it would add tasks of its own.
         "maintenance_reconcile_every_s": 0.0,
+        "maintenance_watchdog_every_s": 0.0,
         # Every request of the tests sends it (`System.client`).
         "admin_key": TEST_ADMIN_KEY,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -23,13 +24,16 @@ from test_webhooks import receiving
 
 from helpline.cli.natsserver import NatsServer
 from helpline.common import spanstore, subjects
+from helpline.common.bus import Bus
 from helpline.common.embedding import Embedder
 from helpline.common.knowledge import Knowledge
-from helpline.common.messages import ScrapeTask
+from helpline.common.messages import ScrapeTask, new_task_id, utcnow
 from helpline.common.observability import setup_tracing
 from helpline.common.permissions import SERVICES, inbox_prefix, nats_authorization
+from helpline.common.records import Status, TaskRecord
 from helpline.common.runtime import Component, Host
 from helpline.common.subjects import Bucket, Kind, Priority
+from helpline.common.taskstore import TaskStore
 from helpline.common.vectors import open_store
 from helpline.embedder.app import EmbedderComponent
 from helpline.embedder.settings import EmbedderSettings
@@ -179,6 +183,8 @@ async def test_each_service_as_its_own_user_does_its_whole_job(
             maintenance_reconcile_every_s=0.5,
             # Sources: maintenance holds the schedule's lease and starts their crawls.
             maintenance_sources_every_s=0.2,
+            # The watchdog: reads heartbeats and records, walks work queues, settles.
+            maintenance_watchdog_every_s=0.5,
         )
 
     store = open_store(url=None, data_dir=tmp_path, collection="helpline", dim=model.dim)
@@ -207,12 +213,32 @@ async def test_each_service_as_its_own_user_does_its_whole_job(
             await host.start()
             hosts.append(host)
         await run_the_flow(client, docs_site)
+        await ghost_settled(client, hosts[0].bus)
     finally:
         await client.aclose()
         for host in reversed(hosts):
             await host.stop()
         knowledge.close()
     assert violations(guarded) == []
+
+
+async def ghost_settled(client: httpx.AsyncClient, bus: Bus) -> None:
+    """A page left running by a process that never beat, its message gone: maintenance's
+    watchdog fails it (heartbeats, records, both work queues walked, an event emitted)."""
+    ghost = TaskRecord(
+        task_id=new_task_id(),
+        kind=Kind.SCRAPE,
+        status=Status.RUNNING,
+        replica="ghost-1",
+        updated_at=utcnow() - timedelta(minutes=5),
+    )
+    await TaskStore(bus).create(ghost)
+
+    async def failed() -> bool:
+        record = (await client.get(f"/api/v1/tasks/{ghost.task_id}")).json()
+        return bool(record["status"] == "failed")
+
+    assert await eventually(failed, timeout_s=30)
 
 
 async def run_the_flow(client: httpx.AsyncClient, site: str) -> None:

@@ -37,6 +37,7 @@ COMMON: dict[str, object] = {
     "scraper_timeout_s": 5.0,
     "embed_threads": 1,
     "maintenance_reconcile_every_s": 0.0,
+    "maintenance_watchdog_every_s": 0.0,
 }
 
 

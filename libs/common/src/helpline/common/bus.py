@@ -95,6 +95,8 @@ class Bus:
         metrics.watch_breakers(self.breakers)
         # Shared by this process's task pools: batch work yields to urgent work.
         self.urgency = Urgency(layout.bulk_yield_window_s, layout.bulk_yield_starts_per_s)
+        # This process as its heartbeat names it (`Host` sets it); its workers' events carry it.
+        self.replica_id: str | None = None
 
     async def connect(self, url: str, *, name: str, auth: NatsAuth | None = None) -> None:
         """Connect to the servers of `url` (comma-separated), reconnecting for ever: when the

@@ -318,6 +318,9 @@ class TaskEvent(Message):
     created_at: datetime | None = None
     # The trace the task runs in (32 hex digits), for the record and the views.
     trace_id: str | None = None
+    # The process that sent it (`Host.replica_id`, as its heartbeat names it), for a worker's
+    # events: the watchdog checks that the worker of a running task is still alive.
+    replica: str | None = None
 
 
 class DeadLetter(Message):

@@ -98,6 +98,13 @@ POISON = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+WATCHDOG_SETTLED = Counter(
+    "helpline_watchdog_settled",
+    "Tasks found running with no live worker and settled by the watchdog, by kind and "
+    "outcome (requeued: its message will be delivered again; failed: none is left)",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
 QUEUE_PENDING = Gauge(
     "helpline_queue_pending",
     "Tasks waiting on the bus (not yet delivered), by kind and priority",

@@ -243,6 +243,12 @@ def _maintenance(g: _Grants) -> None:
     g.kv_write(Bucket.PAGES)
     g.watch(Bucket.PAGES)
     g.submit(Kind.EMBED)
+    # The watchdog: reads every running record and the heartbeats, walks the work queues
+    # for the messages still stored, and settles a task nobody runs with an event.
+    g.watch(Bucket.REPLICAS)
+    g.emit(*Kind)
+    for kind in Kind:
+        g.publish.add(f"{_API}.STREAM.MSG.GET.{subjects.stream(kind, g.prefix)}")
     # Delivers webhooks: reads each one's secret, notes every attempt.
     g.work(Kind.WEBHOOK)
     g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)

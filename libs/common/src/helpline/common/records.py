@@ -70,6 +70,8 @@ class TaskRecord(TaskView):
 
     # When the worker reported the state the record holds (orders events of one attempt).
     updated_at: datetime | None = None
+    # The process that reported it (its heartbeat's replica id), when a worker did.
+    replica: str | None = None
     # A removal batch's page and reason, for the announcement of its outcome (`page.removed`).
     removal: PageRemoval | None = None
 
@@ -81,7 +83,9 @@ class TaskRecord(TaskView):
         return cls.model_validate_json(raw)
 
     def view(self) -> TaskView:
-        return TaskView.model_validate(self.model_dump(exclude={"updated_at", "removal"}))
+        return TaskView.model_validate(
+            self.model_dump(exclude={"updated_at", "replica", "removal"})
+        )
 
 
 def _phase(status: Status, attempts: int, at: datetime | None) -> tuple[int, int, float]:
@@ -120,6 +124,8 @@ def apply_event(record: TaskRecord, event: TaskEvent) -> TaskRecord | None:
     }
     if record.trace_id is None and event.trace_id is not None:
         update["trace_id"] = event.trace_id
+    if event.replica is not None:
+        update["replica"] = event.replica
     if record.started_at is None:
         if event.started_at is not None:
             update["started_at"] = event.started_at

@@ -61,6 +61,7 @@ class Host:
         self._started: list[Component] = []
         self.task_consumers: list[TaskConsumer] = []
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+        self.bus.replica_id = self.replica_id  # named in its workers' events
         self._started_at = utcnow()
         self._heartbeat: asyncio.Task[None] | None = None
 

@@ -233,6 +233,7 @@ class TaskContext:
             started_at=self.started_at,
             created_at=self.task.created_at,
             trace_id=current_trace_id(),
+            replica=self.bus.replica_id,
             **fields,
         )
         if self.task.notify and type_.outcome:

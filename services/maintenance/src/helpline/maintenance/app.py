@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from helpline.common.breaker import BreakerPolicy
 from helpline.common.bus import Bus
@@ -25,14 +26,19 @@ from helpline.maintenance.webhooks import Deliverer, build_consumer, retry_for
 log = logging.getLogger(__name__)
 
 
-async def schedule(store: TaskStore, job: str, every_s: float) -> None:
+async def schedule(
+    store: TaskStore, job: str, every_s: float, params: dict[str, Any] | None = None
+) -> None:
     """Submit `job` once every `every_s`, at low priority, from every replica: each period's
     task has one id (derived from the period), so the replicas' copies are one task."""
     while True:
         await asyncio.sleep(every_s - time.time() % every_s)
         period = int(time.time() // every_s)
         task = MaintenanceTask(
-            task_id=derived_id("schedule", job, str(period)), job=job, priority=Priority.LOW
+            task_id=derived_id("schedule", job, str(period)),
+            job=job,
+            params=params or {},
+            priority=Priority.LOW,
         )
         try:
             await store.submit(Kind.MAINTENANCE, task)
@@ -57,6 +63,7 @@ class MaintenanceComponent:
     def __init__(self, settings: MaintenanceSettings) -> None:
         self.settings = settings
         self._schedule: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._sources: asyncio.Task[None] | None = None
         self._lease: Lease | None = None
         self._deliverer: Deliverer | None = None
@@ -81,6 +88,15 @@ class MaintenanceComponent:
         every = self.settings.maintenance_reconcile_every_s
         if every > 0:
             self._schedule = asyncio.create_task(schedule(TaskStore(bus), "reconcile", every))
+        watchdog_every = self.settings.maintenance_watchdog_every_s
+        if watchdog_every > 0:
+            params = {
+                "max_run_s": dict(retry_policy(self.settings).max_run_s),
+                "grace_s": self.settings.maintenance_watchdog_grace_s,
+            }
+            self._watchdog = asyncio.create_task(
+                schedule(TaskStore(bus), "watchdog", watchdog_every, params)
+            )
         sources_every = self.settings.maintenance_sources_every_s
         if sources_every > 0:
             self._lease = Lease(
@@ -89,10 +105,10 @@ class MaintenanceComponent:
             self._sources = asyncio.create_task(schedule_sources(bus, self._lease, sources_every))
 
     async def stop(self) -> None:
-        for task in (self._schedule, self._sources):
+        for task in (self._schedule, self._watchdog, self._sources):
             if task is not None:
                 await stopped(task)
-        self._schedule = self._sources = None
+        self._schedule = self._watchdog = self._sources = None
         if self._deliverer is not None:
             await self._deliverer.aclose()
             self._deliverer = None

@@ -9,8 +9,10 @@ from typing import Any
 
 from helpline.common.errors import InputRejected
 from helpline.common.messages import utcnow
+from helpline.common.retrypolicy import DEFAULT_MAX_RUN_S
 from helpline.common.worker import TaskContext
 from helpline.maintenance.reconcile import reconcile as reconcile_parents
+from helpline.maintenance.watchdog import GRACE_S, LIVE_WITHIN_S, watch
 
 Job = Callable[[dict[str, Any], TaskContext], Awaitable[dict[str, Any]]]
 
@@ -35,7 +37,29 @@ async def reconcile(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return await reconcile_parents(ctx.bus, time.time())
 
 
-JOBS: dict[str, Job] = {"ping": ping, "reconcile": reconcile}
+async def watchdog(params: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Settle tasks left running with no live worker (`watchdog`). `max_run_s` (by kind),
+    `grace_s` and `live_within_s` come with the scheduled task, from the settings."""
+    max_run_s = params.get("max_run_s", {})
+    grace_s = params.get("grace_s", GRACE_S)
+    live_within_s = params.get("live_within_s", LIVE_WITHIN_S)
+    if not isinstance(max_run_s, dict) or not all(
+        isinstance(v, int | float) for v in max_run_s.values()
+    ):
+        raise InputRejected("max_run_s must map kinds to seconds", field="max_run_s")
+    for name, value in (("grace_s", grace_s), ("live_within_s", live_within_s)):
+        if not isinstance(value, int | float) or value < 0:
+            raise InputRejected(f"{name} must be a number of seconds", field=name)
+    return await watch(
+        ctx.bus,
+        time.time(),
+        max_run_s={**DEFAULT_MAX_RUN_S, **max_run_s},
+        grace_s=float(grace_s),
+        live_within_s=float(live_within_s),
+    )
+
+
+JOBS: dict[str, Job] = {"ping": ping, "reconcile": reconcile, "watchdog": watchdog}
 
 
 def job_named(name: str) -> Job:

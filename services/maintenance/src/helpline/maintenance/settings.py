@@ -14,6 +14,18 @@ class MaintenanceSettings(HelplineSettings, WebhookAddressSettings):
         ge=0,
         description="How often parents left behind are looked for and recounted (0: never).",
     )
+    maintenance_watchdog_every_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How often tasks left running with no live worker are looked for and "
+        "settled (0: never).",
+    )
+    maintenance_watchdog_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a running task's record may stay unchanged before the watchdog "
+        "looks at it, and its margin past the kind's longest run time.",
+    )
     maintenance_sources_every_s: float = Field(
         default=5.0,
         ge=0,
