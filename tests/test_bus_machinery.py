@@ -228,8 +228,19 @@ async def test_a_child_is_written_to_its_parents_ledger_once(bus: Bus) -> None:
     assert await crawls.mark_finished("p0", "c1", ok=True, chunks=3)
     assert not await crawls.mark_finished("p0", "c1", ok=True, chunks=3)
     assert await crawls.mark_finished("p0", "c2", ok=False, chunks=0)
-    assert await crawls.tally("p0") == Tally(done=2, ok=1, failed=1, chunks=3)
+    assert await crawls.tally("p0") == Tally(
+        done=2, ok=1, failed=1, chunks=3, by_status={"succeeded": 1, "failed": 1}
+    )
     assert await crawls.tally("nobody") == Tally()
+    # A child's terminal status is kept with it: a parent counts its children by status.
+    assert await crawls.mark_finished("p0", "c3", ok=False, chunks=0, status="cancelled")
+    assert await crawls.mark_finished("p0", "c4", ok=False, chunks=0, status="expired")
+    assert (await crawls.tally("p0")).by_status == {
+        "succeeded": 1,
+        "failed": 1,
+        "cancelled": 1,
+        "expired": 1,
+    }
 
 
 async def test_a_lost_increment_is_recounted_from_the_ledger(bus: Bus) -> None:
@@ -245,11 +256,24 @@ async def test_a_lost_increment_is_recounted_from_the_ledger(bus: Bus) -> None:
     assert parent is not None
     assert parent.status is Status.RUNNING
     assert parent.progress == Progress(done=2, total=3)
+    assert parent.result is not None
+    assert parent.result["children"] == {
+        "succeeded": 2,
+        "failed": 0,
+        "expired": 0,
+        "cancelled": 0,
+        "unfinished": 1,
+    }
     recounted = await tracker.recount(parent_id)
     assert recounted is not None
     assert recounted.status is Status.SUCCEEDED
     assert recounted.progress == Progress(done=3, total=3)
-    assert recounted.result == {"pages_ok": 2, "pages_failed": 1, "chunks_indexed": 4}
+    assert recounted.result == {
+        "pages_ok": 2,
+        "pages_failed": 1,
+        "chunks_indexed": 4,
+        "children": {"succeeded": 2, "failed": 1, "expired": 0, "cancelled": 0, "unfinished": 0},
+    }
 
 
 async def test_a_count_raised_twice_does_not_finish_a_parent_early(bus: Bus) -> None:

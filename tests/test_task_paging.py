@@ -45,6 +45,14 @@ async def test_a_batchs_children_are_listed_a_page_at_a_time(
     batch_id = accepted.json()["task_id"]
     batch = await wait_terminal(client, batch_id, timeout_s=60)
     assert batch["result"]["pages_failed"] == len(MISSING)
+    # The parent's record counts its children by status.
+    assert batch["result"]["children"] == {
+        "succeeded": len(PAGES),
+        "failed": len(MISSING),
+        "expired": 0,
+        "cancelled": 0,
+        "unfinished": 0,
+    }
     # Another task, not the batch's: never in its listing.
     other = await client.post("/api/v1/scrape", json={"url": urls[0], "brand": "acme"})
     await wait_terminal(client, other.json()["task_id"], timeout_s=60)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nats.js.errors import KeyWrongLastSequenceError
@@ -49,12 +49,14 @@ def _finished_key(parent_id: str, child_id: str) -> str:
 
 @dataclass(frozen=True)
 class Tally:
-    """What a parent's finished children add up to."""
+    """What a parent's finished children add up to; `by_status`: how many ended in each
+    terminal status (succeeded, failed, expired, cancelled)."""
 
     done: int = 0
     ok: int = 0
     failed: int = 0
     chunks: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
 
 
 def _open_key(parent_id: str) -> str:
@@ -154,14 +156,17 @@ class CrawlLedger:
                 continue
             return
 
-    async def mark_finished(self, parent_id: str, child_id: str, *, ok: bool, chunks: int) -> bool:
-        """Write a finished child's outcome once; True only for the call that wrote it."""
+    async def mark_finished(
+        self, parent_id: str, child_id: str, *, ok: bool, chunks: int, status: str | None = None
+    ) -> bool:
+        """Write a finished child's outcome (and terminal status) once; True only for the
+        call that wrote it."""
         kv = await self._kv()
+        outcome: dict[str, Any] = {"ok": ok, "chunks": chunks}
+        if status is not None:
+            outcome["status"] = status
         try:
-            await kv.create(
-                _finished_key(parent_id, child_id),
-                json.dumps({"ok": ok, "chunks": chunks}).encode(),
-            )
+            await kv.create(_finished_key(parent_id, child_id), json.dumps(outcome).encode())
         except KeyWrongLastSequenceError:
             return False
         return True
@@ -170,12 +175,16 @@ class CrawlLedger:
         """Every finished child of a parent, summed from the ledger."""
         kv = await self._kv()
         done = ok = chunks = 0
+        by_status: dict[str, int] = {}
         async for entry in kv_entries(kv, _finished_key(parent_id, "*")):
             outcome = json.loads(entry.value)
             done += 1
             ok += bool(outcome.get("ok"))
             chunks += int(outcome.get("chunks", 0))
-        return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks)
+            # Written before statuses were kept: succeeded or failed, as `ok` says.
+            status = outcome.get("status") or ("succeeded" if outcome.get("ok") else "failed")
+            by_status[status] = by_status.get(status, 0) + 1
+        return Tally(done=done, ok=ok, failed=done - ok, chunks=chunks, by_status=by_status)
 
     async def mark_open(self, parent_id: str, now: float) -> None:
         """List a parent as open (its children may still finish) from `now` on."""

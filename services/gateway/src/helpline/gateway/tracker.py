@@ -91,11 +91,14 @@ class _ParentDelta:
     def add(self, child: TaskRecord) -> None:
         ok = child.status is Status.SUCCEEDED
         chunks = int((child.result or {}).get("chunks_indexed", 0)) if ok else 0
+        by_status = dict(self.tally.by_status)
+        by_status[child.status.value] = by_status.get(child.status.value, 0) + 1
         self.tally = Tally(
             done=self.tally.done + 1,
             ok=self.tally.ok + ok,
             failed=self.tally.failed + (not ok),
             chunks=self.tally.chunks + chunks,
+            by_status=by_status,
         )
         if child.finished_at and (self.finished_at is None or child.finished_at > self.finished_at):
             self.finished_at = child.finished_at
@@ -114,11 +117,15 @@ def _with_progress(
     result: dict[str, Any] = dict(parent.result or {})
     if exact:
         done, ok, failed, chunks = counted.done, counted.ok, counted.failed, counted.chunks
+        by_status = dict(counted.by_status)
     else:
         done = progress.done + counted.done
         ok = int(result.get("pages_ok", 0)) + counted.ok
         failed = int(result.get("pages_failed", 0)) + counted.failed
         chunks = int(result.get("chunks_indexed", 0)) + counted.chunks
+        by_status = dict(result.get("children") or {})
+        for status, n in counted.by_status.items():
+            by_status[status] = int(by_status.get(status, 0)) + n
     total = max(progress.total, total, done)
     finished = exact and 0 < total <= done
     if done == progress.done and total == progress.total and not finished:
@@ -126,11 +133,18 @@ def _with_progress(
     update: dict[str, Any] = {"progress": Progress(done=done, total=total)}
     if done or "pages_ok" in result:
         result.update(pages_ok=ok, pages_failed=failed, chunks_indexed=chunks)
+        result["children"] = _children(by_status, total - done)
         update["result"] = result
     if finished:
         update["status"] = Status.SUCCEEDED
         update["finished_at"] = finished_at or parent.finished_at or utcnow()
     return parent.model_copy(update=update)
+
+
+def _children(by_status: dict[str, Any], unfinished: int) -> dict[str, int]:
+    """A parent's children by status: each terminal one, and those not finished yet."""
+    counts = {s.value: int(by_status.get(s.value, 0)) for s in Status if s.terminal}
+    return {**counts, "unfinished": max(unfinished, 0)}
 
 
 def _complete(record: TaskRecord) -> bool:
@@ -295,7 +309,9 @@ class Tracker:
             return applied
         ok = record.status is Status.SUCCEEDED
         chunks = int((record.result or {}).get("chunks_indexed", 0)) if ok else 0
-        if await self.crawls.mark_finished(record.parent_id, task_id, ok=ok, chunks=chunks):
+        if await self.crawls.mark_finished(
+            record.parent_id, task_id, ok=ok, chunks=chunks, status=record.status.value
+        ):
             applied.counted = record
         return applied
 
