@@ -193,6 +193,40 @@ async def test_a_stale_memory_of_a_record_costs_a_retry_not_a_lost_change(bus: B
     assert (stored.attempts, stored.status, stored.priority) == (1, Status.RUNNING, Priority.HIGH)
 
 
+async def test_a_gateways_memory_of_ended_records_stays_small(bus: Bus) -> None:
+    """Records of tasks under way are remembered up to `remember`; ended ones apart, only the
+    last few (a soak filled a gateway's memory with tens of thousands of ended records)."""
+    follower = TaskStore(bus, remember=100, remember_ended=3)
+    await follower.follow()
+    writer = TaskStore(bus)
+    ended = [f"end{i}" for i in range(8)]
+    for task_id in ["run1", "run2", *ended]:
+        await writer.create(TaskRecord(task_id=task_id, kind=Kind.MAINTENANCE))
+    for task_id in ["run1", "run2"]:
+        await writer.change(
+            task_id, lambda r: r and r.model_copy(update={"status": Status.RUNNING})
+        )
+    for task_id in ended:
+        await writer.change(
+            task_id, lambda r: r and r.model_copy(update={"status": Status.SUCCEEDED})
+        )
+
+    # The watch delivers every write: the last ended ones and those under way are known.
+    async def settled() -> bool:
+        return list(follower._ended) == ended[-3:]
+
+    assert await eventually(settled, 5.0)
+    assert set(follower._known) == {"run1", "run2"}
+    running = follower._remembered("run1")
+    assert running is not None and running[0].status is Status.RUNNING
+    # One forgotten is read again when it changes: nothing is lost.
+    changed = await follower.change("end0", lambda r: r and r.model_copy(update={"attempts": 7}))
+    assert changed is not None and changed.status is Status.SUCCEEDED
+    stored = await TaskStore(bus).get("end0")
+    assert stored is not None and stored.attempts == 7
+    await follower.close()
+
+
 async def test_submit_many_records_and_publishes_every_task(bus: Bus) -> None:
     store = TaskStore(bus)
     tasks = [MaintenanceTask(task_id=new_task_id(), job="ping") for _ in range(300)]

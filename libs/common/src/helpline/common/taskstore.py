@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from helpline.common.kv import Buckets
 
 Change = Callable[[TaskRecord | None], TaskRecord | None]
+# A stored record's status, as `TaskRecord.to_bytes` writes it, when the task has ended.
+_ENDED = re.compile(
+    rb'"status":"(?:' + b"|".join(sorted(s.encode() for s in TERMINAL_STATUSES)) + rb')"'
+)
 
 
 async def record_finished(buckets: Buckets, task_id: str) -> bool:
@@ -56,34 +61,49 @@ async def record_finished(buckets: Buckets, task_id: str) -> bool:
 class TaskStore:
     """Read, create and change task records; submit tasks together with their records."""
 
-    def __init__(self, bus: Bus, *, remember: int = 20_000) -> None:
+    def __init__(self, bus: Bus, *, remember: int = 20_000, remember_ended: int = 1_000) -> None:
         self.bus = bus
         self._subject_prefix = f"$KV.{bus.layout.bucket(Bucket.TASKS)}."
         self._remember = remember
-        # A record as written (parsed, or the raw bytes a watch delivered) and its revision.
+        self._remember_ended = remember_ended
+        # A record as written (parsed, or the raw bytes a watch delivered) and its revision:
+        # records of tasks still under way, and apart the few last that ended (an ended
+        # record rarely changes again, and a gateway sees tens of thousands of them an hour:
+        # kept with the others they filled the memory up to `remember` over hours).
         self._known: OrderedDict[str, tuple[TaskRecord | bytes, int]] = OrderedDict()
+        self._ended: OrderedDict[str, tuple[TaskRecord | bytes, int]] = OrderedDict()
         self._following: JetStreamContext.PushSubscription | None = None
         self._outcome_prefix = f"_INBOX.{uuid.uuid4().hex}."
         self._outcomes: Subscription | None = None
         self._waiting: dict[str, asyncio.Future[TaskEvent]] = {}
 
     def _keep(self, task_id: str, record: TaskRecord | bytes, revision: int) -> None:
-        known = self._known.get(task_id)
+        known = self._known.get(task_id) or self._ended.get(task_id)
         if known is not None and known[1] >= revision:
             return  # a watch delivering a write this process already knows (or a later one)
-        self._known[task_id] = (record, revision)
-        self._known.move_to_end(task_id)
-        if len(self._known) > self._remember:
-            self._known.popitem(last=False)
+        self._forget(task_id)
+        ended = _ENDED.search(record) is not None if isinstance(record, bytes) else None
+        if ended or (ended is None and isinstance(record, TaskRecord) and record.status.terminal):
+            kept, limit = self._ended, self._remember_ended
+        else:
+            kept, limit = self._known, self._remember
+        kept[task_id] = (record, revision)
+        if len(kept) > limit:
+            kept.popitem(last=False)
+
+    def _forget(self, task_id: str) -> None:
+        self._known.pop(task_id, None)
+        self._ended.pop(task_id, None)
 
     def _remembered(self, task_id: str) -> tuple[TaskRecord, int] | None:
-        known = self._known.get(task_id)
+        kept = self._known if task_id in self._known else self._ended
+        known = kept.get(task_id)
         if known is None:
             return None
         record, revision = known
         if isinstance(record, bytes):
             record = TaskRecord.from_bytes(record)
-            self._known[task_id] = (record, revision)
+            kept[task_id] = (record, revision)
         return record, revision
 
     async def follow(self) -> None:
@@ -169,7 +189,7 @@ class TaskStore:
                 {"Nats-Expected-Last-Subject-Sequence": str(last)},
             )
         except KeyWrongLastSequenceError:
-            self._known.pop(record.task_id, None)
+            self._forget(record.task_id)
             raise
         self._keep(record.task_id, record, revision)
         return revision
@@ -206,7 +226,7 @@ class TaskStore:
 
     async def forget(self, task_id: str) -> None:
         """Remove a record (its task was refused by the bus)."""
-        self._known.pop(task_id, None)
+        self._forget(task_id)
         with contextlib.suppress(Exception):
             await (await self.bus.buckets.get(Bucket.TASKS)).purge(task_id)
 
