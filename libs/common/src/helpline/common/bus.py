@@ -14,8 +14,10 @@ module; the bus only holds the one instance of each.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -137,9 +139,22 @@ class Bus:
         assert self._js is not None, "the bus is not connected"
         return self._js
 
-    async def bootstrap(self) -> None:
-        """Create streams, consumers and buckets if missing; safe to run from every replica."""
-        self.buckets.attach(self.js, await declare(self.js, self.layout))
+    async def bootstrap(self, retry_s: float = 60.0) -> None:
+        """Create streams, consumers and buckets if missing; safe to run from every replica.
+
+        A cluster whose streams elect leaders (a server just restarted) leaves some requests
+        unanswered for seconds: the declaration, idempotent, is tried again for `retry_s`
+        rather than the process exiting."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                self.buckets.attach(self.js, await declare(self.js, self.layout))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("the bus did not answer while declaring the layout; trying again")
+                await asyncio.sleep(0.5)
 
     async def streams_present(self) -> bool:
         """Readiness: connected and every stream declared."""
