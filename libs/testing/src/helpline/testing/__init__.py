@@ -22,7 +22,7 @@ import httpx
 
 from helpline.cli.adminkey import read_admin_key
 from helpline.cli.natsserver import free_port
-from helpline.common.processes import stop_process
+from helpline.common.processes import all_pids, stat_fields, stop_process
 
 #: The admin key of the systems tests start in process (HELPLINE_ADMIN_KEY), new each run.
 TEST_ADMIN_KEY = "hl_" + secrets.token_urlsafe(32)
@@ -178,6 +178,23 @@ class HelplineUp:
         proc, self.process = self.process, None
         return _terminate(proc, timeout_s)
 
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL (no chance to hand anything back), then wait until its children (the
+        gateway, nats-server, extraction workers), which die with it, are gone: a restart on
+        the same ports and data dir does not race them."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        children = children_of(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + timeout_s
+        while (alive := [p for p in children if _running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive:
+            raise TimeoutError(f"helpline up's children {alive} outlived it by {timeout_s}s")
+
     def __enter__(self) -> HelplineUp:
         return self.start()
 
@@ -218,6 +235,17 @@ def _terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> int | 
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, read from /proc (none where there is none)."""
+    return [p for p in all_pids() if (f := stat_fields(p)) and len(f) > 1 and f[1] == str(pid)]
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    fields = stat_fields(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 def _inherited_env() -> dict[str, str]:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from helpline.cli.natsserver import NatsServer, free_port
@@ -28,6 +29,8 @@ class NatsCluster:
         routes = [free_port() for _ in range(size)]
         listed = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
         self.servers: dict[str, NatsServer] = {}
+        # Every stream seen in a listing (one without a leader may be missing from the next).
+        self._streams: set[str] = set()
         for index, (port, route) in enumerate(zip(ports, routes, strict=True)):
             name = f"n{index + 1}"
             config = (
@@ -80,6 +83,15 @@ class NatsCluster:
         urls = [self.servers[n].url for n in self.running()]
         return asyncio.run(_stream_leader(urls, stream, timeout_s))
 
+    def wait_led(self, timeout_s: float = 60.0) -> float:
+        """Until every stream and every consumer has a leader again (after a restart, each
+        group elects its own, seconds after the server is back: till then requests to it go
+        unanswered); returns the seconds it took."""
+        urls = [self.servers[n].url for n in self.running()]
+        began = time.monotonic()
+        self._streams |= asyncio.run(_wait_led(urls, self._streams, timeout_s))
+        return time.monotonic() - began
+
     def __enter__(self) -> NatsCluster:
         return self.start()
 
@@ -128,3 +140,32 @@ async def _stream_leader(urls: list[str], stream: str, timeout_s: float) -> str:
             await asyncio.sleep(0.2)
     finally:
         await connection.close()
+
+
+async def _wait_led(urls: list[str], known: set[str], timeout_s: float) -> set[str]:
+    deadline = time.monotonic() + timeout_s
+    connection = await nats.connect(servers=urls, connect_timeout=2)
+    try:
+        js = connection.jetstream(timeout=2)
+        names = set(known)
+        while True:
+            try:
+                names |= {info.config.name for info in await js.streams_info() if info.config.name}
+                if all([await _led(js, name) for name in sorted(names)]):
+                    return names
+            except (APIError, TimeoutError, nats.errors.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streams or consumers without a leader after {timeout_s}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+
+
+async def _led(js: JetStreamContext, stream: str) -> bool:
+    """Whether `stream` and each of its consumers have a leader."""
+    info = await js.stream_info(stream)
+    if info.cluster is None or not info.cluster.leader:
+        return False
+    consumers = await js.consumers_info(stream)
+    return all(c.cluster is not None and c.cluster.leader for c in consumers)
