@@ -50,6 +50,7 @@ SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/traces/{trace_id}"): "admin",
     ("POST", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys"): "admin",
+    ("POST", "/api/v1/admin/backup"): "admin",
     ("DELETE", "/api/v1/keys/{key_id}"): "admin",
     ("POST", "/api/v1/sources"): "submit",
     ("GET", "/api/v1/sources"): "query",

@@ -1,7 +1,8 @@
 """Backup and restore of the embedded default (issue 20): the real `helpline up` crawls the
-sample site and answers; `helpline backup` (stopped) and `helpline restore` into a new data
-dir bring back the same answers, sources in the same order, the same documents and the keys;
-a second restore, a changed file, another format version and a running system are refused."""
+sample site and answers; a live backup (`helpline backup` and `POST /api/v1/admin/backup`
+while up runs and another brand's pages are being indexed: every page record with exactly its
+points) restored into a new data dir brings back the same answers, documents and keys; a
+stopped one too; a second restore, a changed file, another format version are refused."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,9 @@ async def _put_page(url: str, key: str, value: bytes) -> None:
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
 def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path: Path) -> None:
     source, target, folder = tmp_path / "source", tmp_path / "target", tmp_path / "backup"
-    with serve_site(SITE) as site, HelplineUp(source, ENV) as up, up.client() as client:
+    live, server_side = tmp_path / "live", tmp_path / "server-side"
+    env = {**ENV, "HELPLINE_BACKUP_DIR": str(server_side)}
+    with serve_site(SITE) as site, HelplineUp(source, env) as up, up.client() as client:
         crawl = client.post("/api/v1/crawl", json={"url": f"{site}/index.html", "brand": "acme"})
         assert crawl.status_code == 202, crawl.text
         assert wait_terminal(client, crawl.json()["task_id"])["status"] == "succeeded"
@@ -112,8 +116,30 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
         assert made.status_code == 201, made.text
         reader = made.json()["key"]
         before, listed = answers(client), documents(client)
+        # Live, while another crawl runs: `helpline backup` asks up to take it, and so does
+        # the API, into HELPLINE_BACKUP_DIR.
+        paced = {
+            "urls": [d["url"] for d in listed],
+            "brand": "globex",
+            "max_concurrent": 1,
+            "delay_ms": 300,
+        }
+        other = client.post("/api/v1/scrape/batch", json=paced)
+        assert other.status_code == 202, other.text
+        made_live = helpline("backup", str(live), data_dir=source)
+        assert made_live.returncode == 0, made_live.stderr
+        crawling = client.get(f"/api/v1/tasks/{other.json()['task_id']}").json()["status"]
+        by_api = client.post("/api/v1/admin/backup", json={"with_tasks": True})
+        assert by_api.status_code == 200, by_api.text
+        assert Path(by_api.json()["path"]).parent == server_side
+        assert by_api.json()["manifest"]["counts"]["buckets"]["tasks"] >= 1
+        assert wait_terminal(client, other.json()["task_id"])["status"] == "succeeded"
     assert len(listed) >= 5
     assert all(before), before
+    assert consistent(live) >= len(listed)
+    assert consistent(Path(by_api.json()["path"])) >= len(listed)
+    left_out = json.loads((live / MANIFEST).read_text())["left_out"]["pages"]
+    print(f"\nlive backup while the other crawl was {crawling}: {len(left_out)} left out")  # noqa: T201
 
     started = time.perf_counter()
     made_backup = helpline("backup", str(folder), data_dir=source)
@@ -121,14 +147,15 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
     assert made_backup.returncode == 0, made_backup.stderr
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["format_version"] == FORMAT_VERSION
-    assert manifest["counts"]["buckets"]["pages"] == len(listed)
+    assert manifest["counts"]["buckets"]["pages"] == 2 * len(listed)  # acme's and globex's
     assert manifest["counts"]["buckets"]["keys"] >= 1
     assert manifest["counts"]["points"] > len(listed)
     assert manifest["left_out"]["pages"] == []
     size = sum(f.stat().st_size for f in folder.iterdir())
 
     started = time.perf_counter()
-    restored = helpline("restore", str(folder), data_dir=target)
+    # The live backup restored: the same answers and documents below.
+    restored = helpline("restore", str(live), data_dir=target)
     restore_s = time.perf_counter() - started
     assert restored.returncode == 0, restored.stderr
 
@@ -162,13 +189,16 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
             headers={"Authorization": f"Bearer {reader}"},
         )
         assert asked.status_code == 200, asked.text
-        # While up runs on it, the data dir is refused.
-        live = helpline("backup", str(tmp_path / "live"), data_dir=target)
-        assert live.returncode == 2
-        assert "helpline up" in live.stderr
+        # No HELPLINE_BACKUP_DIR: the API takes none; a live backup into a used folder: refused.
+        refused_api = client.post("/api/v1/admin/backup")
+        assert refused_api.status_code == 409, refused_api.text
+        assert "HELPLINE_BACKUP_DIR" in refused_api.json()["detail"]
+        into_used = helpline("backup", str(folder), data_dir=target)
+        assert into_used.returncode == 2
+        assert "not empty" in into_used.stderr
     print(  # noqa: T201
         f"\nbackup {backup_s:.2f} s, restore {restore_s:.2f} s, {size / 1024:.1f} KiB "
-        f"({manifest['counts']['points']} points, {len(listed)} pages; files "
+        f"({manifest['counts']['points']} points, {manifest['counts']['buckets']['pages']} pages; files "
         f"{KV_FILE} {manifest['files'][KV_FILE]['bytes']} B, "
         f"{POINTS_FILE} {manifest['files'][POINTS_FILE]['bytes']} B)"
     )
@@ -191,8 +221,10 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
     assert second["left_out"]["points"] == state["chunks"]
     assert second["counts"]["points"] == manifest["counts"]["points"] - state["chunks"]
     with gzip.open(partial / POINTS_FILE, "rt") as lines:
-        urls = {json.loads(line)["payload"]["url"] for line in lines}
-    assert state["url"] not in urls
+        pages_held = {
+            (p["brand"], p["url"]) for line in lines if (p := json.loads(line)["payload"])
+        }
+    assert (state["brand"], state["url"]) not in pages_held
 
     # Qdrant Edge's files held by another process (up's, when its nats-server is elsewhere).
     held = open_store(url=None, data_dir=source, collection="helpline", dim=384)
@@ -232,6 +264,27 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
         assert out.returncode == 0, out.stderr
     assert json.loads((back / MANIFEST).read_text())["counts"] == manifest["counts"]
     assert not elsewhere.exists()  # nothing of the embedded default was made
+
+
+def consistent(backup: Path) -> int:
+    """Check that every page record of a backup has exactly its points and every point its
+    record; the number of pages."""
+    manifest = json.loads((backup / MANIFEST).read_text())
+    assert manifest["source"]["live"] is True
+    with gzip.open(backup / KV_FILE, "rt") as lines:
+        states = [
+            json.loads(e["value"]) for line in lines if (e := json.loads(line))["bucket"] == "pages"
+        ]
+    with gzip.open(backup / POINTS_FILE, "rt") as lines:
+        held = Counter(
+            (p["payload"]["brand"], p["payload"]["url"])
+            for line in lines
+            if (p := json.loads(line))
+        )
+    recorded = Counter({(s["brand"], s["url"]): s["chunks"] for s in states})
+    assert recorded == held
+    assert manifest["counts"]["points"] == sum(held.values())
+    return len(states)
 
 
 def exported(data_dir: Path, url: str | None = None) -> dict[str, tuple[Any, ...]]:

@@ -26,8 +26,14 @@ run while `helpline up` uses the data dir: Qdrant Edge's WAL is locked by the pr
 has it open, and a nats-server whose configuration is the data dir's is found among the
 running processes. With HELPLINE_NATS_URL (a cluster) and HELPLINE_QDRANT_URL (a Qdrant
 server) they work on that deployment instead, running or not; points are read before page
-records, so a page indexed meanwhile is left out as inconsistent. Not built: a live backup
-of the embedded default (through the bus, while up runs) and `POST /api/v1/admin/backup`.
+records, so a page indexed meanwhile is left out as inconsistent.
+
+Live (`backup_live`), while `helpline up` runs: the process that holds Qdrant Edge takes it
+(`backupserve`, asked on the bus by `helpline backup` or `POST /api/v1/admin/backup`). The
+page records are listed, the points exported, then the buckets read; a page indexed since the
+export began (its record's `indexed_at`) is left out with its points, and the points of a
+page whose record went meanwhile are dropped: every point kept has its page's record, every
+record its points.
 """
 
 from __future__ import annotations
@@ -51,9 +57,12 @@ from typing import Any
 import nats
 import numpy as np
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js.errors import NotFoundError
+from pydantic import SecretStr
 
-from helpline.cli.natsserver import NatsServer
+from helpline.cli.natsserver import PASSWORD_FILE, NatsServer
+from helpline.cli.natsserver import USER as NATS_USER
 from helpline.common import subjects
 from helpline.common.bus import NatsAuth, servers
 from helpline.common.kvscan import kv_entries
@@ -149,6 +158,74 @@ def refuse_if_running(data_dir: Path) -> None:
             f"a nats-server (pid {', '.join(map(str, pids))}) runs on {nats_store(data_dir)}: "
             "helpline up (or a backup or restore) is using this data dir; stop it first"
         )
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the nats-server `helpline up` runs on the data dir's store (None: none
+    runs), from its command line (`-a HOST -p PORT`)."""
+    for pid in servers_using(nats_store(data_dir)):
+        args = read_bytes(f"/proc/{pid}/cmdline").split(b"\0")
+        if b"-p" not in args:
+            continue
+        host = args[args.index(b"-a") + 1].decode() if b"-a" in args else "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        port = args[args.index(b"-p") + 1].decode()
+        return f"nats://[{host}]:{port}" if ":" in host else f"nats://{host}:{port}"
+    return None
+
+
+def backup_running(
+    target: Path,
+    settings: HelplineSettings,
+    url: str,
+    *,
+    with_tasks: bool = False,
+    timeout_s: float = 600.0,
+) -> Summary:
+    """Have the `helpline up` running on the data dir (its nats-server at `url`) back itself
+    up into `target`, on this machine."""
+    data_dir = Path(settings.data_dir)
+    password = data_dir / PASSWORD_FILE
+    if settings.nats_password is None and password.is_file():
+        settings = settings.model_copy(
+            update={
+                "nats_user": NATS_USER,
+                "nats_password": SecretStr(password.read_text().strip()),
+            }
+        )
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise Refused(f"{target} is not empty: back up into a new folder")
+    asked = {"folder": str(target.resolve()), "with_tasks": with_tasks}
+
+    async def ask() -> dict[str, Any]:
+        nc = await _connect(url, settings, "helpline-backup")
+        try:
+            reply = await nc.request(
+                subjects.admin_backup(settings.bus_prefix),
+                json.dumps(asked).encode(),
+                timeout=timeout_s,
+            )
+        except NoRespondersError:
+            raise Refused(
+                f"helpline up runs on {data_dir} but nothing there takes live backups "
+                "(an older Helpline?): stop it, then back up"
+            ) from None
+        finally:
+            await nc.close()
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
+
+    answer = asyncio.run(ask())
+    if "error" in answer:
+        raise Refused(answer["error"]) if answer.get("refused") else RuntimeError(answer["error"])
+    return Summary(
+        Path(answer["path"]),
+        answer["buckets"],
+        answer["points"],
+        answer["bytes"],
+        answer["seconds"],
+        answer["left_out_pages"],
+    )
 
 
 def open_edge(data_dir: Path, collection: str, dim: int) -> VectorStore:
@@ -257,22 +334,28 @@ async def _connect(url: str, settings: HelplineSettings, name: str) -> Client:
 async def _read_buckets(
     url: str, settings: HelplineSettings, buckets: tuple[Bucket, ...]
 ) -> dict[Bucket, list[tuple[str, bytes]]]:
-    prefix = settings.bus_prefix
     nc = await _connect(url, settings, "helpline-backup")
     try:
-        js = nc.jetstream()
-        read: dict[Bucket, list[tuple[str, bytes]]] = {}
-        for name in buckets:
-            try:
-                kv = await js.key_value(subjects.bucket(name, prefix))
-            except NotFoundError:
-                read[name] = []
-                continue
-            latest = {entry.key: entry.value async for entry in kv_entries(kv)}
-            read[name] = sorted(latest.items())
-        return read
+        return await read_buckets(nc, settings.bus_prefix, buckets)
     finally:
         await nc.close()
+
+
+async def read_buckets(
+    nc: Client, prefix: str, buckets: tuple[Bucket, ...]
+) -> dict[Bucket, list[tuple[str, bytes]]]:
+    """Every entry of `buckets` (those not made yet: none), by key."""
+    js = nc.jetstream()
+    read: dict[Bucket, list[tuple[str, bytes]]] = {}
+    for name in buckets:
+        try:
+            kv = await js.key_value(subjects.bucket(name, prefix))
+        except NotFoundError:
+            read[name] = []
+            continue
+        latest = {entry.key: entry.value async for entry in kv_entries(kv)}
+        read[name] = sorted(latest.items())
+    return read
 
 
 def _finished_tasks(entries: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -297,11 +380,24 @@ def _counted(point: IndexedPoint, held: Counter[tuple[str, str]]) -> IndexedPoin
     return point
 
 
+def _indexed_since(state: dict[str, Any], since: datetime | None) -> bool:
+    """Whether the record was written (indexed) at or after `since`."""
+    if since is None or not state.get("indexed_at"):
+        return False
+    try:
+        return datetime.fromisoformat(str(state["indexed_at"])) >= since
+    except ValueError:
+        return True
+
+
 def _inconsistent_pages(
-    pages: list[tuple[str, bytes]], held: Counter[tuple[str, str]]
+    pages: list[tuple[str, bytes]],
+    held: Counter[tuple[str, str]],
+    since: datetime | None = None,
 ) -> tuple[set[str], set[tuple[str, str]]]:
-    """Page keys whose chunk count differs from the points `held` for their page, and the
-    pages whose points go with them (those no consistent record of the same page keeps)."""
+    """Page keys whose chunk count differs from the points `held` for their page (or indexed
+    since the points were exported, from `since`), and the pages whose points go with them
+    (those no consistent record of the same page keeps)."""
     bad_keys: set[str] = set()
     bad: set[tuple[str, str]] = set()
     good: set[tuple[str, str]] = set()
@@ -313,7 +409,7 @@ def _inconsistent_pages(
         if not isinstance(state, dict) or state.get("brand") is None:
             continue  # a record from before brands were written: nothing to compare with
         page = (str(state["brand"]), str(state.get("url")))
-        if int(state.get("chunks") or 0) == held[page]:
+        if int(state.get("chunks") or 0) == held[page] and not _indexed_since(state, since):
             good.add(page)
         else:
             bad_keys.add(key)
@@ -370,9 +466,42 @@ def backup(
     finally:
         if vectors is not None:
             vectors.close()
+    return _finish(
+        target,
+        read,
+        held,
+        store_kind="qdrant-edge" if store.qdrant_url is None else "qdrant-server",
+        prefix=settings.bus_prefix,
+        collection=store.collection,
+        dim=dim,
+        with_tasks=with_tasks,
+        started=started,
+    )
+
+
+def _finish(
+    target: Path,
+    read: dict[Bucket, list[tuple[str, bytes]]],
+    held: Counter[tuple[str, str]],
+    *,
+    store_kind: str,
+    prefix: str,
+    collection: str,
+    dim: int | None,
+    with_tasks: bool,
+    started: float,
+    since: datetime | None = None,
+    recorded_before: set[tuple[str, str]] | None = None,
+) -> Summary:
+    """Write what was read (points already in `POINTS_FILE.partial`), left out what is not
+    consistent, and the manifest last. Live: `since`, when the export began, and the pages
+    recorded before it (those whose record went meanwhile lose their points)."""
+    unfiltered = target / f"{POINTS_FILE}.partial"
     if Bucket.TASKS in read:
         read[Bucket.TASKS] = _finished_tasks(read[Bucket.TASKS])
-    bad_keys, bad_pages = _inconsistent_pages(read[Bucket.PAGES], held)
+    bad_keys, bad_pages = _inconsistent_pages(read[Bucket.PAGES], held, since)
+    if recorded_before:
+        bad_pages |= recorded_before - _recorded(read[Bucket.PAGES])
     for name in (Bucket.PAGES, Bucket.TEXTS):
         read[name] = [(k, v) for k, v in read[name] if k not in bad_keys]
     dropped_points = sum(held.pop(page) for page in bad_pages if page in held)
@@ -406,10 +535,11 @@ def backup(
         "helpline_version": importlib.metadata.version("helpline-cli"),
         "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "source": {
-            "store": "qdrant-edge" if store.qdrant_url is None else "qdrant-server",
-            "bus_prefix": settings.bus_prefix,
+            "store": store_kind,
+            "bus_prefix": prefix,
+            "live": since is not None,
         },
-        "collection": store.collection,
+        "collection": collection,
         "dim": dim,
         "model": _model_id(),
         "counts": {"buckets": counts, "points": points},
@@ -427,8 +557,8 @@ def backup(
     return Summary(target, counts, points, size, time.perf_counter() - started, sorted(bad_keys))
 
 
-def _unrecorded(pages: list[tuple[str, bytes]], held: Counter[tuple[str, str]]) -> int:
-    """Points of pages no record names (free text indexed through `POST /embed`)."""
+def _recorded(pages: list[tuple[str, bytes]]) -> set[tuple[str, str]]:
+    """The pages (brand, URL) the records name."""
     recorded = set()
     for _, value in pages:
         try:
@@ -437,7 +567,64 @@ def _unrecorded(pages: list[tuple[str, bytes]], held: Counter[tuple[str, str]]) 
             continue
         if isinstance(state, dict):
             recorded.add((str(state.get("brand")), str(state.get("url"))))
+    return recorded
+
+
+def _unrecorded(pages: list[tuple[str, bytes]], held: Counter[tuple[str, str]]) -> int:
+    """Points of pages no record names (free text indexed through `POST /embed`)."""
+    recorded = _recorded(pages)
     return sum(count for page, count in held.items() if page not in recorded)
+
+
+def _new_folder(target: Path) -> None:
+    """Make `target`, refused if it holds anything."""
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise Refused(f"{target} is not empty: back up into a new folder")
+    target.mkdir(parents=True, exist_ok=True)
+
+
+async def backup_live(
+    target: Path,
+    vectors: VectorStore,
+    nc: Client,
+    *,
+    prefix: str,
+    collection: str,
+    dim: int,
+    store_kind: str = "qdrant-edge",
+    with_tasks: bool = False,
+) -> Summary:
+    """Back up a running system from the process that holds its store: `vectors` open here,
+    the buckets read over `nc`. Consistent while crawls run (see the module)."""
+    started = time.perf_counter()
+    await asyncio.to_thread(_new_folder, target)
+    buckets = (*KEPT, Bucket.TASKS) if with_tasks else KEPT
+    before = _recorded((await read_buckets(nc, prefix, (Bucket.PAGES,)))[Bucket.PAGES])
+    since = datetime.now(UTC)
+    unfiltered = target / f"{POINTS_FILE}.partial"
+    held: Counter[tuple[str, str]] = Counter()
+    try:
+        # In a thread: the loop goes on serving (the store is safe to share between threads).
+        lines = (_point_line(_counted(p, held)) for p in vectors.export_points())
+        await asyncio.to_thread(_write_lines, unfiltered, lines)
+        read = await read_buckets(nc, prefix, buckets)
+    except BaseException:
+        unfiltered.unlink(missing_ok=True)
+        raise
+    return await asyncio.to_thread(
+        _finish,
+        target,
+        read,
+        held,
+        store_kind=store_kind,
+        prefix=prefix,
+        collection=collection,
+        dim=dim,
+        with_tasks=with_tasks,
+        started=started,
+        since=since,
+        recorded_before=before,
+    )
 
 
 #: all-MiniLM-L6-v2's vectors, for a Qdrant server's collection (an Edge shard says its own).

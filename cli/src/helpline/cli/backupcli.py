@@ -19,17 +19,23 @@ def backup(
         bool, typer.Option("--with-tasks", help="Keep finished task records too.")
     ] = False,
 ) -> None:
-    """Back up the index and the buckets that hold state (helpline up stopped).
+    """Back up the index and the buckets that hold state (helpline up running or not).
 
-    HELPLINE_DATA_DIR's, or those HELPLINE_NATS_URL and HELPLINE_QDRANT_URL name.
-    Exit 2 when refused: helpline up runs on the data dir, or FOLDER is not empty.
+    HELPLINE_DATA_DIR's (while helpline up runs on it, up takes it: a consistent backup, crawls
+    going on), or those HELPLINE_NATS_URL and HELPLINE_QDRANT_URL name.
+    Exit 2 when refused: FOLDER is not empty, or the data dir is held by something else.
     """
-    from helpline.cli.backup import Refused
+    from helpline.cli.backup import Refused, backup_running, running_url
     from helpline.cli.backup import backup as run_backup
     from helpline.common.settings import HelplineSettings, StoreSettings
 
+    settings = HelplineSettings()
     try:
-        summary = run_backup(folder, HelplineSettings(), StoreSettings(), with_tasks=with_tasks)
+        live = None if settings.nats_url else running_url(Path(settings.data_dir))
+        if live is not None:
+            summary = backup_running(folder, settings, live, with_tasks=with_tasks)
+        else:
+            summary = run_backup(folder, settings, StoreSettings(), with_tasks=with_tasks)
     except Refused as exc:
         err.print(f"[red]refused[/]: {escape(str(exc))}")
         raise typer.Exit(2) from None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from helpline.cli.adminkey import ensure_admin_key
+from helpline.cli.backupserve import BackupResponder
 from helpline.cli.natsserver import USER as NATS_USER
 from helpline.cli.natsserver import NatsServer, ensure_password, is_loopback
 from helpline.cli.settings import CliSettings, environment_with
@@ -193,14 +194,24 @@ def up(settings: CliSettings) -> None:
         from helpline.common.knowledge import Knowledge
         from helpline.common.settings import StoreSettings
 
-        knowledge = Knowledge.open(StoreSettings(), data_dir)
+        store = StoreSettings()
+        knowledge = Knowledge.open(store, data_dir)
         run_settings = settings.model_copy(update={"nats_url": nats_url})
         children = [n for n in SERVICES if n in settings.up_own_processes]
         in_process = [n for n in SERVICES if n not in children]
         admin_key = run_settings.admin_key.get_secret_value() if run_settings.admin_key else None
-        components = [
+        components: list[Component] = [
             build_component(n, nats_url, knowledge, admin_key=admin_key) for n in in_process
         ]
+        # Live backups: this process holds the store (`helpline backup`, /admin/backup).
+        components.append(
+            BackupResponder(
+                knowledge,
+                backup_dir=settings.backup_dir,
+                collection=store.collection,
+                store_kind="qdrant-edge" if store.qdrant_url is None else "qdrant-server",
+            )
+        )
         front = front_for(in_process, probes_port=settings.up_probes_port if children else None)
         companion = ServiceProcesses(run_settings, children) if children else None
         run_until_signalled(

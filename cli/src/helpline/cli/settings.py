@@ -41,6 +41,11 @@ class CliSettings(ServingSettings):
         "share Qdrant Edge and stay in up's process). Empty: everything in one process.",
     )
 
+    backup_dir: str = Field(
+        default="",
+        description="Where `POST /api/v1/admin/backup` writes live backups of `helpline up` "
+        "(a new folder each); empty: that route is refused.",
+    )
     up_probes_port: int = Field(
         default=8081,
         description="Where `helpline up`'s own process (the workers it hosts) answers "

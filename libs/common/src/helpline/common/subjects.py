@@ -93,6 +93,12 @@ def traces_stream(prefix: str = PREFIX) -> str:
     return f"{prefix.upper().replace('.', '_')}_TRACES"
 
 
+def admin_backup(prefix: str = PREFIX) -> str:
+    """Core NATS requests for a live backup, answered by the process that holds the vector
+    store under `helpline up` (`helpline backup`, `POST /api/v1/admin/backup`)."""
+    return f"{prefix}.admin.backup"
+
+
 def stream(kind: Kind, prefix: str = PREFIX) -> str:
     """The work-queue stream that holds one kind's tasks."""
     return f"{prefix.upper().replace('.', '_')}_TASKS_{kind.upper()}"

@@ -45,6 +45,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.query_timeout_s = settings.query_timeout_s
     app.state.bus_prefix = settings.bus_prefix
+    app.state.backup_dir = settings.backup_dir
     app.state.tasks = None
     app.state.request_log = None
     app.state.trace_links = TraceLinks(settings.trace_ui_url, own_page=settings.trace_store_on)

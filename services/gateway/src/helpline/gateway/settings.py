@@ -38,6 +38,11 @@ class GatewaySettings(HelplineSettings, WebhookAddressSettings):
     min_refresh_s: int = Field(
         default=300, ge=1, description="The shortest refresh_s a source may have."
     )
+    backup_dir: str = Field(
+        default="",
+        description="Where `helpline up` writes live backups asked by POST /api/v1/admin/backup "
+        "(read there too); empty: the route answers 409.",
+    )
     stale_after_s: float = Field(
         default=86_400.0,
         gt=0,

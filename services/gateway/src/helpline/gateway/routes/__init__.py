@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from helpline.gateway.routes import (
+    admin,
     brands,
     cache,
     console,
@@ -44,6 +45,7 @@ API: tuple[APIRouter, ...] = (
     documents.writer,
     brands.reader,
     brands.admin,
+    admin.router,
 )
 PROBES = probes.router
 CONTRACT = contract.router
