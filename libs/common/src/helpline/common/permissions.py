@@ -249,8 +249,10 @@ def _maintenance(g: _Grants) -> None:
     g.emit(*Kind)
     for kind in Kind:
         g.publish.add(f"{_API}.STREAM.MSG.GET.{subjects.stream(kind, g.prefix)}")
-    # Delivers webhooks: reads each one's secret, notes every attempt.
+    # Delivers webhooks: reads each one's secret, notes every attempt; a source's sweep
+    # announces `source.refreshed` (a delivery task, its record, its listing).
     g.work(Kind.WEBHOOK)
+    g.submit(Kind.WEBHOOK)
     g.kv_read(Bucket.WEBHOOKS, Bucket.DELIVERIES)
     g.kv_write(Bucket.DELIVERIES)
     g.watch(Bucket.WEBHOOKS)  # followed, so a changed or deleted webhook is seen at once
