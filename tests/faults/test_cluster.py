@@ -432,11 +432,16 @@ def test_helpline_on_a_three_server_cluster_through_faults(
         )
         for k in kills:
             print(f"CLUSTER kill -9 {k.summary(load)}")
-        assert gap < 60, gap
+        assert gap < 30, gap
         for k in kills[:-1]:
-            # Another replica of the same service was there all along.
+            # Another replica of the same service was there all along: at most a question
+            # in flight on a killed gateway is lost.
+            assert load.failures(k.at, k.until) <= 1, k.summary(load)
             assert load.longest_gap(k.at, k.until) < 10, k.summary(load)
-        assert kills[-1].answered_s < 60, kills[-1].summary(load)
+        # No second rag: questions wait (up to the 10 s query timeout) until up is back.
+        up_killed = kills[-1]
+        assert load.failures(up_killed.at, up_killed.until) <= 5, up_killed.summary(load)
+        assert up_killed.answered_s < 30, up_killed.summary(load)
     # Up has stopped and flushed its store: read it.
     store = open_store(url=None, data_dir=tmp_path / "up", collection="helpline", dim=model.dim)
     try:
