@@ -315,6 +315,13 @@ def main() -> None:
         help="index only the expected pages plus this many others (a batch, not a crawl)",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the index here; reuse it")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for helpline up (e.g. HELPLINE_QUERY_INT8=false); repeatable",
+    )
     args = parser.parse_args()
     if args.questions is None:
         args.questions = QUESTIONS / f"{args.corpus}.jsonl"
@@ -325,6 +332,7 @@ def main() -> None:
         index = data / "qdrant" / "helpline"
         reuse = index.is_dir() and any(index.iterdir())
         env = {"HELPLINE_SCRAPER_ALLOWED_HOSTS": "127.0.0.1", "HELPLINE_LOG_LEVEL": "WARNING"}
+        env.update(item.split("=", 1) for item in args.env)
         with HelplineUp(data, env) as up, up.client(60) as client:
             if reuse:
                 print(f"reusing the index in {index}", flush=True)
