@@ -134,6 +134,10 @@ def test_backup_then_restore_into_a_new_data_dir_gives_the_same_answers(tmp_path
         assert Path(by_api.json()["path"]).parent == server_side
         assert by_api.json()["manifest"]["counts"]["buckets"]["tasks"] >= 1
         assert wait_terminal(client, other.json()["task_id"])["status"] == "succeeded"
+        # The process that takes live backups lists its services, not its backup part.
+        services = {w["service"] for w in client.get("/api/v1/workers").json()}
+        assert "rag" in services, services
+        assert "backup" not in services, services
     assert len(listed) >= 5
     assert all(before), before
     assert consistent(live) >= len(listed)

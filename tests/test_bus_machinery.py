@@ -218,12 +218,15 @@ async def test_a_gateways_memory_of_ended_records_stays_small(bus: Bus) -> None:
     assert await eventually(settled, 5.0)
     assert set(follower._known) == {"run1", "run2"}
     running = follower._remembered("run1")
-    assert running is not None and running[0].status is Status.RUNNING
+    assert running is not None
+    assert running[0].status is Status.RUNNING
     # One forgotten is read again when it changes: nothing is lost.
     changed = await follower.change("end0", lambda r: r and r.model_copy(update={"attempts": 7}))
-    assert changed is not None and changed.status is Status.SUCCEEDED
+    assert changed is not None
+    assert changed.status is Status.SUCCEEDED
     stored = await TaskStore(bus).get("end0")
-    assert stored is not None and stored.attempts == 7
+    assert stored is not None
+    assert stored.attempts == 7
     await follower.close()
 
 

@@ -180,6 +180,7 @@ def test_a_question_on_the_int8_graph_gets_one_vector_whoever_is_asked_beside_it
     # Batched on the int8 graph the activations share a scale: the vector moves.
     assert not np.array_equal(batched.embed([question, *others])[0], alone)
     model = load_question_model(StoreSettings(model_cache_dir=tmp_path))
-    assert model.one_per_call and "int8" in model.model_id
+    assert model.one_per_call
+    assert "int8" in model.model_id
     for mates in ([], others[:1], others):
         np.testing.assert_array_equal(model.embed([question, *mates])[0], alone)

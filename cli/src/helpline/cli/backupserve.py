@@ -47,6 +47,8 @@ class BackupResponder:
     """A `Component` of up's process: takes live backups of the store it shares."""
 
     name = "backup"
+    #: Not one of Helpline's services: the workers view leaves it out.
+    service = False
 
     def __init__(
         self, knowledge: Knowledge, *, backup_dir: str, collection: str, store_kind: str

@@ -88,7 +88,8 @@ class Host:
         """This replica as the gateway's views show it: services, breakers and pools."""
         return {
             "replica": self.replica_id,
-            "services": [c.name for c in self.components],
+            # A helper part (up's live backups) is not a service the views should list.
+            "services": [c.name for c in self.components if getattr(c, "service", True)],
             "started_at": self._started_at.isoformat(),
             "at": utcnow().isoformat(),
             "breakers": self.bus.breakers.snapshot(),
