@@ -292,7 +292,8 @@ def test_dead_letters_are_listed_and_replayed(
     assert "404" in gone.err, gone
 
 
-def test_sources(env: dict[str, str], site: str) -> None:
+def test_sources(env: dict[str, str], site: str, crawled: tuple[Run, str]) -> None:
+    # `crawled`: the site's pages are indexed, so deleting a source of one folder removes some.
     url = f"{site}/terms.html"
     add = ("sources", "add", url, "--brand", "acme", "--max-pages", "1")
     made = cli(env, *add, "--refresh-s", "3600", "--json")
