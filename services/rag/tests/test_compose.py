@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from helpline.common.vectors import Hit
+from helpline.rag import compose as compose_module
 from helpline.rag.compose import ANSWER_LIMIT, NO_ANSWER, compose, sentences
 
 
@@ -89,3 +92,42 @@ def test_answers_stay_within_the_limit() -> None:
     assert 0 < len(answer) <= ANSWER_LIMIT
     for marker in re.findall(r"\[(\d+)\]", answer):
         assert 1 <= int(marker) <= len(sources)
+
+
+def test_a_name_several_sources_agree_on_is_quoted_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two sentences alike in every way but their name; pages 2 and 3 name the second one.
+    hits = [
+        hit(
+            "https://d/ending",
+            0.9,
+            "Ending queries\nUse halt_query_one to end a query.\nUse stop_query_two to end a query.",
+        ),
+        hit("https://d/rights", 0.8, "Rights\nThe stop_query_two function needs superuser rights."),
+        hit("https://d/signals", 0.7, "Signals\nSee stop_query_two for the signal it sends."),
+    ]
+    question = "How do I end a query?"
+    answer, _ = compose(question, hits, top_k=5)
+    assert answer.startswith("Ending queries: Use stop_query_two to end a query. [1]")
+    # Without the agreement bonus the first of the two equals leads.
+    monkeypatch.setattr(compose_module, "RECURRING_NAME_WEIGHT", 0.0)
+    answer, _ = compose(question, hits, top_k=5)
+    assert answer.startswith("Ending queries: Use halt_query_one to end a query. [1]")
+
+
+def test_near_identical_lines_do_not_fill_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = "\n".join(f"INSERT INTO sales VALUES ('north', 'jan', {n});" for n in range(16))
+    fact = "Pivoting\nCall crosstab_rows to turn the sales rows of each region into columns."
+    hits = [
+        hit("https://d/pivot", 0.9, f"Example data\n{rows}"),
+        hit("https://d/pivot", 0.8, fact),
+    ]
+    question = "How do I turn sales rows into one column per month?"
+    answer, _ = compose(question, hits, top_k=5)
+    assert "crosstab" in answer
+    assert len(answer) <= ANSWER_LIMIT
+    # Without the redundancy penalty the example lines crowd it out.
+    monkeypatch.setattr(compose_module, "REDUNDANCY_WEIGHT", 0.0)
+    answer, _ = compose(question, hits, top_k=5)
+    assert "crosstab" not in answer

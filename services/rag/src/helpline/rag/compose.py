@@ -7,11 +7,17 @@ headings, navigation and tables of contents are never quoted). Each quote is sco
 the question's words it holds, weighted by their rarity among the retrieved passages (an
 IDF over the candidates, counted by substring), by the words its context adds (at half weight), by how many
 names, numbers and settings it carries (the facts customers ask for), less a little for
-length, for a lower-ranked page and a lower-ranked passage. The best quotes that fit in
-`ANSWER_LIMIT` characters are the answer, source by source and best first, each followed
-by the `[n]` of its source; `sources` is numbered to match. How each part was chosen, and
-what lost (semantic scoring of quotes with the model, windows of neighbouring sentences),
-is in bench/results/retrieval_eval.md.
+length, for a lower-ranked page and a lower-ranked passage, and more when it names a
+name (`snake_case`, `UPPER`, `camelCase`, `call(`) that several of the first
+`NAME_PAGES` sources name too: the setting, function or command the candidate pages
+agree on is likely what was asked for, wherever it stands in a page. The answer is then
+chosen greedily: each next quote is the best after `REDUNDANCY_WEIGHT` x its word overlap
+with a quote already chosen, so eight near-identical example lines do not fill it. The
+quotes that fit in `ANSWER_LIMIT` characters are the answer, source by source and best
+first, each followed by the `[n]` of its source; `sources` is numbered to match. How each
+part was chosen, and what lost (semantic scoring of quotes with the model, windows of
+neighbouring sentences, fusion and page-ranking variants), is in
+bench/results/retrieval_eval.md (`bench/answer_offline.py` measures them offline).
 """
 
 from __future__ import annotations
@@ -44,12 +50,21 @@ PAGE_RANK_PENALTY = 0.2
 PASSAGE_RANK_PENALTY = 0.01
 LENGTH_PENALTY_PER_300 = 0.2
 SHORT_SENTENCE_PENALTY = 0.15
+#: A quote naming a name that n of the first `NAME_PAGES` sources name scores this x
+#: (n - 1) / (NAME_PAGES - 1) more.
+RECURRING_NAME_WEIGHT = 0.4
+NAME_PAGES = 5
+#: A quote's score, when choosing the answer, less this x its largest word overlap (Jaccard)
+#: with a quote already chosen.
+REDUNDANCY_WEIGHT = 0.3
 #: Below this score a quote is not worth quoting (unless it is the best there is).
 MIN_SCORE = 0.1
 # Done once the answer is this close to the limit.
 _ROOM_LEFT = 60
 # Names with underscores, upper-case words, numbers, options, calls, operators.
 _FACT = re.compile(r"\b\w+_\w+\b|\b[A-Z][A-Z0-9]{2,}\b|\d|--?\w|\w\(|[<>=]{1,2}")
+# Names a page may share with others: snake_case, UPPER words, camelCase, calls.
+_NAME = re.compile(r"\b\w+_\w+\b|\b[A-Z][A-Z0-9_]{2,}\b|\b[a-z]+[A-Z]\w*\b|\b\w+\(")
 # Words of sentences about the document rather than its subject ("This chapter explains...").
 _ABOUT_THE_TEXT = re.compile(
     r"\b(?:welcome|this (?:chapter|section|page|guide|document|manual)|chapter \d+)\b",
@@ -197,6 +212,27 @@ def rarity(wanted: frozenset[str], hits: list[Hit]) -> dict[str, float]:
     return {term: math.log(total / (sum(term in text for text in texts) + 0.5)) for term in wanted}
 
 
+@functools.lru_cache(maxsize=8192)
+def names(text: str) -> frozenset[str]:
+    """The names (`_NAME`) a text holds (cached: the same passages come back)."""
+    return frozenset(_NAME.findall(text))
+
+
+def recurring_names(pages: list[_Page]) -> dict[str, int]:
+    """Each name of the first `NAME_PAGES` pages' passages -> how many of them name it."""
+    counts: dict[str, int] = {}
+    for page in pages[:NAME_PAGES]:
+        for name in frozenset().union(*(names(p) for p in page.passages)):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _agreement(quote: Quote, named: dict[str, int], span: int) -> float:
+    """The share of the other first pages that name a name of the quote (its best name's)."""
+    own = names(quote.text) | names(quote.context) if quote.context else names(quote.text)
+    return max((named.get(name, 1) - 1 for name in own), default=0) / span
+
+
 @functools.lru_cache(maxsize=16384)
 def _standing(quote: Quote) -> float:
     """What a quote is worth whatever the question: the names, numbers and settings it (and
@@ -217,6 +253,8 @@ def candidates(question: str, pages: list[_Page], hits: list[Hit]) -> list[_Cand
     weight = rarity(wanted, hits)
     total = sum(weight.values()) or 1.0
     best = pages[0].score or 1.0
+    named = recurring_names(pages)
+    span = max(min(len(pages), NAME_PAGES) - 1, 1)
     out: list[_Candidate] = []
     for index, page in enumerate(pages[:PAGES_QUOTED]):
         if index > 0 and page.score / best < QUOTE_RELATIVE_SCORE:
@@ -231,6 +269,7 @@ def candidates(question: str, pages: list[_Page], hits: list[Hit]) -> list[_Cand
                     + _standing(quote)
                     - PAGE_RANK_PENALTY * index
                     - PASSAGE_RANK_PENALTY * rank
+                    + RECURRING_NAME_WEIGHT * _agreement(quote, named, span)
                 )
                 out.append(_Candidate(score, index, rank, quote))
     out.sort(key=lambda c: c.score, reverse=True)
@@ -238,19 +277,29 @@ def candidates(question: str, pages: list[_Page], hits: list[Hit]) -> list[_Cand
 
 
 def select(ranked: list[_Candidate], limit: int = ANSWER_LIMIT) -> list[_Candidate]:
-    """The best quotes that fit in `limit` characters with their markers."""
+    """The best quotes that fit in `limit` characters with their markers, each next one the
+    best after `REDUNDANCY_WEIGHT` x its largest word overlap with those already chosen."""
     chosen: list[_Candidate] = []
+    pool = list(ranked)
+    overlap = [0.0] * len(pool)  # each pooled quote's largest overlap with a chosen one
     used = 0
-    for candidate in ranked:
-        if candidate.score < MIN_SCORE and chosen:
+    while pool and used <= limit - _ROOM_LEFT:
+        worth = [c.score - REDUNDANCY_WEIGHT * o for c, o in zip(pool, overlap, strict=True)]
+        best = max(range(len(pool)), key=worth.__getitem__)  # the first of equals
+        if worth[best] < MIN_SCORE and chosen:
             break
+        candidate = pool.pop(best)
+        overlap.pop(best)
         cost = len(candidate.text()) + 5  # " [n] "
         if used + cost > limit:
             continue
         chosen.append(candidate)
         used += cost
-        if used > limit - _ROOM_LEFT:
-            break
+        if REDUNDANCY_WEIGHT:
+            said = terms(candidate.quote.text)
+            for i, other in enumerate(pool):
+                heard = terms(other.quote.text)
+                overlap[i] = max(overlap[i], len(said & heard) / (len(said | heard) or 1))
     return chosen
 
 
