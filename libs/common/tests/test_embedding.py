@@ -179,7 +179,7 @@ def test_a_question_on_the_int8_graph_gets_one_vector_whoever_is_asked_beside_it
     alone = batched.embed([question])[0]
     # Batched on the int8 graph the activations share a scale: the vector moves.
     assert not np.array_equal(batched.embed([question, *others])[0], alone)
-    model = load_question_model(StoreSettings(model_cache_dir=tmp_path))
+    model = load_question_model(StoreSettings(model_cache_dir=tmp_path, query_int8=True))
     assert model.one_per_call
     assert "int8" in model.model_id
     for mates in ([], others[:1], others):

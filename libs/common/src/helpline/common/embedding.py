@@ -9,9 +9,10 @@ activations quantized per call (onnxruntime's dynamic quantization). Measured on
 0.993-0.996 of the packaged graph's. Because the activations share one scale per call, a
 text's vector then depends slightly on the texts it is batched with (cosine 0.98-0.999):
 harmless for documents, whose vectors are written once, but not for questions, which
-must rank the same whoever asks alongside: questions run on it one per model call
-(`one_per_call`; rag's default, `HELPLINE_QUERY_INT8`), 2.5 ms of CPU each on one thread
-against 7 on the packaged graph (10 on two threads, which spin). The int8 graph is built
+must rank the same whoever asks alongside: questions may run on it one per model call
+(`one_per_call`, `HELPLINE_QUERY_INT8`), 2.5 ms of CPU each on one thread against 7 on the
+packaged graph (10 on two threads, which spin), but held-out questions were answered worse
+that way, so questions keep the packaged graph by default. The int8 graph is built
 once (about 3 s) and kept in a cache folder.
 
 Memory: a run's working memory grows with its texts times the square of their width

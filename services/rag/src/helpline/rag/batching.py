@@ -4,9 +4,9 @@ its next call.
 One model call at a time: the first question runs at once, and every question that arrives
 meanwhile waits for the next call, which takes them all (up to `max_batch`). Nothing waits
 for a batch to fill, so a lone question pays nothing, and under load the calls no longer
-compete for the cores. The default question model (int8 products, `one_per_call`) runs
-each question of a batch alone, so a batch saves only the hand-offs to the model's thread;
-on the packaged graph it shares the runs too.
+compete for the cores. On the packaged graph (the default) a batch shares the model's
+runs; with `HELPLINE_QUERY_INT8` (int8 products, `one_per_call`) each question of a batch
+runs alone, and a batch saves only the hand-offs to the model's thread.
 """
 
 from __future__ import annotations
