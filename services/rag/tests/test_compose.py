@@ -97,7 +97,7 @@ def test_answers_stay_within_the_limit() -> None:
 def test_a_name_several_sources_agree_on_is_quoted_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Two sentences alike in every way but their name; pages 2 and 3 name the second one.
+    # Two sentences alike in every way but their name; pages 2 and 3 of 4 name the second one.
     hits = [
         hit(
             "https://d/ending",
@@ -106,6 +106,7 @@ def test_a_name_several_sources_agree_on_is_quoted_first(
         ),
         hit("https://d/rights", 0.8, "Rights\nThe stop_query_two function needs superuser rights."),
         hit("https://d/signals", 0.7, "Signals\nSee stop_query_two for the signal it sends."),
+        hit("https://d/locks", 0.6, "Locks\nA query waiting on a lock can be ended too."),
     ]
     question = "How do I end a query?"
     answer, _ = compose(question, hits, top_k=5)
@@ -131,3 +132,26 @@ def test_near_identical_lines_do_not_fill_the_answer(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(compose_module, "REDUNDANCY_WEIGHT", 0.0)
     answer, _ = compose(question, hits, top_k=5)
     assert "crosstab" not in answer
+
+
+def test_a_name_every_source_names_is_a_running_header_not_agreement() -> None:
+    # Every page of a manual carries its name in a running header ("X200"): that agrees
+    # with everything and says nothing of the question, so it earns no agreement bonus.
+    def page(n: int, chapter: str, fact: str) -> str:
+        return (
+            f"Acme X200 Router - User Manual Chapter {n}. {chapter} "
+            f"Welcome to the chapter on {chapter.lower()}.\n{fact}"
+        )
+
+    hits = [
+        hit(
+            "https://d/m.pdf#page=2",
+            0.9,
+            page(2, "The guest network", "At most 16 devices can join the guest network at once."),
+        ),
+        hit("https://d/m.pdf#page=3", 0.8, page(3, "Parental controls", "Limits apply nightly.")),
+        hit("https://d/m.pdf#page=4", 0.7, page(4, "Firmware updates", "Updates install at 3 am.")),
+    ]
+    assert "X200" not in compose_module.recurring_names(compose_module.merge_pages(hits))
+    answer, _ = compose("How many devices can join the guest network at the same time?", hits, 5)
+    assert "16 devices" in answer.split(" [1]")[0]

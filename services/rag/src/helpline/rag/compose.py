@@ -219,11 +219,17 @@ def names(text: str) -> frozenset[str]:
 
 
 def recurring_names(pages: list[_Page]) -> dict[str, int]:
-    """Each name of the first `NAME_PAGES` pages' passages -> how many of them name it."""
+    """Each name of the first `NAME_PAGES` pages' passages -> how many of them name it.
+
+    A name that every one of three or more pages names is left out: a running header, a
+    product's or a site's name agrees with everything and says nothing of the question."""
+    considered = pages[:NAME_PAGES]
     counts: dict[str, int] = {}
-    for page in pages[:NAME_PAGES]:
+    for page in considered:
         for name in frozenset().union(*(names(p) for p in page.passages)):
             counts[name] = counts.get(name, 0) + 1
+    if len(considered) >= 3:
+        counts = {name: n for name, n in counts.items() if n < len(considered)}
     return counts
 
 
