@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -38,7 +39,7 @@ from retrieval_eval import (
     scores,
 )
 
-from helpline.common.knowledge import load_question_model
+from helpline.common.knowledge import load_model, load_question_model
 from helpline.common.lexical import encode_query
 from helpline.common.settings import StoreSettings
 from helpline.common.vectors import SPARSE_VECTOR, EdgeStore, Hit, fusion
@@ -267,6 +268,18 @@ def recurring_names(weight: float, pages_seen: int = 5):  # type: ignore[no-unty
 # --- running --------------------------------------------------------------------------
 
 
+def code_penalty(weight: float):  # type: ignore[no-untyped-def]
+    """The shipped `_standing`, less `weight` for a code line (an example's SQL or shell
+    line reads badly as an answer and its symbols pass for facts)."""
+    shipped = compose_module._standing
+
+    @functools.lru_cache(maxsize=16384)
+    def standing(quote):  # type: ignore[no-untyped-def]
+        return shipped(quote) - (weight if quote.kind == "code" else 0.0)
+
+    return standing
+
+
 @contextmanager
 def patched(values: dict[str, object]) -> Iterator[None]:
     saved = {name: getattr(compose_module, name) for name in values}
@@ -314,6 +327,25 @@ def variants() -> list[Variant]:
     v = [
         Variant("shipped", shipped_fuse, current=True),
         Variant("shipped + page sum 0.4", shipped_fuse, page_sum(0.4), current=True),
+        *(
+            Variant(
+                f"shipped, code {w}",
+                shipped_fuse,
+                compose={"_standing": code_penalty(w)},
+                current=True,
+            )
+            for w in (0.1, 0.2, 0.4)
+        ),
+        *(
+            Variant(
+                f"shipped + page sum 0.4, code {w}",
+                shipped_fuse,
+                page_sum(0.4),
+                compose={"_standing": code_penalty(w)},
+                current=True,
+            )
+            for w in (0.1, 0.2, 0.4)
+        ),
         Variant("before (619b33a composer)", shipped_fuse),
     ]
     for w in (0.5, 0.3, 0.0):
@@ -475,19 +507,62 @@ def check_shipped(store: EdgeStore, model, questions: list[Question], ranked: li
             sys.exit(f"offline shipped path differs from the real one on {q.text!r}")
 
 
+def dense_text(payload: dict, form: str) -> str:
+    """What the indexing model embeds for a chunk: its text ("chunk", as indexed today), or
+    the page title in front of it ("title"; unless the text starts with it already)."""
+    text, title = str(payload.get("text", "")), str(payload.get("title", "")).strip()
+    if form == "title" and title and not text.startswith(title):
+        return f"{title}\n{text}"
+    return text
+
+
+def redensed(store: EdgeStore, form: str, questions: list[Question], vectors: list) -> list[Ranked]:  # type: ignore[type-arg]
+    """Each question's rankings with its dense one recomputed over every chunk re-embedded
+    as `dense_text(form)` by the indexing model (exhaustive, exact); lexical ones as stored."""
+    import numpy as np
+
+    points = list(store.export_points())
+    model = load_model(StoreSettings(), int8_products=True)
+    matrix = model.embed([dense_text(p.payload, form) for p in points], 32)
+    payloads = {p.id: p.payload for p in points}
+    out = []
+    for q, vector in zip(questions, vectors, strict=True):
+        sims = matrix @ np.asarray(vector, dtype=np.float32)
+        top = np.argsort(-sims)[:PREFETCH]
+        base = rankings(store, vector, q.text)
+        out.append(
+            Ranked(
+                [(points[i].id, float(sims[i])) for i in top],
+                [(str(i), s) for i, s in base.lexical],
+                payloads,
+            )
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a COPY of a data dir")
     parser.add_argument("--corpus", default="postgresql")
     parser.add_argument("--only", default=None, help="variant names, separated by ;")
+    parser.add_argument(
+        "--dense-text",
+        choices=("chunk", "title"),
+        default=None,
+        help="re-embed every chunk (chunk: as indexed; title: the page title in front) and "
+        "rank the dense side exhaustively over those vectors",
+    )
     args = parser.parse_args()
     questions = load_questions(QUESTIONS / f"{args.corpus}.jsonl")
     settings = StoreSettings()
     model = load_question_model(settings)
     store = EdgeStore(args.data / "qdrant" / "helpline", model.dim)
     try:
-        ranked = [rankings(store, model.embed([q.text])[0], q.text) for q in questions]
+        vectors = [model.embed([q.text])[0] for q in questions]
+        ranked = [rankings(store, v, q.text) for q, v in zip(questions, vectors, strict=True)]
         check_shipped(store, model, questions, ranked)
+        if args.dense_text:
+            ranked = redensed(store, args.dense_text, questions, vectors)
     finally:
         store.close()
     chosen = variants()

@@ -109,3 +109,33 @@ async def test_a_question_given_up_on_is_not_embedded() -> None:
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert model.calls == [["a"], ["kept"]]
+
+
+async def test_two_lanes_run_two_calls_at_once_and_share_the_waiting_questions() -> None:
+    model = GatedModel()
+    batcher = QuestionBatcher(model, lanes=2)
+    first = [asyncio.create_task(batcher.embed(q)) for q in ("a", "b")]
+    # Both run at once: each lane's model call is in flight before either returns.
+    await until(lambda: len(model.calls) == 2)
+    assert sorted(map(tuple, model.calls)) == [("a",), ("b",)]
+    rest = [asyncio.create_task(batcher.embed(q)) for q in ("c", "d", "e", "f")]
+    await asyncio.sleep(0.01)
+    assert len(model.calls) == 2  # both lanes busy: the rest wait
+    model.gate.set()
+    vectors = await asyncio.gather(*first, *rest)
+    assert [v.tolist()[0] for v in vectors] == [1, 1, 1, 1, 1, 1]
+    later = model.calls[2:]
+    assert sorted(q for call in later for q in call) == ["c", "d", "e", "f"]
+    # Each lane took its share of the four waiting, not all of them.
+    assert max(len(call) for call in later) == 2
+    # A lane frees itself as it ends: the next question starts a call at once.
+    model.gate.clear()
+    again = asyncio.create_task(batcher.embed("gg"))
+    await until(lambda: len(model.calls) == len(later) + 3)
+    model.gate.set()
+    assert (await again).tolist() == [2, 1]
+
+
+def test_lanes_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="lanes"):
+        QuestionBatcher(GatedModel(), lanes=0)

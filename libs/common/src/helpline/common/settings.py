@@ -208,6 +208,13 @@ class StoreSettings(BaseSettings):
         description="onnxruntime threads of the questions' model: one question runs fastest "
         "per CPU second on one (a second thread halves nothing at a dozen tokens, it spins).",
     )
+    query_lanes: int = Field(
+        default=2,
+        ge=1,
+        description="Calls of the questions' model that run at once: with one thread each, "
+        "one lane keeps one core busy; questions that arrive while every lane is busy share "
+        "the next free lane's call.",
+    )
     query_int8: bool = Field(
         default=False,
         description="Embed questions with int8 matrix products on the CPU, one question per "

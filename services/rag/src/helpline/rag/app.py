@@ -35,6 +35,7 @@ class RagComponent:
             self.embeddings,
             store_breaker(bus.breakers, self.settings),
             self.settings.rag_candidates,
+            model_lanes=self.settings.query_lanes,
         )
         responder = Responder(answerer, self._language_model(bus))
         policy = retry_policy(self.settings)

@@ -70,13 +70,15 @@ class Answerer:
         model: Embedder,
         breaker: CircuitBreaker,
         candidates_per_source: int = 4,
+        *,
+        model_lanes: int = 1,
     ) -> None:
         self.store = store
         self.model = model
         self.breaker = breaker
         self.candidates = candidates_per_source
-        # Questions asked at the same time share one model call.
-        self.questions = QuestionBatcher(model)
+        # Questions waiting for the model share its next call; `model_lanes` calls at once.
+        self.questions = QuestionBatcher(model, lanes=model_lanes)
 
     async def retrieve(self, question: str, top_k: int, brand: str | list[str] | None) -> list[Hit]:
         """Candidate chunks for the question, diversified across pages, then their page mates."""
