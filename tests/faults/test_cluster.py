@@ -417,7 +417,13 @@ def test_helpline_on_a_three_server_cluster_through_faults(
             live = {w["service"] for w in workers.json() if w["replica_count"]}
             assert live >= {"gateway", "scraper", "embedder", "rag", "maintenance"}, live
         assert load.answered, "no question was answered during the faults"
+        # Read as a client does: a 503 (the cluster's consumers still settling after up's
+        # restart) is asked again after its Retry-After, for at most 30 s.
         stats = client.get("/api/v1/metrics/stats", params={"last_n": 1000})
+        asked_until = time.monotonic() + 30
+        while stats.status_code == 503 and time.monotonic() < asked_until:
+            time.sleep(float(stats.headers.get("retry-after", "1")))
+            stats = client.get("/api/v1/metrics/stats", params={"last_n": 1000})
         assert stats.status_code == 200, stats.text
         print(
             f"CLUSTER failover_s={failover_s:.1f} declared_s={declared_s:.1f} "
