@@ -338,6 +338,15 @@ def variants() -> list[Variant]:
         ),
         *(
             Variant(
+                f"shipped, length {w}",
+                shipped_fuse,
+                compose={"LENGTH_PENALTY_PER_300": w},
+                current=True,
+            )
+            for w in (0.1, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5)
+        ),
+        *(
+            Variant(
                 f"shipped + page sum 0.4, code {w}",
                 shipped_fuse,
                 page_sum(0.4),

@@ -48,7 +48,7 @@ CONTEXT_WEIGHT = 0.5
 FACT_WEIGHT = 0.6
 PAGE_RANK_PENALTY = 0.2
 PASSAGE_RANK_PENALTY = 0.01
-LENGTH_PENALTY_PER_300 = 0.2
+LENGTH_PENALTY_PER_300 = 0.6
 SHORT_SENTENCE_PENALTY = 0.15
 #: A quote naming a name that n of the first `NAME_PAGES` sources name scores this x
 #: (n - 1) / (NAME_PAGES - 1) more.
