@@ -346,6 +346,19 @@ def variants() -> list[Variant]:
             for w in (0.1, 0.3, 0.4, 0.6, 0.8, 1.0, 1.5)
         ),
         *(
+            Variant(f"shipped, {name} {value}", shipped_fuse, compose={name: value}, current=True)
+            for name, values in (
+                ("FACT_WEIGHT", (0.3, 0.9)),
+                ("PAGE_RANK_PENALTY", (0.1, 0.3)),
+                ("MIN_SCORE", (0.0, 0.2)),
+                ("QUOTE_RELATIVE_SCORE", (0.4, 0.8)),
+                ("REDUNDANCY_WEIGHT", (0.15, 0.5)),
+                ("RECURRING_NAME_WEIGHT", (0.2, 0.6)),
+                ("CONTEXT_WEIGHT", (0.25, 0.75)),
+            )
+            for value in values
+        ),
+        *(
             Variant(
                 f"shipped + page sum 0.4, code {w}",
                 shipped_fuse,
