@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from helpline.common.kv import kv_get
+from helpline.common.kv import kv_create, kv_get
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import BatchLimits
 from helpline.common.subjects import Bucket
@@ -83,7 +83,7 @@ class CrawlLedger:
         kv = await self._kv()
         key = _url_key(parent_id, url)
         try:
-            await kv.create(key, claimer.encode())
+            await kv_create(kv, key, claimer.encode())
         except KeyWrongLastSequenceError:
             current = await kv_get(kv, key)
             return current is not None and current[0] == claimer.encode()
@@ -95,7 +95,7 @@ class CrawlLedger:
                 return False
             try:
                 if current is None:
-                    await kv.create(_count_key(parent_id), str(count + 1).encode())
+                    await kv_create(kv, _count_key(parent_id), str(count + 1).encode())
                 else:
                     await kv.update(_count_key(parent_id), str(count + 1).encode(), last=current[1])
             except KeyWrongLastSequenceError:
@@ -132,7 +132,7 @@ class CrawlLedger:
             new = json.dumps({"holders": holders, "next_at": now + limits.delay_ms / 1000}).encode()
             try:
                 if current is None:
-                    await kv.create(_batch_key(parent_id), new)
+                    await kv_create(kv, _batch_key(parent_id), new)
                 else:
                     await kv.update(_batch_key(parent_id), new, last=current[1])
             except KeyWrongLastSequenceError:
@@ -166,7 +166,7 @@ class CrawlLedger:
         if status is not None:
             outcome["status"] = status
         try:
-            await kv.create(_finished_key(parent_id, child_id), json.dumps(outcome).encode())
+            await kv_create(kv, _finished_key(parent_id, child_id), json.dumps(outcome).encode())
         except KeyWrongLastSequenceError:
             return False
         return True

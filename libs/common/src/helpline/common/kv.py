@@ -7,6 +7,7 @@ name: `Buckets.get` takes only a `subjects.Bucket`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,27 @@ async def kv_get(kv: KeyValue, key: str) -> tuple[bytes, int] | None:
     if entry.value is None:
         return None
     return entry.value, entry.revision or 0
+
+
+#: How often `kv_create` asks again when a refused create cannot read the key it met.
+CREATE_TRIES = 3
+
+
+async def kv_create(kv: KeyValue, key: str, value: bytes) -> int:
+    """`kv.create`: the new key's revision, or `KeyWrongLastSequenceError` when it exists.
+
+    nats-py's create, refused because the key exists, reads the key to tell a deleted one
+    (created again) from a live one (the refusal re-raised). On a replicated bucket that
+    read can reach a replica that has not applied the write yet, and KeyNotFoundError
+    escapes instead: seen as a crawl page's attempt failing with "unexpected
+    KeyNotFoundError" on the three-server cluster. Asked again; if the read still
+    disagrees, the key is taken as existing, as the refusal said."""
+    for attempt in range(CREATE_TRIES):
+        try:
+            return int(await kv.create(key, value))
+        except KeyNotFoundError:
+            await asyncio.sleep(0.02 * (attempt + 1))
+    raise KeyWrongLastSequenceError(f"{key} exists (refused; its read found nothing)")
 
 
 class Buckets:

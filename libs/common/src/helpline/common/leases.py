@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from nats.js.errors import KeyWrongLastSequenceError
 
-from helpline.common.kv import kv_get
+from helpline.common.kv import kv_create, kv_get
 from helpline.common.subjects import Bucket
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Lease:
         value = json.dumps({"holder": self.holder, "expires_at": expires}).encode()
         try:
             if entry is None:
-                await kv.create(self.name, value)
+                await kv_create(kv, self.name, value)
             else:
                 await kv.update(self.name, value, last=entry[1])
         except KeyWrongLastSequenceError:  # another replica wrote first

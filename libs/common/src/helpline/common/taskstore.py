@@ -26,7 +26,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError
 
 from helpline.common.errors import BUS_ERRORS, BUS_SILENT, Overloaded
-from helpline.common.kv import kv_get
+from helpline.common.kv import kv_create, kv_get
 from helpline.common.kvscan import kv_entries
 from helpline.common.messages import PageRemoval, TaskEvent, TaskMessage
 from helpline.common.observability import current_trace_id
@@ -202,7 +202,7 @@ class TaskStore:
             # A record purged after a refused submit leaves a marker behind; the bucket's
             # own create looks past it (and raises the same error if the record exists).
             kv = await self.bus.buckets.get(Bucket.TASKS)
-            revision = await kv.create(record.task_id, record.to_bytes())
+            revision = await kv_create(kv, record.task_id, record.to_bytes())
             self._keep(record.task_id, record, revision)
 
     async def change(self, task_id: str, change: Change) -> TaskRecord | None:
