@@ -4,6 +4,8 @@ bucket that has not applied the write yet answers."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,11 +31,11 @@ async def test_a_new_key_is_created_an_existing_one_refused_a_deleted_one_made_a
     assert (await kv.get("p1.url.a")).value == b"claimer-3"
 
 
-def lagging(kv: KeyValue, misses: int) -> list[str]:
-    """Make the bucket's own read (the one create makes after a refusal) find nothing
-    `misses` times, as a replica behind the stream's leader does; the reads it missed."""
-    read = getattr(kv, "_unlagged_get", kv._get)
-    kv._unlagged_get = read  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def lagging(kv: KeyValue, misses: int) -> Iterator[list[str]]:
+    """Within it, the bucket's own read (the one create makes after a refusal) finds nothing
+    `misses` times, as a replica behind the stream's leader does; yields the reads missed."""
+    read = kv._get
     missed: list[str] = []
 
     async def behind(key: str, *args: Any, **kwargs: Any) -> Any:
@@ -43,7 +45,10 @@ def lagging(kv: KeyValue, misses: int) -> list[str]:
         return await read(key, *args, **kwargs)
 
     kv._get = behind  # type: ignore[method-assign]
-    return missed
+    try:
+        yield missed
+    finally:
+        kv._get = read  # type: ignore[method-assign]
 
 
 async def test_an_existing_key_read_from_a_lagging_replica_is_still_refused(bus: Bus) -> None:
@@ -51,18 +56,14 @@ async def test_an_existing_key_read_from_a_lagging_replica_is_still_refused(bus:
     await kv.create("p2.url.a", b"claimer-1")
     # nats-py's own create lets the lagging read's KeyNotFoundError out, which a caller
     # waiting for "exists" (KeyWrongLastSequenceError) takes for a failure.
-    lagging(kv, misses=1)
-    with pytest.raises(KeyNotFoundError):
+    with lagging(kv, misses=1), pytest.raises(KeyNotFoundError):
         await kv.create("p2.url.a", b"claimer-2")
     # Asked again once the replica caught up: the refusal it is.
-    missed = lagging(kv, misses=1)
-    with pytest.raises(KeyWrongLastSequenceError):
+    with lagging(kv, misses=1) as missed, pytest.raises(KeyWrongLastSequenceError):
         await kv_create(kv, "p2.url.a", b"claimer-2")
     assert missed == ["p2.url.a"]
     # A replica that never catches up: still "exists", as the refusal said.
-    missed = lagging(kv, misses=10)
-    with pytest.raises(KeyWrongLastSequenceError):
+    with lagging(kv, misses=10) as missed, pytest.raises(KeyWrongLastSequenceError):
         await kv_create(kv, "p2.url.a", b"claimer-2")
     assert len(missed) == 3
-    lagging(kv, misses=0)
     assert (await kv.get("p2.url.a")).value == b"claimer-1"
