@@ -530,8 +530,8 @@ def check_shipped(store: EdgeStore, model, questions: list[Question], ranked: li
 
 
 def dense_text(payload: dict, form: str) -> str:
-    """What the indexing model embeds for a chunk: its text ("chunk", as indexed today), or
-    the page title in front of it ("title"; unless the text starts with it already)."""
+    """What the indexing model embeds for a chunk: its text ("chunk" and "alone"), or the
+    page title in front of it ("title"; unless the text starts with it already)."""
     text, title = str(payload.get("text", "")), str(payload.get("title", "")).strip()
     if form == "title" and title and not text.startswith(title):
         return f"{title}\n{text}"
@@ -540,12 +540,21 @@ def dense_text(payload: dict, form: str) -> str:
 
 def redensed(store: EdgeStore, form: str, questions: list[Question], vectors: list) -> list[Ranked]:  # type: ignore[type-arg]
     """Each question's rankings with its dense one recomputed over every chunk re-embedded
-    as `dense_text(form)` by the indexing model (exhaustive, exact); lexical ones as stored."""
+    as `dense_text(form)` by the indexing model (exhaustive, exact); lexical ones as stored.
+    "alone": each chunk in a model call of its own (its vector then depends on nothing else;
+    in batches, the int8 graph's one activation scale per call ties it to its batch-mates)."""
     import numpy as np
 
     points = list(store.export_points())
-    model = load_model(StoreSettings(), int8_products=True)
-    matrix = model.embed([dense_text(p.payload, form) for p in points], 32)
+    # Kept beside the copy: each re-embedding of a manual takes minutes.
+    saved = store.path.parent / f"dense-{form}.npy"
+    if saved.exists():
+        matrix = np.load(saved)
+    else:
+        model = load_model(StoreSettings(), int8_products=True)
+        model.one_per_call = form == "alone"
+        matrix = model.embed([dense_text(p.payload, form) for p in points], 32)
+        np.save(saved, matrix)
     payloads = {p.id: p.payload for p in points}
     out = []
     for q, vector in zip(questions, vectors, strict=True):
@@ -569,14 +578,20 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="variant names, separated by ;")
     parser.add_argument(
         "--dense-text",
-        choices=("chunk", "title"),
+        choices=("chunk", "title", "alone"),
         default=None,
-        help="re-embed every chunk (chunk: as indexed; title: the page title in front) and "
-        "rank the dense side exhaustively over those vectors",
+        help="re-embed every chunk (chunk: as indexed; title: the page title in front; alone: "
+        "as indexed, one chunk per model call) and rank the dense side exhaustively over "
+        "those vectors",
+    )
+    parser.add_argument(
+        "--question-int8",
+        action="store_true",
+        help="embed the questions with the int8 graph, one per call (HELPLINE_QUERY_INT8)",
     )
     args = parser.parse_args()
     questions = load_questions(QUESTIONS / f"{args.corpus}.jsonl")
-    settings = StoreSettings()
+    settings = StoreSettings(query_int8=args.question_int8)
     model = load_question_model(settings)
     store = EdgeStore(args.data / "qdrant" / "helpline", model.dim)
     try:

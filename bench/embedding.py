@@ -3,11 +3,14 @@
 Chunks are cut from a documentation site (tests/site by default; `--site` another folder
 of HTML, such as the PostgreSQL manual) the way the scraper cuts them (about 700
 characters), so the token lengths are realistic. Prints chunks/s for batch sizes 32 and
-128, and the latency of embedding one question, for the packaged graph (questions) and,
-on the CPU, the int8 graph (indexing). Each graph runs in two memory configurations in the
-same run, their rounds alternating: "bounded" (Helpline's: batches of at most
+128, and the latency of embedding one question, for the packaged graph and, on the CPU,
+the int8 graph (indexing and questions). Each graph runs in two memory configurations in
+the same run, their rounds alternating: "bounded" (Helpline's: batches of at most
 `BATCH_TOKENS` padded tokens, no memory patterns, the arena shrunk after a large call) and
-"arena" (onnxruntime's defaults, batches bounded in texts only: how it ran before).
+"arena" (onnxruntime's defaults, batches bounded in texts only: how it ran before). The
+int8 graph runs each text alone (the batch size does not apply), beside "batched
+(before)": the same graph in length-sorted batches on `--threads` threads, as it indexed
+until 2026-12-06.
 
     uv run python bench/embedding.py [--providers CPUExecutionProvider CUDAExecutionProvider]
         [--site DIR] [--chunks 512] [--rounds 3] [--batches 32 128]
@@ -65,6 +68,12 @@ def measure(
         name: Embedder.load(threads=args.threads, providers=providers, int8_products=int8, **opts)
         for name, opts in CONFIGS.items()
     }
+    if int8:
+        # Since 2026-12-06 the int8 graph runs each text alone, `threads` texts at once;
+        # before, it ran length-sorted batches on `threads` threads.
+        models["batched (before)"] = Embedder.load(
+            threads=args.threads, providers=providers, int8_products=True, batched=True
+        )
     graph = "int8 graph" if int8 else "packaged graph"
     used = next(iter(models.values())).providers[0]
     for model in models.values():
@@ -92,6 +101,8 @@ def measure(
                 f"chunks, median of {args.rounds})"
             )
         lines.append(f"  bounded / arena: {rates['bounded'] / rates['arena']:.3f}")
+        if "batched (before)" in rates:
+            lines.append(f"  alone / batched: {rates['bounded'] / rates['batched (before)']:.3f}")
     for name in models:
         p50 = statistics.median(latencies[name])
         lines.append(f"{used}, {graph}, {name}: one question {p50:.2f} ms p50")

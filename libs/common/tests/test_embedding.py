@@ -167,20 +167,24 @@ def test_the_int8_indexing_graph_stays_close_to_the_packaged_one(
     np.testing.assert_allclose(again.embed(texts[:1]), fast.embed(texts[:1]), atol=1e-5)
 
 
-def test_a_question_on_the_int8_graph_gets_one_vector_whoever_is_asked_beside_it(
+def test_a_text_on_the_int8_graph_gets_one_vector_whoever_is_embedded_beside_it(
     tmp_path: Path,
 ) -> None:
-    from helpline.common.knowledge import load_question_model
+    from helpline.common.knowledge import load_model, load_question_model
     from helpline.common.settings import StoreSettings
 
     question = "How long do I hold the reset button?"
     others = [_words(40), "Where is my invoice?", "error FW-409 after a firmware update"]
     batched = Embedder.load(threads=1, int8_products=True, cache_dir=tmp_path)
+    assert batched.one_per_call, "the int8 graph runs every text alone"
     alone = batched.embed([question])[0]
-    # Batched on the int8 graph the activations share a scale: the vector moves.
+    # Batched on the int8 graph the activations would share a scale: the vector moves.
+    batched.one_per_call = False
     assert not np.array_equal(batched.embed([question, *others])[0], alone)
-    model = load_question_model(StoreSettings(model_cache_dir=tmp_path, query_int8=True))
-    assert model.one_per_call
-    assert "int8" in model.model_id
-    for mates in ([], others[:1], others):
-        np.testing.assert_array_equal(model.embed([question, *mates])[0], alone)
+    settings = StoreSettings(model_cache_dir=tmp_path, query_int8=True)
+    for model in (load_question_model(settings), load_model(settings, int8_products=True)):
+        assert model.one_per_call
+        assert "int8" in model.model_id
+        for mates in ([], others[:1], others, [*others, *others]):
+            np.testing.assert_array_equal(model.embed([question, *mates])[0], alone)
+            np.testing.assert_array_equal(model.embed([*mates, question])[-1], alone)

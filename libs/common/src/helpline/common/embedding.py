@@ -1,19 +1,20 @@
 """Sentence embeddings: all-MiniLM-L6-v2 (int8 ONNX) run by onnxruntime, no torch.
 
 The packaged model keeps its weights in int8 but turns them back into float32 as it
-loads (a Cast and a scale per weight), so its matrix products run in float32. For bulk
-indexing on the CPU it can run with the products in int8 instead (`int8_products`,
-`quantized_model`): the weights folded and quantized again per output channel, the
-activations quantized per call (onnxruntime's dynamic quantization). Measured on 2 cores:
-32 chunks 42 -> 64 a second, a question 3.1 -> 1.7 ms, embeddings within cosine
-0.993-0.996 of the packaged graph's. Because the activations share one scale per call, a
-text's vector then depends slightly on the texts it is batched with (cosine 0.98-0.999):
-harmless for documents, whose vectors are written once, but not for questions, which
-must rank the same whoever asks alongside: questions may run on it one per model call
-(`one_per_call`, `HELPLINE_QUERY_INT8`), 2.5 ms of CPU each on one thread against 7 on the
-packaged graph (10 on two threads, which spin), but held-out questions were answered worse
-that way, so questions keep the packaged graph by default. The int8 graph is built
-once (about 3 s) and kept in a cache folder.
+loads (a Cast and a scale per weight), so its matrix products run in float32. On the CPU
+it can run with the products in int8 instead (`int8_products`, `quantized_model`): the
+weights folded and quantized again per output channel, the activations quantized per
+model run (onnxruntime's dynamic quantization), embeddings within cosine 0.99 of the
+packaged graph's. Because a run's activations share one scale, a text batched with
+others would get a vector that depends on its batch-mates (cosine 0.98-0.999): a
+chunk's vector would change with the crawl that brought it, and a question's with who
+asked beside it. So on the int8 graph every text runs alone (`one_per_call`): its vector
+depends on nothing else. Alone is also faster there, with no padding: 32 chunks of the
+PostgreSQL manual 35 -> 44-48 a CPU second, a question 2.5-2.9 ms against 7-8 on the
+packaged graph (bench/results/embedding.md). Both indexing and questions use it by
+default (`HELPLINE_EMBED_INDEX_INT8`, `HELPLINE_QUERY_INT8`); the packaged graph, in
+length-sorted batches, is the other choice and what runs off the CPU. The int8 graph is
+built once (about 3 s) and kept in a cache folder.
 
 Memory: a run's working memory grows with its texts times the square of their width
 (attention), so a batch is bounded in padded tokens (`batch_tokens`) as well as in texts.
@@ -178,10 +179,12 @@ class Embedder:
         self._release = ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.dim = int(session.get_outputs()[0].shape[-1])
-        # Every text in a model run of its own (`load(one_per_call=True)`).
+        # Every text in a model run of its own (the int8 graph's; see the module's notes).
         self.one_per_call = False
         # Set by `load(niceness=...)`: the niced threads `embed_async` runs the model in.
         self._executor: ThreadPoolExecutor | None = None
+        # Set by `load` on the int8 graph: the threads that run a call's texts side by side.
+        self._texts_pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(
@@ -194,15 +197,16 @@ class Embedder:
         cache_dir: Path | None = DEFAULT_MODEL_CACHE,
         batch_tokens: int = BATCH_TOKENS,
         bounded_memory: bool = True,
-        one_per_call: bool = False,
+        batched: bool = False,
     ) -> Embedder:
         """Load the bundled model and tokenizer; `threads` bounds onnxruntime's intra-op pool.
 
         `int8_products` (for indexing, on the CPU alone): the graph with int8 matrix
         products (`quantized_model`, kept in `cache_dir`); otherwise the packaged graph.
-        `batch_tokens`: most padded tokens in one run of the model. `one_per_call`: every
-        text runs alone, so its vector never depends on the texts embedded with it (what
-        questions on the int8 graph need; see the module's notes). `bounded_memory` False
+        On the int8 graph every text runs alone (`one_per_call`), so its vector never
+        depends on the texts embedded with it (see the module's notes); `batched` runs it
+        in batches on `threads` threads instead, as before, for comparison only.
+        `batch_tokens`: most padded tokens in one run of the model. `bounded_memory` False
         leaves onnxruntime's memory as it is by default (memory patterns on, an arena that
         never shrinks: it only grows), for comparison; see the module's notes.
 
@@ -213,12 +217,24 @@ class Embedder:
         """
         chosen = _providers(providers)
         options = _Options(threads, chosen, None, batch_tokens, bounded_memory)
-        if not int8_products or chosen != [_CPU]:
-            model = cls._load_at(options, niceness)
-        else:
+        if not int8_products or chosen != [_CPU] or batched:
+            if not int8_products or chosen != [_CPU]:
+                return cls._load_at(options, niceness)
             with quantized_model(cache_dir) as graph:
-                model = cls._load_at(options._replace(path=graph), niceness)
-        model.one_per_call = one_per_call
+                return cls._load_at(options._replace(path=graph), niceness)
+        # Every text alone, each run on one thread, `threads` texts at once: no thread
+        # waits for another within a run (a run of a few dozen tokens is too small to share).
+        with quantized_model(cache_dir) as graph:
+            model = cls._load_at(options._replace(path=graph, threads=1), niceness)
+        model.one_per_call = True
+        at_once = threads or len(os.sched_getaffinity(0))
+        if at_once > 1:
+            model._texts_pool = ThreadPoolExecutor(
+                max_workers=at_once,
+                thread_name_prefix="embed-text",
+                initializer=_lower_thread_priority,
+                initargs=(niceness,),
+            )
         return model
 
     @classmethod
@@ -250,9 +266,10 @@ class Embedder:
 
     def close(self) -> None:
         """Stop the model's own threads (if it has any)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        for pool in (self._executor, self._texts_pool):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._executor = self._texts_pool = None
 
     @classmethod
     def _load(cls, chosen: _Options, *, spin: bool) -> Embedder:
@@ -287,14 +304,22 @@ class Embedder:
         """Embed texts as rows of a [len(texts), dim] array, mean-pooled and L2-normalised."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if self.one_per_call:
-            batch_size = 1
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
         # The tokenizer is only read after load(), so concurrent encode_batch calls are safe.
         encodings = self._tokenizer.encode_batch(list(texts))
         ids = [e.ids for e in encodings]
+        if self.one_per_call:
+            # Longest first, so the threads end together. A run holds one text's working
+            # memory: nothing to hand back after.
+            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+            alone = [ids[i] for i in order]
+            pool = self._texts_pool if len(ids) > 1 else None
+            rows = pool.map(self._alone, alone) if pool else map(self._alone, alone)
+            for i, row in zip(order, rows, strict=True):
+                out[i] = row
+            return out
         # Texts of similar length share a batch, so little compute goes to padding.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         batches = list(_batches(order, [len(row) for row in ids], batch_size, self.batch_tokens))
@@ -308,6 +333,10 @@ class Embedder:
             # asked (a few ms, against the tenths of a second such a call takes).
             _release_free_memory()
         return out
+
+    def _alone(self, tokens: list[int]) -> npt.NDArray[np.float32]:
+        row: npt.NDArray[np.float32] = self._run([tokens])[0]
+        return row
 
     def _run(self, batch: list[list[int]], *, release: bool = False) -> npt.NDArray[np.float32]:
         width = max(len(row) for row in batch)

@@ -109,12 +109,11 @@ def load_model(
 
 def load_question_model(settings: StoreSettings) -> Embedder:
     """The model questions are embedded with: `query_threads` threads, and with `query_int8`
-    int8 matrix products, one question per model call (see `embedding`)."""
+    (the default) int8 matrix products, one question per model run (see `embedding`)."""
     return Embedder.load(
         threads=settings.query_threads,
         providers=_providers(settings),
         int8_products=settings.query_int8,
-        one_per_call=settings.query_int8,
         cache_dir=settings.model_cache_dir,
         batch_tokens=settings.embed_batch_tokens,
     )

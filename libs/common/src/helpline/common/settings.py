@@ -216,11 +216,12 @@ class StoreSettings(BaseSettings):
         "the next free lane's call.",
     )
     query_int8: bool = Field(
-        default=False,
-        description="Embed questions with int8 matrix products on the CPU, one question per "
-        "model call so its vector never depends on who asks beside it (about 2.5 ms of CPU "
-        "a question against 7), at a cost in answer quality on held-out questions (SQLite "
-        "set: recall@1 0.433 against 0.483, answers with a key fact 0.417 against 0.517).",
+        default=True,
+        description="Embed questions with int8 matrix products on the CPU, as chunks are "
+        "indexed, one question per model run so its vector never depends on who asks beside "
+        "it: about 2.5-2.9 ms of CPU a question against 7-8 on the packaged graph (false), "
+        "with the same answers within one question in twenty (bench/results/"
+        "retrieval_eval.md).",
     )
     embed_batch_size: int = Field(default=32, description="Chunks per model call.")
     embed_batch_tokens: int = Field(

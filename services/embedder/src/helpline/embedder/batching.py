@@ -3,7 +3,9 @@
 A crawl sends the embedder one message per page, about a dozen chunks each. Embedded page by
 page, the model runs small batches of mixed lengths, most of each padded to its longest text;
 gathered from many pages and sorted by length, the same chunks run in full batches of
-similar lengths, about twice as fast on the PostgreSQL manual. `ChunkPool` is the gathering
+similar lengths, about twice as fast on the PostgreSQL manual (the packaged graph). On the
+int8 graph, the default, each chunk runs alone, one per thread: there a pooled call keeps
+every thread busy to its end and saves hand-offs. `ChunkPool` is the gathering
 point: each page's handler awaits `embed_async` for its own texts, the pool runs one model
 call for every page waiting (up to `max_chunks`), and hands each handler its own rows back.
 

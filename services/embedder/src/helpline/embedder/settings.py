@@ -22,8 +22,10 @@ class EmbedderSettings(HelplineSettings, StoreSettings):
     )
     embed_index_int8: bool = Field(
         default=True,
-        description="Index with int8 matrix products on the CPU (about 1.5x the chunks a "
-        "second; vectors within cosine 0.99 of the exact graph's, which questions keep).",
+        description="Index with int8 matrix products on the CPU, each chunk in a model run "
+        "of its own (about 1.4-2x the chunks a second of the packaged graph in batches; "
+        "vectors within cosine 0.99 of its; questions use the same graph by default, "
+        "HELPLINE_QUERY_INT8).",
     )
     embed_pool_wait_ms: float = Field(
         default=50.0,

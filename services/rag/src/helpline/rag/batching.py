@@ -8,9 +8,9 @@ next free one, which takes its share of those waiting (all of them with one lane
 question's model runs on one thread (`HELPLINE_QUERY_THREADS`), so one lane keeps one core
 busy: with one lane the model's calls never compete for the cores, but on two cores half of
 them idle while questions queue behind the model (bench/results/query_latency.md). On the
-packaged graph (the default) a batch shares the model's runs; with `HELPLINE_QUERY_INT8`
-(int8 products, `one_per_call`) each question of a batch runs alone, and a batch saves
-only the hand-offs to the model's thread.
+int8 graph (the default, `HELPLINE_QUERY_INT8`) each question of a batch runs alone, so
+its vector never depends on who asks beside it, and a batch saves only the hand-offs to
+the model's thread; on the packaged graph a batch shares the model's runs.
 """
 
 from __future__ import annotations
