@@ -326,6 +326,14 @@ def run(variant: Variant, questions: list[Question], ranked: list[Ranked]) -> di
 def variants() -> list[Variant]:
     v = [
         Variant("shipped", shipped_fuse, current=True),
+        *(
+            Variant(f"shipped composer, score fusion {w}", score_fusion(w), current=True)
+            for w in (0.05, 0.1, 0.2)
+        ),
+        *(
+            Variant(f"shipped composer, rrf lexical weight {w}", weighted_rrf(w), current=True)
+            for w in (0.0, 0.3, 0.5)
+        ),
         Variant("shipped + page sum 0.4", shipped_fuse, page_sum(0.4), current=True),
         *(
             Variant(
@@ -585,13 +593,14 @@ def main() -> None:
         "those vectors",
     )
     parser.add_argument(
-        "--question-int8",
+        "--questions-packaged",
         action="store_true",
-        help="embed the questions with the int8 graph, one per call (HELPLINE_QUERY_INT8)",
+        help="embed the questions with the packaged graph (HELPLINE_QUERY_INT8=false); by "
+        "default they run as rag runs them",
     )
     args = parser.parse_args()
     questions = load_questions(QUESTIONS / f"{args.corpus}.jsonl")
-    settings = StoreSettings(query_int8=args.question_int8)
+    settings = StoreSettings(**({"query_int8": False} if args.questions_packaged else {}))
     model = load_question_model(settings)
     store = EdgeStore(args.data / "qdrant" / "helpline", model.dim)
     try:
