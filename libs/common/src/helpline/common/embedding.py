@@ -217,14 +217,14 @@ class Embedder:
         """
         chosen = _providers(providers)
         options = _Options(threads, chosen, None, batch_tokens, bounded_memory)
-        if not int8_products or chosen != [_CPU] or batched:
-            if not int8_products or chosen != [_CPU]:
-                return cls._load_at(options, niceness)
-            with quantized_model(cache_dir) as graph:
-                return cls._load_at(options._replace(path=graph), niceness)
-        # Every text alone, each run on one thread, `threads` texts at once: no thread
-        # waits for another within a run (a run of a few dozen tokens is too small to share).
+        if not int8_products or chosen != [_CPU]:
+            return cls._load_at(options, niceness)
         with quantized_model(cache_dir) as graph:
+            if batched:
+                return cls._load_at(options._replace(path=graph), niceness)
+            # Every text alone, each run on one thread, `threads` texts at once: no thread
+            # waits for another within a run (a run of a few dozen tokens is too small to
+            # share).
             model = cls._load_at(options._replace(path=graph, threads=1), niceness)
         model.one_per_call = True
         at_once = threads or len(os.sched_getaffinity(0))
@@ -406,6 +406,9 @@ def _release_free_memory() -> None:
 
 def _lower_thread_priority(niceness: int) -> None:
     # Linux schedules threads: a thread id is a valid PRIO_PROCESS target, and threads this
-    # one starts (onnxruntime's pool) inherit its niceness.
+    # one starts (onnxruntime's pool) inherit its niceness. At 0 the thread keeps the
+    # process's own (setting 0 would raise a niced process's threads, as root).
+    if niceness <= 0:
+        return
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)

@@ -17,8 +17,9 @@ class EmbedderSettings(HelplineSettings, StoreSettings):
         default=256,
         ge=1,
         description="Most chunks, from as many pages as are waiting, embedded in one model "
-        "call (sorted by length, run in batches of HELPLINE_EMBED_BATCH_SIZE texts and "
-        "HELPLINE_EMBED_BATCH_TOKENS padded tokens).",
+        "call (on the int8 graph each chunk runs alone, HELPLINE_EMBED_THREADS at once; on "
+        "the packaged graph sorted by length and run in batches of "
+        "HELPLINE_EMBED_BATCH_SIZE texts and HELPLINE_EMBED_BATCH_TOKENS padded tokens).",
     )
     embed_index_int8: bool = Field(
         default=True,
